@@ -1,0 +1,156 @@
+"""Replication operations and their binary encoding inside a BATCH payload.
+
+A batch is a list of operations on one directory of one root. File operations act on a working
+copy of the file; the last operation on a file carries the file's size and xxh3-128 after it
+(`result`), which the receiver checks before anything becomes visible, and its metadata
+(`meta`), which the receiver applies. Paths are relative to the root and checked on decode.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, replace
+from enum import IntEnum
+
+from replicator.errors import PathError, ProtocolError
+from replicator.hashing import DIGEST_SIZE
+from replicator.paths import check_relpath
+
+
+class OpCode(IntEnum):
+    ENSURE_DIR = 1   # the directory exists with `meta` (parents created as needed)
+    DELETE = 2       # remove a file or a whole directory tree
+    COPY = 3         # working copy of `path` := current content of `source` (same root)
+    WRITE = 4        # write `data` at `offset` (extends the file when past its end)
+    TRUNCATE = 5     # cut or extend the file to `offset` bytes
+    REPLACE = 6      # working copy := `data` (codec RAW/ZSTD, or ZSTD_DELTA against the old copy)
+    META = 7         # only the metadata changed
+    KEEP_ONLY = 8    # resync: delete every entry of directory `path` not named in `names`
+
+
+class Codec(IntEnum):
+    RAW = 0
+    ZSTD = 1
+    ZSTD_DELTA = 2   # zstd with the working copy before this op as raw-content dictionary
+
+
+@dataclass(frozen=True)
+class Meta:
+    mode: int
+    uid: int
+    gid: int
+    mtime_ns: int
+
+
+@dataclass(frozen=True)
+class Result:
+    size: int
+    digest: bytes
+
+
+@dataclass(frozen=True)
+class Op:
+    code: OpCode
+    path: str
+    offset: int = 0
+    data: bytes = b""
+    codec: Codec = Codec.RAW
+    raw_size: int = 0                 # decompressed size of `data`
+    source: str = ""                  # COPY
+    names: tuple[str, ...] = ()       # KEEP_ONLY
+    result: Result | None = None
+    meta: Meta | None = None
+
+
+# code, flags, codec, path_len, aux_len, offset, data_len, raw_size
+_HEAD = struct.Struct("<BBBxHIQIQ")
+_RESULT = struct.Struct(f"<Q{DIGEST_SIZE}s")
+_META = struct.Struct("<IIIq")
+_HAS_RESULT = 1
+_HAS_META = 2
+
+
+def encode_ops(ops: list[Op]) -> bytes:
+    """The BATCH payload for `ops`."""
+    parts: list[bytes] = []
+    for op in ops:
+        path = op.path.encode("utf-8", "surrogateescape")
+        aux = _aux(op).encode("utf-8", "surrogateescape")
+        flags = (_HAS_RESULT if op.result else 0) | (_HAS_META if op.meta else 0)
+        parts.append(_HEAD.pack(op.code, flags, op.codec, len(path), len(aux), op.offset,
+                                len(op.data), op.raw_size))
+        if op.result:
+            parts.append(_RESULT.pack(op.result.size, op.result.digest))
+        if op.meta:
+            m = op.meta
+            parts.append(_META.pack(m.mode, m.uid, m.gid, m.mtime_ns))
+        parts += [path, aux, op.data]
+    return b"".join(parts)
+
+
+def _aux(op: Op) -> str:
+    if op.code == OpCode.COPY:
+        return op.source
+    if op.code == OpCode.KEEP_ONLY:
+        return "\x00".join(op.names)
+    return ""
+
+
+def decode_ops(payload: bytes | memoryview) -> list[Op]:
+    """Parse a BATCH payload; any malformation is a remote ProtocolError."""
+    view = memoryview(payload)
+    ops: list[Op] = []
+    pos = 0
+    while pos < len(view):
+        op, pos = _decode_one(view, pos)
+        ops.append(op)
+    return ops
+
+
+def _take(view: memoryview, pos: int, size: int) -> tuple[memoryview, int]:
+    if pos + size > len(view):
+        raise ProtocolError(f"batch payload truncated at byte {pos} (needs {size} more)")
+    return view[pos : pos + size], pos + size
+
+
+def _decode_one(view: memoryview, pos: int) -> tuple[Op, int]:
+    head, pos = _take(view, pos, _HEAD.size)
+    code, flags, codec, path_len, aux_len, offset, data_len, raw_size = _HEAD.unpack(head)
+    try:
+        opcode, op_codec = OpCode(code), Codec(codec)
+    except ValueError:
+        raise ProtocolError(f"unknown operation {code} or codec {codec} in batch") from None
+    result = meta = None
+    if flags & _HAS_RESULT:
+        raw, pos = _take(view, pos, _RESULT.size)
+        result = Result(*_RESULT.unpack(raw))
+    if flags & _HAS_META:
+        raw, pos = _take(view, pos, _META.size)
+        meta = Meta(*_META.unpack(raw))
+    raw_path, pos = _take(view, pos, path_len)
+    raw_aux, pos = _take(view, pos, aux_len)
+    data, pos = _take(view, pos, data_len)
+    path = _checked_path(bytes(raw_path), allow_empty=opcode in (OpCode.ENSURE_DIR,
+                                                                  OpCode.KEEP_ONLY))
+    aux = bytes(raw_aux).decode("utf-8", "surrogateescape")
+    op = Op(opcode, path, offset, bytes(data), op_codec, raw_size, result=result, meta=meta)
+    if opcode == OpCode.COPY:
+        op = replace(op, source=_checked_path(bytes(raw_aux), allow_empty=False))
+    elif opcode == OpCode.KEEP_ONLY:
+        op = replace(op, names=_checked_names(aux))
+    return op, pos
+
+
+def _checked_path(raw: bytes, *, allow_empty: bool) -> str:
+    try:
+        return check_relpath(raw.decode("utf-8", "surrogateescape"), allow_empty=allow_empty)
+    except PathError as exc:
+        raise ProtocolError(f"bad path in batch: {exc}") from None
+
+
+def _checked_names(aux: str) -> tuple[str, ...]:
+    names = tuple(n for n in aux.split("\x00") if n)
+    for name in names:
+        if "/" in name or name in (".", ".."):
+            raise ProtocolError(f"bad name {name!r} in KEEP_ONLY")
+    return names

@@ -1,0 +1,103 @@
+"""What a file under a Dovecot index or control root is, and whether it is worth shipping.
+
+Nothing here is an allow-list: every file is shipped except the transient ones Dovecot uses while
+it writes (locks, dotlocks, temp files). The kind only decides the order in which a directory's
+files are read (dependents first) and made visible on the replica (dependencies first), and
+which encoder is likely to give the smallest delta.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import Enum
+
+# Dovecot's transient names: fcntl/dotlock lock files (`x.lock`, `dovecot.index.log.newlock`),
+# temp files renamed into place (`x.tmp`, `dovecot.index.tmp`, `.temp.<host>.<pid>.<rand>`,
+# `x.lock.<host>.<pid>` style dotlock temp names).
+_TRANSIENT = re.compile(
+    r"""(?x)
+    .*\.lock | .*\.newlock | .*\.tmp | .*\.lock\..* | \.temp\..* | .*\.tmp\.[^/]*
+    """
+)
+
+
+class FileKind(Enum):
+    """Kinds with distinct write patterns (DESIGN §3)."""
+
+    INDEX = "index"            # dovecot.index, dovecot.list.index, dovecot.map.index: temp+rename
+    LOG = "log"                # *.log and rotated *.log.2: O_APPEND under an fcntl lock
+    CACHE = "cache"            # dovecot.index.cache: appends and in-place header rewrites
+    UIDLIST = "uidlist"        # dovecot-uidlist: appends, sometimes temp+rename
+    MAILBOX_LOG = "mailbox-log"  # dovecot.mailbox.log: appends
+    SMALL = "small"            # keywords, subscriptions, uidvalidity markers: lock+rename
+    BACKUP = "backup"          # dovecot.index.backup: a hard link to the previous index
+    OTHER = "other"            # anything else Dovecot (or a plugin) writes there
+
+
+_BY_NAME: dict[str, FileKind] = {
+    "dovecot.index": FileKind.INDEX,
+    "dovecot.list.index": FileKind.INDEX,
+    "dovecot.map.index": FileKind.INDEX,
+    "dovecot.index.cache": FileKind.CACHE,
+    "dovecot-uidlist": FileKind.UIDLIST,
+    "dovecot.mailbox.log": FileKind.MAILBOX_LOG,
+    "dovecot-keywords": FileKind.SMALL,
+    "subscriptions": FileKind.SMALL,
+    "dovecot.index.backup": FileKind.BACKUP,
+    "dovecot.list.index.backup": FileKind.BACKUP,
+    "dovecot.map.index.backup": FileKind.BACKUP,
+}
+
+# Files whose locks Dovecot takes with fcntl (lock_method = fcntl): a reader holding a shared
+# lock for the moment of its read sees whole records.
+FCNTL_LOCKED = frozenset({FileKind.LOG, FileKind.CACHE})
+
+# Append-mostly kinds: the tail encoder is tried first.
+APPEND_MOSTLY = frozenset({FileKind.LOG, FileKind.UIDLIST, FileKind.MAILBOX_LOG})
+
+# The order a directory's changes become visible on the replica: what others depend on first.
+_VISIBLE_RANK = {
+    FileKind.UIDLIST: 0,
+    FileKind.SMALL: 1,
+    FileKind.MAILBOX_LOG: 2,
+    FileKind.LOG: 3,
+    FileKind.CACHE: 4,
+    FileKind.INDEX: 5,
+    FileKind.BACKUP: 6,
+    FileKind.OTHER: 7,
+}
+
+
+def is_transient(name: str) -> bool:
+    """True for lock and temp files, which are never shipped."""
+    return bool(_TRANSIENT.fullmatch(name))
+
+
+def classify(name: str) -> FileKind:
+    """The kind of a (non-transient) file, from its name alone."""
+    kind = _BY_NAME.get(name)
+    if kind is not None:
+        return kind
+    if name.endswith(".log") or re.search(r"\.log\.\d+$", name):
+        return FileKind.LOG
+    if name.startswith("dovecot-uidvalidity"):
+        return FileKind.SMALL
+    if name.endswith(".cache"):
+        return FileKind.CACHE
+    return FileKind.OTHER
+
+
+def visible_rank(name: str) -> tuple[int, int, str]:
+    """Sort key for making a directory's files visible: dependencies first.
+
+    A rotated log (`.log.2`) goes before the live log, whose new content replaces it.
+    """
+    rotated = 0 if re.search(r"\.log\.\d+$", name) else 1
+    return (_VISIBLE_RANK[classify(name)], rotated, name)
+
+
+def read_rank(name: str) -> tuple[int, int, str]:
+    """Sort key for reading a directory's files: dependents first (the reverse of visibility),
+    so every log offset an index refers to is already in the log we read after it."""
+    rank, rotated, _ = visible_rank(name)
+    return (-rank, -rotated, name)

@@ -1,0 +1,83 @@
+"""Paths that cross the wire: checked strictly on both ends, never trusted by the receiver.
+
+A path on the wire is relative to one configured root, uses `/` separators, is normalized (no
+empty, `.` or `..` components), holds no NUL and is at most `MAX_PATH_BYTES` long. The receiver
+also refuses to follow symlinks when it resolves one under its replica directory.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from pathlib import Path
+
+from replicator.errors import PathError
+
+MAX_PATH_BYTES = 4096
+ROOT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+NODE_ID = ROOT_NAME
+
+
+def check_relpath(path: str, *, allow_empty: bool = False) -> str:
+    """Return `path` if it is an acceptable relative path, else raise PathError saying why."""
+    if path == "" and allow_empty:
+        return path
+    if not path:
+        raise PathError("empty path")
+    if "\x00" in path:
+        raise PathError(f"path {path!r} contains NUL")
+    if path.startswith("/"):
+        raise PathError(f"path {path!r} is absolute")
+    if len(os.fsencode(path)) > MAX_PATH_BYTES:
+        raise PathError(f"path of {len(path)} characters is too long")
+    for part in path.split("/"):
+        if part in ("", ".", ".."):
+            raise PathError(f"path {path!r} is not normalized (empty, '.' or '..' component)")
+    return path
+
+
+def check_root_name(name: str, known: frozenset[str] | set[str]) -> str:
+    """Return `name` if it is one of the configured root names."""
+    if name not in known:
+        raise PathError(f"unknown root {name!r} (configured: {', '.join(sorted(known)) or 'none'})")
+    return name
+
+
+def join_rel(reldir: str, name: str) -> str:
+    """`reldir/name`, where an empty `reldir` is the root itself."""
+    return f"{reldir}/{name}" if reldir else name
+
+
+def parent_rel(relpath: str) -> str:
+    """The relative directory holding `relpath` ('' for the root)."""
+    return relpath.rpartition("/")[0]
+
+
+def resolve_under(base: Path, relpath: str) -> Path:
+    """`base/relpath`, refusing if any existing component below `base` is a symlink.
+
+    The replica tree is written only by the receiver, so a symlink inside it means tampering or
+    a bug; following it could write outside the replica directory.
+    """
+    check_relpath(relpath, allow_empty=True)
+    current = base
+    for part in relpath.split("/") if relpath else []:
+        current = current / part
+        try:
+            mode = os.lstat(current).st_mode
+        except FileNotFoundError:
+            continue
+        if stat.S_ISLNK(mode):
+            raise PathError(f"refusing to follow symlink {current}")
+    return current
+
+
+def relative_to_root(root: Path, path: Path) -> str | None:
+    """The relative wire path of `path` under `root`, or None when it lies outside."""
+    try:
+        rel = path.relative_to(root)
+    except ValueError:
+        return None
+    text = rel.as_posix()
+    return "" if text == "." else text

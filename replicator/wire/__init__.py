@@ -1,0 +1,1 @@
+"""The replication protocol: versioned checksummed frames and a sans-IO session."""

@@ -1,0 +1,106 @@
+"""The sans-IO protocol session: bytes in, messages out; messages in, bytes out.
+
+It knows nothing of sockets or tasks. Which message may be sent or received in which state is
+one table (`_ALLOWED`); the only transitions are HELLO (opening) and ERROR or a protocol
+violation (closing). A violation by the peer raises a remote ProtocolError, one by us a local
+one, so logs say who broke the protocol.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Literal
+
+from replicator.errors import ProtocolError
+from replicator.wire.frames import DEFAULT_MAX_FRAME_BYTES, FrameDecoder, FrameType, encode_frame
+from replicator.wire.messages import ErrorMessage, Hello, Message, decode_message
+
+Role = Literal["client", "server"]
+
+
+class State(Enum):
+    IDLE = "idle"              # nothing exchanged yet
+    HELLO_SENT = "hello-sent"  # client: waiting for the server's HELLO
+    HELLO_RECEIVED = "hello-received"  # server: must answer HELLO (or ERROR)
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+_T = FrameType
+_CLIENT_OPEN_SEND = {_T.BATCH, _T.RESYNC, _T.MANIFEST_REQ, _T.PING, _T.PONG, _T.ERROR}
+_SERVER_OPEN_SEND = {_T.ACK, _T.NACK, _T.MANIFEST, _T.PING, _T.PONG, _T.ERROR}
+
+# (role, state, direction) -> frame types allowed
+_ALLOWED: dict[tuple[Role, State, str], set[FrameType]] = {
+    ("client", State.IDLE, "send"): {_T.HELLO},
+    ("client", State.HELLO_SENT, "recv"): {_T.HELLO, _T.ERROR},
+    ("client", State.OPEN, "send"): _CLIENT_OPEN_SEND,
+    ("client", State.OPEN, "recv"): _SERVER_OPEN_SEND,
+    ("server", State.IDLE, "recv"): {_T.HELLO},
+    ("server", State.HELLO_RECEIVED, "send"): {_T.HELLO, _T.ERROR},
+    ("server", State.OPEN, "send"): _SERVER_OPEN_SEND,
+    ("server", State.OPEN, "recv"): _CLIENT_OPEN_SEND,
+}
+
+_AFTER_HELLO = {
+    ("client", "send"): State.HELLO_SENT,
+    ("client", "recv"): State.OPEN,
+    ("server", "recv"): State.HELLO_RECEIVED,
+    ("server", "send"): State.OPEN,
+}
+
+
+class Session:
+    """One end of one connection. `peer_hello` holds the peer's HELLO once received."""
+
+    def __init__(self, role: Role, *, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
+        self.role: Role = role
+        self.state = State.IDLE
+        self.peer_hello: Hello | None = None
+        self._decoder = FrameDecoder(max_frame_bytes)
+
+    def send(self, message: Message) -> bytes:
+        """The bytes to put on the wire for `message`; a local ProtocolError if not allowed now."""
+        self._check(message.TYPE, "send", remote=False)
+        self._advance(message, "send")
+        return encode_frame(message.to_frame(), compress=message.TYPE == _T.MANIFEST)
+
+    def receive_data(self, data: bytes) -> list[Message]:
+        """Messages completed by `data`; a remote ProtocolError if the peer broke the protocol."""
+        if self.state is State.CLOSED:
+            raise ProtocolError("data received on a closed session", remote=True)
+        messages: list[Message] = []
+        try:
+            for frame in self._decoder.feed(data):
+                self._check(frame.type, "recv", remote=True)
+                message = decode_message(frame)
+                self._advance(message, "recv")
+                messages.append(message)
+                if isinstance(message, ErrorMessage):
+                    break  # the peer said ERROR: nothing after it counts
+        except ProtocolError:
+            self.state = State.CLOSED
+            raise
+        return messages
+
+    @property
+    def buffered(self) -> int:
+        return self._decoder.buffered
+
+    def close(self) -> None:
+        self.state = State.CLOSED
+
+    def _check(self, frame_type: FrameType, direction: str, *, remote: bool) -> None:
+        allowed = _ALLOWED.get((self.role, self.state, direction), set())
+        if frame_type not in allowed:
+            who = "peer" if remote else "we"
+            raise ProtocolError(f"{who} {direction} {frame_type.name} in state {self.state.value} "
+                                f"({self.role})", remote=remote)
+
+    def _advance(self, message: Message, direction: str) -> None:
+        if isinstance(message, Hello):
+            if direction == "recv":
+                self.peer_hello = message
+            self.state = _AFTER_HELLO[(self.role, direction)]
+        elif isinstance(message, ErrorMessage):
+            self.state = State.CLOSED
