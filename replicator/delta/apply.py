@@ -1,0 +1,154 @@
+"""Applying ops to working copies of files, in memory, before anything becomes visible.
+
+A `WorkingFile` starts as the replica's visible version and collects a batch's changes. Appends
+to an untouched file stay a list of tails (the common case for logs: nothing is re-read, and
+the digest is extended from the stored streaming state); any other change materialises the
+content. `check` compares size and digest with what the origin announced.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+from replicator.delta.codec import decompress
+from replicator.delta.ops import Codec, Meta, Op, OpCode, Result
+from replicator.errors import ApplyError
+from replicator.hashing import StreamingDigest
+
+
+class WorkingFile:
+    """One file's state during a batch."""
+
+    def __init__(self, path: str, exists: bool, load: Callable[[], bytes],
+                 visible_digest: Callable[[], StreamingDigest]) -> None:
+        self.path = path
+        self.exists = exists
+        self.existed = exists
+        self.meta: Meta | None = None
+        self.tails: list[bytes] = []
+        self._content: bytearray | None = None if exists else bytearray()
+        self._load = load
+        self._visible_digest = visible_digest
+        self._digest: StreamingDigest | None = None
+
+    @property
+    def materialized(self) -> bool:
+        return self._content is not None
+
+    @property
+    def size(self) -> int:
+        if self._content is not None:
+            return len(self._content)
+        return self._visible_digest().size + sum(len(t) for t in self.tails)
+
+    def content(self) -> bytes:
+        """The whole current content (materialising it)."""
+        return bytes(self._materialize())
+
+    def apply(self, op: Op, max_size: int, source: WorkingFile | None = None) -> None:
+        """Apply one file op; ApplyError if it cannot be (too big, missing file, bad data)."""
+        self._digest = None
+        if op.code == OpCode.COPY:
+            if source is None or not source.exists:
+                raise ApplyError(f"{self.path}: copy source {op.source!r} is missing")
+            self._replace(source.content())
+        elif op.code == OpCode.DELETE:
+            self.exists, self._content, self.tails = False, bytearray(), []
+        elif op.code == OpCode.META:
+            self._require_exists(op)
+        else:
+            self._apply_data(op, max_size)
+        if op.meta is not None:
+            self.meta = op.meta
+
+    def _apply_data(self, op: Op, max_size: int) -> None:
+        end = op.offset + op.raw_size if op.code == OpCode.WRITE else op.offset
+        if op.raw_size > max_size or end > max_size:
+            raise ApplyError(f"{self.path}: op of {op.raw_size} bytes at {op.offset} exceeds "
+                             f"the limit of {max_size} bytes")
+        if op.code == OpCode.REPLACE:
+            base = self.content() if op.codec == Codec.ZSTD_DELTA else None
+            self._replace(decompress(op.data, op.codec, op.raw_size, base=base))
+        elif op.code == OpCode.WRITE:
+            self._write(op.offset, decompress(op.data, op.codec, op.raw_size, base=None))
+        elif op.code == OpCode.TRUNCATE:
+            content = self._materialize()
+            if op.offset < len(content):
+                del content[op.offset :]
+            else:
+                content.extend(bytes(op.offset - len(content)))
+        else:
+            raise ApplyError(f"{self.path}: {op.code.name} is not a file operation")
+        self.exists = True
+
+    def _write(self, offset: int, data: bytes) -> None:
+        if self._content is None and offset == self.size:
+            self.tails.append(data)
+            return
+        content = self._materialize()
+        if offset > len(content):
+            content.extend(bytes(offset - len(content)))
+        content[offset : offset + len(data)] = data
+
+    def _replace(self, data: bytes) -> None:
+        self._content, self.tails, self.exists = bytearray(data), [], True
+
+    def _materialize(self) -> bytearray:
+        if self._content is None:
+            self._content = bytearray(self._load())
+            for tail in self.tails:
+                self._content += tail
+            self.tails = []
+        return self._content
+
+    def _require_exists(self, op: Op) -> None:
+        if not self.exists:
+            raise ApplyError(f"{self.path}: {op.code.name} on a file the replica does not have")
+
+    def digest(self) -> StreamingDigest:
+        """Streaming digest of the current content (cached until the next op)."""
+        if self._digest is None:
+            if self._content is not None:
+                self._digest = StreamingDigest(self._content)
+            else:
+                self._digest = self._visible_digest().extended(b"".join(self.tails))
+        return self._digest
+
+    def check(self, expected: Result) -> None:
+        """ApplyError unless the working copy is exactly what the origin has."""
+        if not self.exists:
+            raise ApplyError(f"{self.path}: origin has it ({expected.size} bytes), replica not")
+        state = self.digest()
+        if state.size != expected.size or state.digest() != expected.digest:
+            raise ApplyError(f"{self.path}: after the batch the replica copy has {state.size} "
+                             f"bytes, digest {state.digest().hex()[:16]}; origin has "
+                             f"{expected.size} bytes, digest {expected.digest.hex()[:16]}")
+
+
+def apply_in_memory(files: Mapping[str, bytes], ops: list[Op],
+                    max_size: int = 1 << 40) -> dict[str, bytes]:
+    """The file set after `ops`, computed purely in memory (tests and tools)."""
+    work: dict[str, WorkingFile] = {}
+
+    def working(path: str) -> WorkingFile:
+        if path not in work:
+            data = files.get(path)
+            work[path] = WorkingFile(path, data is not None, lambda: data or b"",
+                                     lambda: StreamingDigest(data or b""))
+        return work[path]
+
+    for op in ops:
+        if op.code in (OpCode.ENSURE_DIR, OpCode.KEEP_ONLY):
+            continue
+        source = working(op.source) if op.code == OpCode.COPY else None
+        target = working(op.path)
+        target.apply(op, max_size, source)
+        if op.result is not None:
+            target.check(op.result)
+    result = dict(files)
+    for path, wf in work.items():
+        if wf.exists:
+            result[path] = wf.content()
+        else:
+            result.pop(path, None)
+    return result

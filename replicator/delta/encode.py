@@ -1,0 +1,115 @@
+"""Choose the smallest set of operations that turns the shipped version of a file into its
+current content.
+
+Candidates, tried from cheapest to compute: nothing (same digest), an appended tail (the old
+content is an unchanged prefix: logs, uidlists), changed 4 KiB blocks (in-place rewrites such as
+the cache header, found from per-block hashes without the old bytes), a zstd delta against the
+previous version (whole rewrites such as `dovecot.index`), and the whole file compressed.
+Whatever is chosen, the last op carries the resulting size and digest, so a wrong guess can
+never corrupt a replica: the receiver refuses it and the directory is resynced.
+"""
+
+from __future__ import annotations
+
+from array import array
+from dataclasses import dataclass, replace
+
+from replicator.delta.codec import smallest
+from replicator.delta.ops import Codec, Meta, Op, OpCode, Result
+from replicator.hashing import block_hashes, digest
+
+BLOCK_SIZE = 4096
+OP_OVERHEAD = 48  # bytes an op costs on the wire beyond its data, for comparing candidates
+
+
+@dataclass(frozen=True)
+class Shipped:
+    """What every replica holds of a file: enough to encode the next change against it."""
+
+    size: int
+    digest: bytes
+    blocks: array[int]
+    meta: Meta
+
+
+def describe(content: bytes, meta: Meta) -> Shipped:
+    """The `Shipped` record for `content` once it has been sent."""
+    return Shipped(len(content), digest(content), array("Q", block_hashes(content, BLOCK_SIZE)),
+                   meta)
+
+
+def encode_file(path: str, old: Shipped | None, base: bytes | None, new: bytes,
+                shipped_new: Shipped) -> list[Op]:
+    """Ops turning `old` (whose bytes are `base` when still cached) into `new`."""
+    result = Result(shipped_new.size, shipped_new.digest)
+    if old is not None and old.digest == result.digest and old.size == result.size:
+        if old.meta == shipped_new.meta:
+            return []
+        return [Op(OpCode.META, path, result=result, meta=shipped_new.meta)]
+    candidates = [_whole(path, new, base)]
+    if old is not None:
+        tail = _append(path, old, new)
+        if tail is not None:
+            return _finish(tail, result, shipped_new.meta)
+        candidates.append(_ranges(path, old, new, shipped_new.blocks))
+    best = min(candidates, key=_cost)
+    return _finish(best, result, shipped_new.meta)
+
+
+def finish_copy(copy: Op, ops: list[Op], new: Shipped) -> list[Op]:
+    """A COPY followed by the ops that adjust the copied content; the last carries the result."""
+    if ops:
+        return [copy, *ops]
+    return [replace(copy, result=Result(new.size, new.digest), meta=new.meta)]
+
+
+def _cost(ops: list[Op]) -> int:
+    return sum(len(op.data) + OP_OVERHEAD for op in ops)
+
+
+def _finish(ops: list[Op], result: Result, meta: Meta) -> list[Op]:
+    return [*ops[:-1], replace(ops[-1], result=result, meta=meta)]
+
+
+def _whole(path: str, new: bytes, base: bytes | None) -> list[Op]:
+    codec, data = smallest(new, base=base)
+    return [Op(OpCode.REPLACE, path, data=data, codec=codec, raw_size=len(new))]
+
+
+def _append(path: str, old: Shipped, new: bytes) -> list[Op] | None:
+    if len(new) < old.size or digest(memoryview(new)[: old.size]) != old.digest:
+        return None
+    return [_write(path, old.size, new[old.size :])]
+
+
+def _write(path: str, offset: int, raw: bytes) -> Op:
+    codec, data = smallest(raw)
+    return Op(OpCode.WRITE, path, offset=offset, data=data, codec=codec, raw_size=len(raw))
+
+
+def _ranges(path: str, old: Shipped, new: bytes, new_blocks: array[int]) -> list[Op]:
+    ops = [
+        _write(path, start, new[start:end])
+        for start, end in changed_ranges(old.blocks, new_blocks, len(new), BLOCK_SIZE)
+    ]
+    if len(new) < old.size or not ops:
+        ops.append(Op(OpCode.TRUNCATE, path, offset=len(new)))
+    return ops
+
+
+def changed_ranges(old: array[int], new: array[int], size: int,
+                   block: int) -> list[tuple[int, int]]:
+    """Byte ranges of `new` whose blocks differ from `old`, adjacent blocks merged."""
+    ranges: list[tuple[int, int]] = []
+    for index, value in enumerate(new):
+        if index < len(old) and old[index] == value:
+            continue
+        start, end = index * block, min(size, (index + 1) * block)
+        if ranges and ranges[-1][1] == start:
+            ranges[-1] = (ranges[-1][0], end)
+        else:
+            ranges.append((start, end))
+    return ranges
+
+
+__all__ = ["BLOCK_SIZE", "Codec", "Shipped", "describe", "encode_file", "finish_copy"]
