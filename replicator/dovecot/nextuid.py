@@ -36,7 +36,12 @@ from replicator.dovecot import logrecord as lr
 from replicator.dovecot.binfmt import DovecotFormatError
 from replicator.dovecot.indexfile import NEXT_UID_OFFSET, IndexHeader, parse_index_header
 from replicator.dovecot.logfile import parse_log_header
-from replicator.dovecot.nextuid_files import NextUidError, raise_in_index_file, raise_uidlist
+from replicator.dovecot.nextuid_files import (
+    UIDLIST,
+    NextUidError,
+    raise_in_index_file,
+    raise_uidlist,
+)
 from replicator.dovecot.uidstate import UidState, replay_next_uid
 
 __all__ = ["NextUidError", "RaiseResult", "header_update_record", "raise_next_uid"]
@@ -49,8 +54,8 @@ _UPDATE = struct.Struct("<HHI")
 @dataclass(frozen=True)
 class RaiseResult:
     mailbox_index_dir: Path
-    previous_next_uid: int  # Dovecot's view before: index + log replay (uidlist if no index)
-    next_uid: int  # after: max(previous, min_next_uid)
+    previous_next_uid: int  # before: index + log replay, and the maildir uidlist's if higher
+    next_uid: int  # the next uid Dovecot will assign afterwards (>= min_next_uid)
     log_offset: int | None  # where our record went in dovecot.index.log; None if not appended
     truncated_bytes: int  # torn log tail removed first, as Dovecot's next append would
     index_rewritten: bool  # there was no log, so dovecot.index's header was patched instead
@@ -79,16 +84,13 @@ def raise_next_uid(mailbox_index_dir: Path, min_next_uid: int, *, control_dir: P
     """
     if not 1 <= min_next_uid <= UID_MAX:
         raise ValueError(f"min_next_uid {min_next_uid} is not a uid (1..{UID_MAX})")
-    uidlist = raise_uidlist(control_dir, min_next_uid, fsync) if control_dir else None
     index = _read_index_header(mailbox_index_dir / INDEX)
-    log_path = mailbox_index_dir / LOG
     try:
-        fd = os.open(log_path, os.O_RDWR | os.O_CLOEXEC)
+        fd = os.open(mailbox_index_dir / LOG, os.O_RDWR | os.O_CLOEXEC)
     except FileNotFoundError:
-        return _without_log(mailbox_index_dir, index, min_next_uid, uidlist, fsync)
+        return _without_log(mailbox_index_dir, index, min_next_uid, control_dir, fsync)
     try:
-        return _raise_in_log(fd, mailbox_index_dir, index, min_next_uid, uidlist,
-                             external=control_dir is not None, fsync=fsync)
+        return _raise_in_log(fd, mailbox_index_dir, index, min_next_uid, control_dir, fsync)
     finally:
         os.close(fd)
 
@@ -103,47 +105,71 @@ def _read_index_header(path: Path) -> tuple[IndexHeader, bytes] | None:
 
 
 def _raise_in_log(fd: int, box: Path, index: tuple[IndexHeader, bytes] | None, wanted: int,
-                  uidlist: tuple[int, bool] | None, *, external: bool,
-                  fsync: bool) -> RaiseResult:
+                  control_dir: Path | None, fsync: bool) -> RaiseResult:
+    """Everything is checked before anything is written, the log lock held throughout."""
     _lock(fd, box / LOG)
     data = _read_all(fd)
     state = replay_next_uid(index, parse_log_header(data, LOG), data,
                             lambda: _read_optional(box / LOG2))
-    _check_uid_validity(state, box)
-    offset = truncated = None
-    if state.next_uid < wanted:
-        truncated = len(data) - state.end
-        if truncated:
-            os.ftruncate(fd, state.end)
-        os.pwrite(fd, header_update_record(wanted, external=external), state.end)
-        if fsync:
-            os.fdatasync(fd)
-        offset = state.end
-    return RaiseResult(box, state.next_uid, max(state.next_uid, wanted), offset, truncated or 0,
-                       False, *(uidlist or (None, False)))
+    write = state.next_uid < wanted and _may_write(state, box, control_dir)
+    uidlist = raise_uidlist(control_dir, wanted, fsync) if control_dir else None
+    offset, truncated = (_append(fd, data, state, wanted, control_dir is not None, fsync)
+                         if write else (None, 0))
+    after = wanted if write else state.next_uid
+    return _result(box, state.next_uid, after, wanted, offset, truncated, False, uidlist)
+
+
+def _may_write(state: UidState, box: Path, control_dir: Path | None) -> bool:
+    """False for a maildir index whose uid validity is still 0: Dovecot's next sync copies
+    validity and next uid from the uidlist, and a header with uid_validity 0 but next_uid != 1
+    is one Dovecot declares corrupted. For sdbox/mdbox there is no such second source."""
+    if state.uid_validity != 0:
+        return True
+    if control_dir is not None and (control_dir / UIDLIST).exists():
+        return False
+    raise NextUidError(f"{box / LOG}: uid_validity is 0 (mailbox never synced); raising "
+                       "next_uid would make Dovecot declare the index corrupted")
+
+
+def _append(fd: int, data: bytes, state: UidState, wanted: int, external: bool,
+            fsync: bool) -> tuple[int, int]:
+    """(offset of the new record, torn bytes cut first, as Dovecot's next append would)."""
+    truncated = len(data) - state.end
+    if truncated:
+        os.ftruncate(fd, state.end)
+    os.pwrite(fd, header_update_record(wanted, external=external), state.end)
+    if fsync:
+        os.fdatasync(fd)
+    return state.end, truncated
 
 
 def _without_log(box: Path, index: tuple[IndexHeader, bytes] | None, wanted: int,
-                 uidlist: tuple[int, bool] | None, fsync: bool) -> RaiseResult:
+                 control_dir: Path | None, fsync: bool) -> RaiseResult:
     """No log: patch dovecot.index if there is one; a maildir may have only its uidlist."""
-    if index is not None:
-        previous = index[0].next_uid
-        if index[0].uid_validity == 0:
-            raise NextUidError(f"{box / INDEX}: uid_validity is 0 (never synced); "
-                               "raising next_uid would make Dovecot declare it corrupted")
-        rewritten = raise_in_index_file(box / INDEX, wanted, fsync)
-    elif uidlist is not None:
-        previous, rewritten = uidlist[0], False
-    else:
-        raise NextUidError(f"{box}: no {INDEX}, {LOG} or dovecot-uidlist to raise")
-    return RaiseResult(box, previous, max(previous, wanted), None, 0, rewritten,
-                       *(uidlist or (None, False)))
+    if index is not None and index[0].uid_validity == 0 and control_dir is None:
+        raise NextUidError(f"{box / INDEX}: uid_validity is 0 (never synced); "
+                           "raising next_uid would make Dovecot declare it corrupted")
+    uidlist = raise_uidlist(control_dir, wanted, fsync) if control_dir else None
+    if index is None and uidlist is None:
+        raise NextUidError(f"{box}: no {INDEX}, {LOG} or {UIDLIST} to raise")
+    previous = index[0].next_uid if index is not None else 0
+    rewritten = (index is not None and index[0].uid_validity != 0
+                 and raise_in_index_file(box / INDEX, wanted, fsync))
+    after = max(previous, wanted) if rewritten else previous
+    return _result(box, previous, after, wanted, None, 0, rewritten, uidlist)
 
 
-def _check_uid_validity(state: UidState, box: Path) -> None:
-    if state.uid_validity == 0:
-        raise NextUidError(f"{box / LOG}: uid_validity is 0 (mailbox never synced); raising "
-                           "next_uid would make Dovecot declare the index corrupted")
+def _result(box: Path, previous: int, after: int, wanted: int, offset: int | None,
+            truncated: int, rewritten: bool, uidlist: tuple[int, bool] | None) -> RaiseResult:
+    """For maildir the uidlist counts too: Dovecot's next sync copies its next uid into the
+    index. Refuses to report success when neither source reaches `wanted`."""
+    uidlist_after = max(uidlist[0], wanted) if uidlist and uidlist[1] else (
+        uidlist[0] if uidlist else 0)
+    next_uid = max(after, uidlist_after)
+    if next_uid < wanted:
+        raise NextUidError(f"{box}: next uid stays {next_uid} < {wanted}: nothing to raise")
+    return RaiseResult(box, max(previous, uidlist[0] if uidlist else 0), next_uid, offset,
+                       truncated, rewritten, *(uidlist or (None, False)))
 
 
 def _lock(fd: int, path: Path) -> None:
