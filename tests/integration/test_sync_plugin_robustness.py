@@ -1,0 +1,384 @@
+"""The native sync-commit plugin inside a real Dovecot, against a daemon that misbehaves.
+
+A scripted stand-in for the daemon (fake_control.py) answers OK, FAIL, garbage, wrong ids, half a
+line, nothing or too late; a real IMAP client drives APPEND, STORE, EXPUNGE, COPY and MOVE. The
+plugin must apply its policy (fail: tagged NO; degrade: OK plus a counted warning) and never crash
+or hang Dovecot: after every test the log has no Panic/Fatal/crashed child and the IMAP session
+that saw the failure still answers NOOP.
+"""
+
+from __future__ import annotations
+
+import imaplib
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import imapclient
+import pytest
+
+from replicator.dovecot.doveadm import mailbox_status
+from replicator.dovecot.instance import DovecotInstance, DovecotLayout, MailFormat
+from tests.integration.fake_control import FakeControl, Flush, dead_socket
+
+pytestmark = pytest.mark.integration
+
+NATIVE = Path(__file__).resolve().parents[2] / "native"
+TIMEOUT_MS = 1000  # the plugin's replicator_sync_timeout here: silent-daemon tests wait this long
+MSG = b"From: a@example.org\r\nTo: u1@example.org\r\nSubject: t\r\n\r\nbody\r\n"
+METRICS = "".join(f"metric {n} {{\n  filter = event={n}\n}}\n"
+                  for n in ("replicator_sync_degraded", "replicator_sync_failed"))
+CRASH_MARKERS = ("Panic:", "Fatal:", "killed with signal")
+
+
+@dataclass
+class Rig:
+    """One Dovecot with the plugin loaded, and the fake daemon it talks to (if any)."""
+
+    inst: DovecotInstance
+    socket: Path
+    control: FakeControl | None = None
+    clients: list[imapclient.IMAPClient] = field(default_factory=list)
+
+    def imap(self) -> imapclient.IMAPClient:
+        client = self.inst.imap("u1")
+        self.clients.append(client)
+        return client
+
+    def flushes(self) -> list[Flush]:
+        assert self.control is not None
+        return list(self.control.flushes)
+
+    def metric(self, name: str, expected: int) -> int:
+        """How many events of that name the stats service counted, polled for until it is
+        `expected` (events reach the stats process asynchronously) or the deadline passes."""
+        deadline = time.monotonic() + 10.0
+        while True:
+            rows = [ln.split("\t") for ln in self.inst.doveadm("stats", "dump").splitlines()]
+            count = next(int(r[2]) for r in rows if r[0] == name)
+            if count == expected or time.monotonic() > deadline:
+                return count
+            time.sleep(0.01)
+
+
+@pytest.fixture(scope="session")
+def plugin_dir() -> Path:
+    subprocess.run(["make", "-s", "-C", str(NATIVE)], check=True)
+    return NATIVE
+
+
+@pytest.fixture
+def rig_factory(tmp_path: Path, plugin_dir: Path) -> Iterator[Callable[..., Rig]]:
+    """Builds rigs; afterwards checks that nothing crashed, then stops everything."""
+    made: list[Rig] = []
+    # sun_path is 108 bytes: keep the socket in a short directory the mail user can reach
+    sock_dir = Path(tempfile.mkdtemp(prefix="rsync-", dir="/tmp"))
+    sock_dir.chmod(0o755)
+
+    def make(policy: str | None = "fail", *, fmt: MailFormat = "maildir",
+             server: str | None = "listen", settings: dict[str, str | None] | None = None,
+             extra: str = "", **server_kw: object) -> Rig:
+        sock = sock_dir / f"control{len(made)}.sock"
+        layout = DovecotLayout(tmp_path / "mail", tmp_path / "index", tmp_path / "control", fmt)
+        plugin = {"replicator_sync_socket": str(sock), "replicator_sync_timeout": str(TIMEOUT_MS)}
+        if policy is not None:
+            plugin["replicator_sync_policy"] = policy
+        for key, value in (settings or {}).items():  # None: leave the setting out
+            plugin.pop(key, None)
+            if value is not None:
+                plugin[key] = value
+        inst = DovecotInstance(tmp_path / f"dovecot{len(made)}", "sync", layout, ["u1"],
+                               mail_plugins=["replicator_sync"], mail_plugin_dir=plugin_dir,
+                               plugin_settings=plugin, extra_config=METRICS + extra)
+        rig = Rig(inst, sock)
+        if server == "listen":
+            rig.control = FakeControl(sock, **server_kw)  # type: ignore[arg-type]
+        elif server == "dead":
+            dead_socket(sock)
+        made.append(rig)
+        inst.start()
+        return rig
+
+    yield make
+    try:
+        for rig in made:
+            for client in rig.clients:
+                assert client.noop()  # the session that saw the failure is alive and answers
+                client.logout()
+            assert rig.inst.running, "dovecot master died"
+    finally:
+        for rig in made:
+            rig.inst.stop()  # also drains the log process, so every line is in the file now
+            if rig.control is not None:
+                rig.control.close()
+        shutil.rmtree(sock_dir, ignore_errors=True)
+    for rig in made:
+        crashes = [ln for ln in rig.inst.log_text().splitlines()
+                   if any(m in ln for m in CRASH_MARKERS)]
+        assert crashes == []
+
+
+def append(client: imapclient.IMAPClient, folder: str = "INBOX") -> bytes:
+    return bytes(client.append(folder, MSG))
+
+
+def refused(action: Callable[[], object]) -> str:
+    """Runs an IMAP command that must be answered NO; returns the server's text."""
+    with pytest.raises(imaplib.IMAP4.error) as excinfo:
+        action()
+    return str(excinfo.value)
+
+
+def log_lines(rig: Rig, needle: str, count: int = 1) -> list[str]:
+    """Log lines containing needle, once at least `count` are there (Dovecot's log process
+    writes them asynchronously) or the deadline passes."""
+    deadline = time.monotonic() + 10.0
+    while True:
+        lines = [ln for ln in rig.inst.log_text().splitlines() if needle in ln]
+        if len(lines) >= count or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.01)
+
+
+def warnings(rig: Rig, policy: str, count: int = 1) -> list[str]:
+    """The plugin's policy warnings, polled for until `count` are there."""
+    return log_lines(rig, f"(policy={policy}): user=", count)
+
+
+# --- the happy path: what the plugin sends --------------------------------------------------
+
+EXPECTED_DIRS = {"maildir": ".INBOX", "mdbox": "mailboxes/INBOX", "sdbox": "mailboxes/INBOX"}
+
+
+@pytest.mark.parametrize("fmt", ["maildir", "mdbox", "sdbox"])
+def test_ok_reply_append_gets_appenduid_and_flush_names_user_and_dirs(
+        rig_factory: Callable[..., Rig], fmt: MailFormat) -> None:
+    rig = rig_factory(fmt=fmt)
+    answer = append(rig.imap())
+    assert b"[APPENDUID " in answer
+    (flush,) = rig.flushes()
+    root = rig.inst.layout
+    sub = EXPECTED_DIRS[fmt]
+    assert (flush.user, flush.policy) == ("u1", "fail")
+    assert flush.dirs == (str(root.index_root / "u1" / sub), str(root.control_root / "u1" / sub))
+    assert (Path(flush.dirs[0]) / "dovecot.index.log").exists()  # where Dovecot really wrote
+    if fmt == "maildir":
+        assert (Path(flush.dirs[1]) / "dovecot-uidlist").exists()
+    assert 0 < flush.timeout_ms <= TIMEOUT_MS
+    assert rig.control is not None and rig.control.versions == [
+        "VERSION\treplicator-control\t1\t0"]
+
+
+@pytest.mark.parametrize("fmt", ["maildir", "mdbox"])
+def test_store_expunge_copy_move_each_flush_their_mailboxes(
+        rig_factory: Callable[..., Rig], fmt: MailFormat) -> None:
+    rig = rig_factory(fmt=fmt)
+    client = rig.imap()
+    client.create_folder("Other")
+    for _ in range(3):
+        append(client)
+    client.select_folder("INBOX")
+    inbox, other = (f".{n}" if fmt == "maildir" else n for n in ("INBOX", "Other"))
+
+    def flushed_by(action: Callable[[], object]) -> list[str]:
+        """Names of the index directories the command's FLUSH requests named."""
+        before = len(rig.flushes())
+        action()
+        return [Path(f.dirs[0]).name for f in rig.flushes()[before:]]
+
+    assert flushed_by(lambda: client.add_flags([1], [b"\\Flagged"])) == [inbox]
+    assert flushed_by(lambda: client.copy([1], "Other")) == [other]
+    assert flushed_by(lambda: client.move([2], "Other")) == [other, inbox]  # copy, then expunge
+    client.add_flags([3], [b"\\Deleted"])
+    assert flushed_by(client.expunge) == [inbox]
+    # one connection served them all, ids increasing
+    ids = [f.req_id for f in rig.flushes()]
+    assert ids == sorted(set(ids)) and {f.conn for f in rig.flushes()} == {1}
+
+
+def test_read_only_session_sends_no_flush(rig_factory: Callable[..., Rig]) -> None:
+    rig = rig_factory()
+    append(rig.imap())
+    before = len(rig.flushes())
+    client = rig.imap()
+    client.select_folder("INBOX")
+    client.fetch([1], ["FLAGS", "ENVELOPE", "BODY.PEEK[]", "BODYSTRUCTURE", "RFC822.SIZE"])
+    client.search(["SUBJECT", "t"])
+    client.folder_status("INBOX", ["MESSAGES", "UIDNEXT"])
+    client.list_folders()
+    client.unselect_folder()
+    client.select_folder("INBOX", readonly=True)
+    client.fetch([1], ["BODY.PEEK[HEADER]"])
+    assert len(rig.flushes()) == before == 1
+
+
+def test_debug_log_names_user_mailbox_and_wait(rig_factory: Callable[..., Rig]) -> None:
+    rig = rig_factory(extra="mail_debug = yes")
+    append(rig.imap())
+    lines = [ln for ln in rig.inst.log_text().splitlines()
+             if "replicator_sync: Flushed user=u1 mailbox=INBOX: waited " in ln]
+    assert len(lines) == 1 and "1 peer(s) acked" in lines[0]
+
+
+def test_partial_lines_are_reassembled(rig_factory: Callable[..., Rig]) -> None:
+    rig = rig_factory(default="byte_by_byte")
+    assert b"[APPENDUID " in append(rig.imap())
+    assert warnings(rig, "fail", count=0) == []
+
+
+def test_replicator_sync_no_disables_the_plugin(rig_factory: Callable[..., Rig]) -> None:
+    rig = rig_factory(default="fail", settings={"replicator_sync": "no"})
+    assert b"[APPENDUID " in append(rig.imap())
+    assert rig.flushes() == []
+
+
+# --- the daemon says FAIL -----------------------------------------------------------------------
+
+def test_fail_reply_with_fail_policy_is_a_tagged_no_with_the_reason(
+        rig_factory: Callable[..., Rig]) -> None:
+    rig = rig_factory("fail", default="fail", fail_reason="quorum 1 not reached")
+    client = rig.imap()
+    text = refused(lambda: append(client))
+    assert "[UNAVAILABLE] Change not yet replicated to a peer" in text
+    assert "quorum 1 not reached" in text
+    assert len(warnings(rig, "fail")) == 1 and rig.metric("replicator_sync_failed", 1) == 1
+    # committed locally all the same: a retry may duplicate the message, nothing is lost
+    (status,) = mailbox_status(rig.inst.config_path, "u1", ("INBOX",)).values()
+    assert status.messages == 1
+
+
+def test_fail_reply_with_degrade_policy_answers_ok_and_counts_a_warning(
+        rig_factory: Callable[..., Rig]) -> None:
+    rig = rig_factory("degrade", default="fail", fail_reason="quorum 1 not reached")
+    assert b"[APPENDUID " in append(rig.imap())
+    (line,) = warnings(rig, "degrade")
+    assert "user=u1 mailbox=INBOX" in line and "quorum 1 not reached" in line
+    assert rig.metric("replicator_sync_degraded", 1) == 1
+    assert rig.metric("replicator_sync_failed", 0) == 0
+
+
+@pytest.mark.parametrize("command", ["store", "copy", "move", "expunge"])
+def test_every_write_command_is_refused_when_the_daemon_says_fail(
+        rig_factory: Callable[..., Rig], command: str) -> None:
+    rig = rig_factory("fail")
+    client = rig.imap()
+    client.create_folder("Other")
+    append(client)
+    client.select_folder("INBOX")
+    if command == "expunge":
+        client.add_flags([1], [b"\\Deleted"])
+    assert rig.control is not None
+    rig.control.default = "fail"
+    actions: dict[str, Callable[[], object]] = {
+        "store": lambda: client.add_flags([1], [b"\\Seen"]),
+        "copy": lambda: client.copy([1], "Other"),
+        "move": lambda: client.move([1], "Other"),
+        "expunge": client.expunge,
+    }
+    assert "Change not yet replicated" in refused(actions[command])
+
+
+# --- the daemon cannot be reached ---------------------------------------------------------------
+
+UNREACHABLE = {  # server mode, fake daemon options, what the log must say
+    "daemon_down": ("dead", {}, "Connection refused"),
+    "socket_missing": (None, {}, "No such file or directory"),
+    "permission_denied": ("listen", {"mode": 0o600}, "Permission denied"),
+}
+
+
+@pytest.mark.parametrize("policy", ["fail", "degrade"])
+@pytest.mark.parametrize("case", sorted(UNREACHABLE))
+def test_unreachable_daemon_applies_the_policy(
+        rig_factory: Callable[..., Rig], case: str, policy: str) -> None:
+    server, options, logged = UNREACHABLE[case]
+    rig = rig_factory(policy, server=server, **options)
+    client = rig.imap()
+    if policy == "fail":
+        assert "replicator: daemon unreachable" in refused(lambda: append(client))
+    else:
+        assert b"[APPENDUID " in append(client)
+    (line,) = warnings(rig, policy)
+    assert logged in line and str(rig.socket) in line
+    if rig.control is not None:
+        assert rig.control.flushes == []
+
+
+# --- the daemon answers badly -------------------------------------------------------------------
+
+BAD_REPLIES = {  # fake daemon action, what the log must say
+    "garbage": "protocol error: unexpected reply 'HELLO? ",
+    "wrong_id": "while waiting for",
+    "silent": "timed out waiting for the reply",
+    "close_mid_line": "closed the connection in the middle of a line",
+}
+
+
+@pytest.mark.parametrize("policy", ["fail", "degrade"])
+@pytest.mark.parametrize("action", sorted(BAD_REPLIES))
+def test_bad_reply_applies_the_policy_then_the_next_request_reconnects(
+        rig_factory: Callable[..., Rig], action: str, policy: str) -> None:
+    rig = rig_factory(policy)
+    assert rig.control is not None
+    rig.control.script(action)
+    client = rig.imap()
+    if policy == "fail":
+        assert "Change not yet replicated" in refused(lambda: append(client))
+    else:
+        assert b"[APPENDUID " in append(client)
+    (line,) = warnings(rig, policy)
+    assert BAD_REPLIES[action] in line
+    assert b"[APPENDUID " in append(client)  # next command: fresh connection, proper answer
+    assert [f.conn for f in rig.flushes()] == [1, 2]
+    assert len(rig.control.versions) == 2
+
+
+def test_incompatible_daemon_version_is_refused(rig_factory: Callable[..., Rig]) -> None:
+    rig = rig_factory("fail", version_line=b"VERSION\treplicator-control\t2\t0\n")
+    assert "replicator: protocol error" in refused(lambda: append(rig.imap()))
+    (line,) = warnings(rig, "fail")
+    assert "incompatible daemon protocol version 2" in line
+
+
+def test_reply_after_the_timeout_never_answers_a_later_request(
+        rig_factory: Callable[..., Rig]) -> None:
+    """The late OK for request 1 is sent when request 2 arrives; request 2 itself gets FAIL."""
+    rig = rig_factory("fail", fail_reason="answer to the second request")
+    assert rig.control is not None
+    rig.control.script("late", "fail")
+    client = rig.imap()
+    assert f"no answer within {TIMEOUT_MS} ms" in refused(lambda: append(client))
+    assert "answer to the second request" in refused(lambda: append(client))
+    assert b"[APPENDUID " in append(client)
+    first, second, third = rig.flushes()
+    assert first.conn != second.conn and second.req_id > first.req_id
+    assert third.conn == second.conn  # an answered request leaves the connection reusable
+
+
+# --- settings -------------------------------------------------------------------------------------
+
+def test_invalid_settings_are_logged_and_fall_back_to_safe_defaults(
+        rig_factory: Callable[..., Rig]) -> None:
+    rig = rig_factory(None, default="fail", settings={
+        "replicator_sync_policy": "maybe", "replicator_sync_timeout": "soon",
+        "replicator_sync": "perhaps"})
+    assert "Change not yet replicated" in refused(lambda: append(rig.imap()))
+    errors = "\n".join(rig.inst.error_lines())
+    for name, value in (("replicator_sync_policy", "maybe"), ("replicator_sync_timeout", "soon"),
+                        ("replicator_sync", "perhaps")):
+        assert f"Invalid {name}={value}" in errors
+    assert "using 2000 ms" in errors and "using fail" in errors
+
+
+def test_default_socket_is_the_daemons_default(rig_factory: Callable[..., Rig]) -> None:
+    default = Path("/run/dovecot-replicator/control.sock")
+    if default.exists():
+        pytest.skip(f"{default} exists: a daemon may be running on this machine")
+    rig = rig_factory("degrade", server=None, settings={"replicator_sync_socket": None})
+    assert b"[APPENDUID " in append(rig.imap())
+    (line,) = warnings(rig, "degrade")
+    assert f"connect({default}) failed" in line
