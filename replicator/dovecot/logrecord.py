@@ -85,9 +85,9 @@ class LogRecord(NamedTuple):
 
 
 def type_name(rec_type: int) -> str:
-    """doveadm-dump-like name: "header-update", "boundary (ext)", "0x4000000" if unknown."""
-    name = _NAMES.get(rec_type & TYPE_MASK, f"{rec_type & TYPE_MASK:#x}")
-    return name + " (ext)" if rec_type & EXTERNAL else name
+    """The name `doveadm dump` prints: "header-update", "boundary (ext)", "unknown: 400000"."""
+    name = _NAMES.get(rec_type & TYPE_MASK, f"unknown: {rec_type & TYPE_MASK:x}")
+    return name + " (ext)" * bool(rec_type & EXTERNAL) + " (sync)" * bool(rec_type & SYNC)
 
 
 def decode_size(word: bytes | memoryview) -> int:

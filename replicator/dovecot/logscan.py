@@ -76,6 +76,9 @@ def _check(rec_size: int, rec_type: int, pos: int, kind: str) -> None:
     for bit, wanted in _PROTECTED.items():
         if rec_type & bit and rec_type & lr.TYPE_MASK != wanted:
             raise DovecotFormatError(kind, pos, "expunge record missing protection mask")
+    if rec_type & lr.TYPE_MASK not in lr.KNOWN_KINDS:
+        raise DovecotFormatError(kind, pos,
+                                 f"unknown record type {rec_type & lr.TYPE_MASK:#x}")
     if (rec_type & lr.TYPE_MASK == lr.APPEND
             and (rec_size - lr.HEADER_SIZE) % lr.APPEND_RECORD_SIZE):
         raise DovecotFormatError(kind, pos, f"append record size {rec_size} not 8 + n*8")

@@ -25,17 +25,13 @@ timing in the tests), which is what lets promote raise 10 000 mailboxes in under
 
 from __future__ import annotations
 
-import errno
-import fcntl
-import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 from replicator.dovecot import logrecord as lr
-from replicator.dovecot.binfmt import DovecotFormatError
 from replicator.dovecot.indexfile import NEXT_UID_OFFSET, IndexHeader, parse_index_header
-from replicator.dovecot.logfile import parse_log_header
+from replicator.dovecot.logappend import LockedLog, locked_log
 from replicator.dovecot.nextuid_files import (
     UIDLIST,
     NextUidError,
@@ -86,13 +82,13 @@ def raise_next_uid(mailbox_index_dir: Path, min_next_uid: int, *, control_dir: P
         raise ValueError(f"min_next_uid {min_next_uid} is not a uid (1..{UID_MAX})")
     index = _read_index_header(mailbox_index_dir / INDEX)
     try:
-        fd = os.open(mailbox_index_dir / LOG, os.O_RDWR | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return _without_log(mailbox_index_dir, index, min_next_uid, control_dir, fsync)
-    try:
-        return _raise_in_log(fd, mailbox_index_dir, index, min_next_uid, control_dir, fsync)
-    finally:
-        os.close(fd)
+        with locked_log(mailbox_index_dir / LOG, LOG) as log:
+            return _raise_in_log(log, mailbox_index_dir, index, min_next_uid, control_dir,
+                                 fsync)
+    except FileNotFoundError as e:
+        if e.filename != str(mailbox_index_dir / LOG):
+            raise
+    return _without_log(mailbox_index_dir, index, min_next_uid, control_dir, fsync)
 
 
 def _read_index_header(path: Path) -> tuple[IndexHeader, bytes] | None:
@@ -104,19 +100,18 @@ def _read_index_header(path: Path) -> tuple[IndexHeader, bytes] | None:
     return parse_index_header(raw, path.name), raw
 
 
-def _raise_in_log(fd: int, box: Path, index: tuple[IndexHeader, bytes] | None, wanted: int,
-                  control_dir: Path | None, fsync: bool) -> RaiseResult:
+def _raise_in_log(log: LockedLog, box: Path, index: tuple[IndexHeader, bytes] | None,
+                  wanted: int, control_dir: Path | None, fsync: bool) -> RaiseResult:
     """Everything is checked before anything is written, the log lock held throughout."""
-    _lock(fd, box / LOG)
-    data = _read_all(fd)
-    state = replay_next_uid(index, parse_log_header(data, LOG), data,
-                            lambda: _read_optional(box / LOG2))
+    state = replay_next_uid(index, log.header, log.data, lambda: _read_optional(box / LOG2))
     write = state.next_uid < wanted and _may_write(state, box, control_dir)
     uidlist = raise_uidlist(control_dir, wanted, fsync) if control_dir else None
-    offset, truncated = (_append(fd, data, state, wanted, control_dir is not None, fsync)
-                         if write else (None, 0))
+    offset = truncated = None
+    if write:
+        record = header_update_record(wanted, external=control_dir is not None)
+        offset, truncated = state.end, log.append(record, state.end, fsync)
     after = wanted if write else state.next_uid
-    return _result(box, state.next_uid, after, wanted, offset, truncated, False, uidlist)
+    return _result(box, state.next_uid, after, wanted, offset, truncated or 0, False, uidlist)
 
 
 def _may_write(state: UidState, box: Path, control_dir: Path | None) -> bool:
@@ -129,18 +124,6 @@ def _may_write(state: UidState, box: Path, control_dir: Path | None) -> bool:
         return False
     raise NextUidError(f"{box / LOG}: uid_validity is 0 (mailbox never synced); raising "
                        "next_uid would make Dovecot declare the index corrupted")
-
-
-def _append(fd: int, data: bytes, state: UidState, wanted: int, external: bool,
-            fsync: bool) -> tuple[int, int]:
-    """(offset of the new record, torn bytes cut first, as Dovecot's next append would)."""
-    truncated = len(data) - state.end
-    if truncated:
-        os.ftruncate(fd, state.end)
-    os.pwrite(fd, header_update_record(wanted, external=external), state.end)
-    if fsync:
-        os.fdatasync(fd)
-    return state.end, truncated
 
 
 def _without_log(box: Path, index: tuple[IndexHeader, bytes] | None, wanted: int,
@@ -170,24 +153,6 @@ def _result(box: Path, previous: int, after: int, wanted: int, offset: int | Non
         raise NextUidError(f"{box}: next uid stays {next_uid} < {wanted}: nothing to raise")
     return RaiseResult(box, max(previous, uidlist[0] if uidlist else 0), next_uid, offset,
                        truncated, rewritten, *(uidlist or (None, False)))
-
-
-def _lock(fd: int, path: Path) -> None:
-    """The whole-file fcntl write lock Dovecot takes before appending (lock_method=fcntl)."""
-    try:
-        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as e:
-        if e.errno in (errno.EACCES, errno.EAGAIN):
-            raise NextUidError(f"{path} is locked: is Dovecot running on it?") from None
-        raise
-
-
-def _read_all(fd: int) -> bytes:
-    size = os.fstat(fd).st_size
-    data = os.pread(fd, size, 0)
-    if len(data) != size:
-        raise DovecotFormatError(LOG, len(data), f"short read ({len(data)} of {size} bytes)")
-    return data
 
 
 def _read_optional(path: Path) -> bytes | None:

@@ -186,6 +186,7 @@ def test_unfinished_size_word_and_trailing_garbage_are_torn() -> None:
     (craft.rec(0x20, b""), "empty record contents (type 0x20)"),
     (craft.rec(0x2000, b"\0" * 20), "expunge record missing protection mask"),
     (craft.rec(0x02, b"\0" * 12), "append record size 20 not 8 + n*8"),
+    (craft.rec(0x400000, b"\0" * 4), "unknown record type 0x400000"),
 ])
 def test_corrupt_records_raise(record: bytes, words: str) -> None:
     with pytest.raises(DovecotFormatError) as err:
@@ -222,7 +223,9 @@ def test_log_random_tail_never_crashes(tail: bytes) -> None:
 
 
 def test_type_names() -> None:
-    assert type_name(0x10000020) == "header-update (ext)" and type_name(0x400000) == "0x400000"
+    assert type_name(0x10000020) == "header-update (ext)"
+    assert type_name(0x30000002) == "append (ext) (sync)"
+    assert type_name(0x400000) == "unknown: 400000"
 
 
 # --- dovecot.index.cache -------------------------------------------------------------------

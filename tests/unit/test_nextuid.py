@@ -4,6 +4,7 @@ refuses. The same writer against a real Dovecot is in tests/integration."""
 from __future__ import annotations
 
 import os
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from replicator.dovecot.headers import DovecotFormatError, parse_index, parse_log, parse_uidlist
+from replicator.dovecot.listindex import LIST_LOG, forget_cached_status
 from replicator.dovecot.nextuid import NextUidError, header_update_record, raise_next_uid
 from replicator.dovecot.uidstate import replay_next_uid
 from tests.unit import dovecot_craft as craft
@@ -212,3 +214,21 @@ def test_index_pointing_past_the_log_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(DovecotFormatError, match=r"^dovecot\.index\.log: at offset 4000: "
                        "replay starts past the end"):
         raise_next_uid(_mailbox(tmp_path, log, index), 5, control_dir=None)
+
+
+def test_forget_cached_status_transaction(tmp_path: Path) -> None:
+    """The list index gets one transaction: boundary, ext-intro of "msgs", ext-reset."""
+    log = craft.log_bytes([craft.transaction(craft.append(1))])
+    (tmp_path / LIST_LOG).write_bytes(log + b"\x80\x80")  # torn tail
+    assert forget_cached_status(tmp_path) == len(log)
+    new = parse_log((tmp_path / LIST_LOG).read_bytes())
+    added = new.records[len(parse_log(log).records):]
+    assert [(r.name, r.size) for r in added] == [
+        ("boundary (ext)", 12), ("ext-intro (ext)", 32), ("ext-reset (ext)", 16)]
+    data = (tmp_path / LIST_LOG).read_bytes()
+    assert struct.unpack_from("<I", data, added[0].offset + 8)[0] == 60  # boundary spans all 3
+    assert data[added[1].offset + 8:added[1].end] == struct.pack(
+        "<IIIHHHH", 0xFFFFFFFF, 0, 0, 16, 4, 1, 4) + b"msgs"
+    assert data[added[2].offset + 8:added[2].end] == bytes(8)  # new_reset_id 0, no preserve
+    assert (new.end, new.torn) == (len(data), None)
+    assert forget_cached_status(tmp_path / "nouser") is None
