@@ -20,7 +20,7 @@ from pathlib import Path
 
 VERSION_LINE = b"VERSION\treplicator-control\t1\t0\n"
 ACTIONS = ("ok", "fail", "garbage", "wrong_id", "silent", "close_mid_line", "byte_by_byte",
-           "late")
+           "late", "flood")
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,9 @@ class FakeControl:
             self._listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
         self._listener.close()
         with self._lock:
-            for conn in self._conns:
+            for conn in self._conns:  # shutdown() first: close() alone leaves a blocked recv
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
                 conn.close()
         self._thread.join(5.0)
         self.path.unlink(missing_ok=True)
@@ -106,14 +108,8 @@ class FakeControl:
     def _serve(self, conn: socket.socket, number: int) -> None:
         """Reads lines until EOF: VERSION first, then FLUSH requests."""
         buf = b""
-        with conn:
-            while True:
-                try:
-                    data = conn.recv(65536)
-                except OSError:
-                    return
-                if not data:
-                    return
+        with conn, contextlib.suppress(OSError):  # OSError: the client or close() hung up
+            while data := conn.recv(65536):
                 buf += data
                 while b"\n" in buf:
                     line, buf = buf.split(b"\n", 1)
@@ -146,6 +142,7 @@ class FakeControl:
             "garbage": "HELLO? \x01\x02 what\n",
             "wrong_id": f"OK\t{req_id + 1000}\t1\n",
             "close_mid_line": f"OK\t{req_id}",
+            "flood": "x" * 70000,  # longer than the protocol's 64 KiB line limit, no LF
         }
         if action in replies:
             conn.sendall(replies[action].encode())

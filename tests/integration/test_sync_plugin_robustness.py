@@ -315,6 +315,7 @@ BAD_REPLIES = {  # fake daemon action, what the log must say
     "wrong_id": "while waiting for",
     "silent": "timed out waiting for the reply",
     "close_mid_line": "closed the connection in the middle of a line",
+    "flood": "reply line too long",
 }
 
 
@@ -357,6 +358,18 @@ def test_reply_after_the_timeout_never_answers_a_later_request(
     first, second, third = rig.flushes()
     assert first.conn != second.conn and second.req_id > first.req_id
     assert third.conn == second.conn  # an answered request leaves the connection reusable
+
+
+def test_daemon_restart_between_commands_is_invisible(rig_factory: Callable[..., Rig]) -> None:
+    """The kept connection sees EOF when the daemon restarts; the next commit reconnects."""
+    rig = rig_factory("fail")
+    client = rig.imap()
+    assert b"[APPENDUID " in append(client)
+    assert rig.control is not None
+    rig.control.close()
+    rig.control = FakeControl(rig.socket)
+    assert b"[APPENDUID " in append(client)
+    assert len(rig.control.flushes) == 1 and warnings(rig, "fail", count=0) == []
 
 
 # --- settings -------------------------------------------------------------------------------------
