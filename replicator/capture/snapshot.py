@@ -1,0 +1,148 @@
+"""Reading one directory of a root the way Dovecot expects to be read.
+
+Files are read in dependency order (dependents first, `filekinds.read_rank`), log and cache under
+a shared fcntl lock (Dovecot appends and rewrites them under an exclusive one, so we see whole
+records), and a file whose size moved while we read it is read again. A lock we cannot get at
+once is not waited for: the file is reported `busy` and the directory is retried shortly, so the
+event loop never blocks behind Dovecot.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import stat
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from replicator.capture.manifest import RACY_NS, DirEntry, StatKey
+from replicator.delta.ops import Meta
+from replicator.dovecot.filekinds import FCNTL_LOCKED, classify, is_transient, read_rank
+
+READ_ATTEMPTS = 3
+
+
+@dataclass(frozen=True)
+class FileRead:
+    name: str
+    stat: StatKey
+    meta: Meta
+    content: bytes
+    racy: bool
+
+
+@dataclass
+class DirScan:
+    """What a directory holds now. `reads` are files that changed (or were forced) and were
+    read; `present` is every shippable file name; `busy` could not be read consistently yet."""
+
+    reldir: str
+    exists: bool
+    meta: Meta = field(default_factory=lambda: Meta(0, 0, 0, 0))
+    ino: int = 0
+    reads: list[FileRead] = field(default_factory=list)
+    present: set[str] = field(default_factory=set)
+    subdirs: set[str] = field(default_factory=set)
+    busy: set[str] = field(default_factory=set)
+
+
+def stat_key(st: os.stat_result) -> StatKey:
+    return StatKey(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+
+def meta_of(st: os.stat_result, *, with_mtime: bool = True) -> Meta:
+    return Meta(stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid,
+                st.st_mtime_ns if with_mtime else 0)
+
+
+def scan_dir(root: Path, reldir: str, known: DirEntry | None,
+             forced: set[str] | None) -> DirScan:
+    """Scan `root/reldir`; read files that changed since `known`, and all of `forced`
+    (None = every file)."""
+    path = root / reldir if reldir else root
+    try:
+        st = os.lstat(path)
+        entries = list(os.scandir(path))
+    except (FileNotFoundError, NotADirectoryError):
+        return DirScan(reldir, exists=False)
+    if not stat.S_ISDIR(st.st_mode):
+        return DirScan(reldir, exists=False)
+    scan = DirScan(reldir, True, meta_of(st, with_mtime=False), st.st_ino)
+    candidates: list[tuple[str, os.stat_result]] = []
+    for entry in entries:
+        _sort_entry(entry, scan, candidates)
+    now = time.time_ns()
+    for name, est in sorted(candidates, key=lambda c: read_rank(c[0])):
+        old = known.files.get(name) if known else None
+        unchanged = old is not None and old.stat == stat_key(est) and not old.racy
+        if unchanged and (forced is not None and name not in forced):
+            continue
+        read = read_file(path / name, name, now)
+        if read == "busy":
+            scan.busy.add(name)
+        elif read == "gone":
+            scan.present.discard(name)
+        else:
+            scan.reads.append(read)
+    return scan
+
+
+def _sort_entry(entry: os.DirEntry[str], scan: DirScan,
+                candidates: list[tuple[str, os.stat_result]]) -> None:
+    name = entry.name
+    try:
+        est = entry.stat(follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(est.st_mode):
+        scan.subdirs.add(name)
+    elif stat.S_ISREG(est.st_mode) and not is_transient(name):
+        scan.present.add(name)
+        candidates.append((name, est))
+
+
+def read_file(path: Path, name: str, now_ns: int) -> FileRead | Literal["busy", "gone"]:
+    """The file's content and stat, consistent with each other."""
+    locked = classify(name) in FCNTL_LOCKED
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return "gone"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # replaced by a symlink since the scan: not ours to ship
+            return "gone"
+        raise
+    try:
+        if locked and not _try_shared_lock(fd):
+            return "busy"
+        for _ in range(READ_ATTEMPTS):
+            before = os.fstat(fd)
+            content = _read_all(fd)
+            after = os.fstat(fd)
+            if len(content) == after.st_size and stat_key(before) == stat_key(after):
+                racy = now_ns - after.st_mtime_ns < RACY_NS
+                return FileRead(name, stat_key(after), meta_of(after), content, racy)
+        return "busy"
+    finally:
+        os.close(fd)
+
+
+def _try_shared_lock(fd: int) -> bool:
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EAGAIN, errno.EACCES):
+            return False
+        raise
+    return True
+
+
+def _read_all(fd: int) -> bytes:
+    chunks, offset = [], 0
+    while chunk := os.pread(fd, 1 << 20, offset):
+        chunks.append(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)

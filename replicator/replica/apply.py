@@ -1,0 +1,151 @@
+"""Applying one batch to one origin's replica of one root: verify everything, then commit.
+
+All ops run first against in-memory working copies (`WorkingFile`), and every announced result
+(size and xxh3-128) is checked; only then do changes become visible, in the batch's order, which
+the origin chose so that logs land before caches and caches before indexes. A failed check
+changes nothing. Streaming digests of visible files are kept so that appending to a log verifies
+without re-reading it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from replicator.delta.apply import WorkingFile
+from replicator.delta.ops import Op, OpCode
+from replicator.errors import ApplyError, PathError, ProtocolError
+from replicator.hashing import StreamingDigest
+from replicator.paths import resolve_under
+from replicator.replica import fileio
+
+Action = Callable[[], None]
+
+
+@dataclass
+class ApplyStats:
+    files: int = 0
+    bytes_written: int = 0
+
+
+class DigestCache:
+    """Streaming digests of the visible replica files, computed lazily after a restart."""
+
+    def __init__(self) -> None:
+        self._states: dict[Path, StreamingDigest] = {}
+
+    def get(self, path: Path) -> StreamingDigest:
+        state = self._states.get(path)
+        if state is None:
+            state = self._states[path] = StreamingDigest(fileio.read_bytes(path))
+        return state
+
+    def set(self, path: Path, state: StreamingDigest) -> None:
+        self._states[path] = state
+
+    def forget_tree(self, path: Path) -> None:
+        prefix = f"{path}/"
+        for key in [k for k in self._states if k == path or str(k).startswith(prefix)]:
+            del self._states[key]
+
+
+class BatchApplier:
+    """Applies ops whose paths are relative to `base` (replica_dir/<origin>/<root>)."""
+
+    def __init__(self, base: Path, staging: Path, digests: DigestCache, *, max_size: int,
+                 may_chown: bool) -> None:
+        self.base, self.staging, self.digests = base, staging, digests
+        self.max_size, self.may_chown = max_size, may_chown
+        self._work: dict[str, WorkingFile] = {}
+        self._actions: list[tuple[str, Action]] = []
+
+    def apply(self, ops: list[Op]) -> ApplyStats:
+        """Verify every op, then commit; ApplyError (nothing visible changed) on any mismatch."""
+        try:
+            for op in ops:
+                self._stage(op)
+        except ProtocolError as exc:
+            raise ApplyError(str(exc)) from None
+        last = {key: index for index, (key, _) in enumerate(self._actions)}
+        stats = ApplyStats()
+        for index, (key, action) in enumerate(self._actions):
+            if key.startswith("file:"):
+                if last[key] != index:
+                    continue  # a file is committed once, at its last op
+                stats.files += 1
+            action()
+        stats.bytes_written = sum(op.raw_size for op in ops)
+        return stats
+
+    def _path(self, rel: str) -> Path:
+        try:
+            return resolve_under(self.base, rel)
+        except PathError as exc:
+            raise ApplyError(str(exc)) from None
+
+    def _stage(self, op: Op) -> None:
+        if op.code == OpCode.ENSURE_DIR:
+            path = self._path(op.path)
+            self._actions.append((f"dir:{op.path}", lambda: fileio.ensure_dir(
+                path, op.meta, may_chown=self.may_chown)))
+        elif op.code == OpCode.KEEP_ONLY:
+            self._actions.append((f"keep:{op.path}", lambda: self._keep_only(op)))
+        elif op.code == OpCode.DELETE and fileio.kind_of(self._path(op.path)) == "dir":
+            self._stage_tree_delete(op.path)
+        else:
+            self._stage_file(op)
+
+    def _stage_file(self, op: Op) -> None:
+        source = self._working(op.source) if op.code == OpCode.COPY else None
+        target = self._working(op.path)
+        target.apply(op, self.max_size, source)
+        if op.result is not None:
+            target.check(op.result)
+        key = f"file:{op.path}"
+        self._actions.append((key, lambda: self._commit(target)))
+
+    def _stage_tree_delete(self, rel: str) -> None:
+        path = self._path(rel)
+        for name in [n for n in self._work if n == rel or n.startswith(f"{rel}/")]:
+            del self._work[name]
+
+        def delete_tree() -> None:
+            fileio.remove(path)
+            self.digests.forget_tree(path)
+        self._actions.append((f"tree:{rel}", delete_tree))
+
+    def _working(self, rel: str) -> WorkingFile:
+        if rel not in self._work:
+            path = self._path(rel)
+            kind = fileio.kind_of(path)
+            if kind not in ("file", "missing"):
+                raise ApplyError(f"{path}: is a {kind}, expected a regular file")
+            self._work[rel] = WorkingFile(rel, kind == "file", lambda: fileio.read_bytes(path),
+                                          lambda: self.digests.get(path))
+        return self._work[rel]
+
+    def _commit(self, wf: WorkingFile) -> None:
+        path = self._path(wf.path)
+        if not wf.exists:
+            fileio.remove(path)
+            self.digests.forget_tree(path)
+            return
+        state = wf.digest()
+        if wf.materialized:
+            fileio.replace_file(path, wf.content(), wf.meta, self.staging,
+                                may_chown=self.may_chown)
+        elif wf.tails or wf.meta is not None:
+            fileio.append_file(path, self.digests.get(path).size, wf.tails, wf.meta,
+                               may_chown=self.may_chown)
+        self.digests.set(path, state)
+
+    def _keep_only(self, op: Op) -> None:
+        directory = self._path(op.path)
+        keep = set(op.names)
+        for name in os.listdir(directory):
+            if name not in keep:
+                victim = directory / name
+                fileio.remove(victim)
+                self.digests.forget_tree(victim)

@@ -1,0 +1,85 @@
+"""Small durable JSON state files, replaced atomically.
+
+`replica_dir/<origin>/.applied.json` says how far this replica got in the origin's stream; it
+lives beside the replica (tmpfs: it must vanish with the data it describes). Fences live in
+`state_dir/fences.json` (durable disk: a promote's fence must survive a reboot).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+def load_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def save_json(path: Path, data: dict[str, Any], *, durable: bool) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, sort_keys=True)
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
+    os.replace(tmp, path)
+    if durable:
+        fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@dataclass
+class AppliedState:
+    """Position of one replica in its origin's stream."""
+
+    stream: str = ""
+    seq: int = 0
+    epoch: int = 0
+    broken: dict[str, int] = field(default_factory=dict)  # "root\\0dir" -> seq it broke at
+
+    @classmethod
+    def load(cls, path: Path) -> AppliedState:
+        data = load_json(path)
+        return cls(str(data.get("stream", "")), int(data.get("seq", 0)),
+                   int(data.get("epoch", 0)), dict(data.get("broken", {})))
+
+    def save(self, path: Path) -> None:
+        save_json(path, asdict(self), durable=False)
+
+
+class Fences:
+    """The lowest epoch accepted from each origin; raised by promote, never lowered."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._stamp: tuple[int, int] | None = None
+        self._epochs: dict[str, int] = {}
+        self.reload()
+
+    def minimum(self, origin: str) -> int:
+        return self._epochs.get(origin, 0)
+
+    def raise_to(self, origin: str, epoch: int) -> None:
+        if epoch > self.minimum(origin):
+            self._epochs[origin] = epoch
+            save_json(self.path, dict(self._epochs), durable=True)
+
+    def reload(self) -> None:
+        """Re-read the file if another process (a promote) changed it."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return
+        if (st.st_ino, st.st_mtime_ns) != self._stamp:
+            self._epochs = {k: int(v) for k, v in load_json(self.path).items()}
+            self._stamp = (st.st_ino, st.st_mtime_ns)

@@ -1,0 +1,129 @@
+"""This node's copies of its peers' roots, and the rules for accepting their batches.
+
+Batches of one origin arrive numbered without gaps within the origin's current stream. A replay
+of an applied seq is acknowledged again and changes nothing; a gap is a protocol error (the
+origin reconnects and resumes). A batch that fails verification is NACKed and its directory is
+marked broken: later batches for it are skipped (their base is wrong) until the origin's resync
+batch for that directory repairs it. Batches from an epoch below the fence are refused.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from replicator.delta.ops import Op, decode_ops
+from replicator.errors import ApplyError, FencedError, PathError, ProtocolError
+from replicator.paths import check_relpath, check_root_name
+from replicator.replica.apply import ApplyStats, BatchApplier, DigestCache
+from replicator.replica.state import AppliedState, Fences
+from replicator.wire.messages import Batch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    seq: int
+    ok: bool
+    root: str = ""
+    dir: str = ""
+    reason: str = ""
+    stats: ApplyStats | None = None
+
+
+class OriginReplica:
+    """replica_dir/<origin>: the copy of one origin's roots."""
+
+    def __init__(self, base: Path, origin: str, roots: frozenset[str], staging: Path,
+                 max_size: int) -> None:
+        self.base, self.origin, self.roots = base, origin, roots
+        self.state_path = base / ".applied.json"
+        self.staging, self.max_size = staging, max_size
+        base.mkdir(parents=True, exist_ok=True)
+        self.state = AppliedState.load(self.state_path)
+        self.digests = DigestCache()
+        self._parts: list[Op] = []
+        self._next_part = 0
+
+    def resync(self, stream: str, seq: int, epoch: int) -> None:
+        """The origin restarts our view of its stream: the next batch is `seq`."""
+        self.state = AppliedState(stream, seq - 1, epoch, dict(self.state.broken))
+        self._parts, self._next_part = [], 0
+        self.state.save(self.state_path)
+
+    def receive(self, batch: Batch) -> Outcome | None:
+        """Apply `batch` (or buffer one part of it); None while more parts must follow."""
+        if batch.stream != self.state.stream:
+            raise ProtocolError(f"batch of stream {batch.stream} before RESYNC (replica "
+                                f"follows {self.state.stream or 'nothing'})")
+        if batch.seq <= self.state.seq:
+            return Outcome(batch.seq, True)  # replay after a reconnect: already applied
+        if batch.seq != self.state.seq + 1:
+            raise ProtocolError(f"batch seq {batch.seq} after {self.state.seq}: gap")
+        if batch.part != self._next_part:
+            raise ProtocolError(f"batch {batch.seq} part {batch.part}, expected {self._next_part}")
+        self._parts += decode_ops(batch.payload)
+        self._next_part += 1
+        if not batch.final:
+            return None
+        ops, self._parts, self._next_part = self._parts, [], 0
+        outcome = self._apply(batch, ops)
+        self.state.seq, self.state.epoch = batch.seq, batch.epoch
+        self.state.save(self.state_path)
+        return outcome
+
+    def _apply(self, batch: Batch, ops: list[Op]) -> Outcome:
+        try:
+            check_root_name(batch.root, self.roots)
+            check_relpath(batch.dir, allow_empty=True)
+        except PathError as exc:
+            raise ProtocolError(str(exc)) from None
+        key = f"{batch.root}\0{batch.dir}"
+        if key in self.state.broken and not batch.resync:
+            return Outcome(batch.seq, False, batch.root, batch.dir, "awaiting resync")
+        applier = BatchApplier(self.base / batch.root, self.staging, self.digests,
+                               max_size=self.max_size, may_chown=os.geteuid() == 0)
+        try:
+            stats = applier.apply(ops)
+        except (ApplyError, OSError) as exc:  # OSError: e.g. the tmpfs is full
+            self.state.broken[key] = batch.seq
+            self.digests = DigestCache()  # a partial commit may have left any file changed
+            return Outcome(batch.seq, False, batch.root, batch.dir, str(exc))
+        self.state.broken.pop(key, None)
+        return Outcome(batch.seq, True, stats=stats)
+
+
+class ReplicaStore:
+    """Every origin's replica under `replica_dir`, plus the fences of promoted origins."""
+
+    def __init__(self, replica_dir: Path, state_dir: Path, roots: frozenset[str],
+                 max_size: int) -> None:
+        self.replica_dir, self.roots, self.max_size = replica_dir, roots, max_size
+        self.staging = replica_dir / ".staging"
+        shutil.rmtree(self.staging, ignore_errors=True)
+        self.staging.mkdir(parents=True, exist_ok=True)
+        self.fences = Fences(state_dir / "fences.json")
+        self._origins: dict[str, OriginReplica] = {}
+
+    def origin(self, origin: str) -> OriginReplica:
+        replica = self._origins.get(origin)
+        if replica is None:
+            replica = self._origins[origin] = OriginReplica(
+                self.replica_dir / origin, origin, self.roots,
+                self.staging / f"{origin}.tmp", self.max_size)
+        return replica
+
+    def origins(self) -> dict[str, OriginReplica]:
+        """The origins this node has received from since it started."""
+        return dict(self._origins)
+
+    def check_epoch(self, origin: str, epoch: int) -> None:
+        self.fences.reload()
+        fence = self.fences.minimum(origin)
+        if epoch < fence:
+            raise FencedError(f"origin {origin} speaks for epoch {epoch}, but this node fenced "
+                              f"it at epoch {fence} (promoted); its batches are refused")

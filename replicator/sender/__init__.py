@@ -1,0 +1,1 @@
+"""The origin side: dirty directories become ordered batches streamed to every peer."""

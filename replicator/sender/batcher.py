@@ -1,0 +1,192 @@
+"""Turning dirty directories into batches: read (dependents first), encode, order.
+
+One flush reads every dirty directory, mailbox directories before the control directories and
+mdbox `storage/` (their dependencies), and emits the batches in the reverse order, so a replica
+cut at any batch boundary never holds a mailbox index that refers to map or uidlist entries it
+lacks. Batches that only delete come last, so a renamed mailbox's files can still be copied from
+their old place. The manifest is updated only after the whole flush is encoded: every COPY refers
+to what the replicas held before the flush.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from replicator.capture.basecache import BaseCache
+from replicator.capture.manifest import FileEntry, Manifest
+from replicator.capture.snapshot import DirScan, FileRead, scan_dir
+from replicator.delta.codec import MAX_DELTA_BASE
+from replicator.delta.encode import Shipped, describe, encode_file, finish_copy
+from replicator.delta.ops import Op, OpCode
+from replicator.dovecot.filekinds import FileKind, classify, visible_rank
+from replicator.paths import join_rel
+
+DirKey = tuple[str, str]            # (root name, relative directory)
+Forced = set[str] | None            # names to read even if their stat is unchanged; None: all
+_UNCACHED_KINDS = frozenset({FileKind.LOG, FileKind.CACHE})
+
+
+@dataclass
+class Draft:
+    """One directory's ops, not yet numbered."""
+
+    root: str
+    reldir: str
+    ops: list[Op]
+    resync: bool = False
+
+    @property
+    def deletes_only(self) -> bool:
+        return all(op.code == OpCode.DELETE for op in self.ops)
+
+
+@dataclass
+class BuildResult:
+    drafts: list[Draft] = field(default_factory=list)
+    busy: dict[DirKey, Forced] = field(default_factory=dict)   # retry these shortly
+    scanned: int = 0
+    bytes_read: int = 0
+
+
+def dir_rank(manifest: Manifest, key: DirKey) -> int:
+    """0 for mailbox directories, 1 for maildir control (uidlist), 2 for mdbox storage/."""
+    root, reldir = key
+    if reldir.rpartition("/")[2] == "storage":
+        return 2
+    entry = manifest.dir(root, reldir)
+    return 1 if entry is not None and "dovecot-uidlist" in entry.files else 0
+
+
+class Batcher:
+    def __init__(self, roots: Mapping[str, Path], manifest: Manifest, bases: BaseCache) -> None:
+        self.roots, self.manifest, self.bases = roots, manifest, bases
+
+    def build(self, dirty: Mapping[DirKey, Forced],
+              untrusted: Mapping[DirKey, set[str] | None] | None = None,
+              *, record_only: bool = False) -> BuildResult:
+        """Scan `dirty` (and `untrusted`: directories a replica must get whole files for, a set of
+        names or None for all) and return the batches; with `record_only`, only learn the state."""
+        untrusted = untrusted or {}
+        result = BuildResult()
+        scans = self._scan_all(dirty, untrusted, result)
+        plans = [_DirPlan(self, key, scan, untrusted.get(key, frozenset()),
+                          key in untrusted) for key, scan in scans]
+        drafts = [] if record_only else [d for p in plans if (d := p.draft()) is not None]
+        for plan in plans:
+            plan.commit()
+        ranked = sorted(drafts, key=lambda d: -dir_rank(self.manifest, (d.root, d.reldir)))
+        result.drafts = [d for d in ranked if not d.deletes_only] + [
+            d for d in ranked if d.deletes_only]
+        return result
+
+    def _scan_all(self, dirty: Mapping[DirKey, Forced], untrusted: Mapping[DirKey, object],
+                  result: BuildResult) -> list[tuple[DirKey, DirScan]]:
+        wanted: dict[DirKey, Forced] = {k: (None if k in untrusted else v) for k, v in
+                                        dirty.items()}
+        wanted.update({k: None for k in untrusted})
+        queue = sorted(wanted, key=lambda k: (dir_rank(self.manifest, k), k))
+        scans: list[tuple[DirKey, DirScan]] = []
+        while queue:
+            key = queue.pop(0)
+            root, reldir = key
+            scan = scan_dir(self.roots[root], reldir, self.manifest.dir(root, reldir), wanted[key])
+            result.scanned += 1
+            if scan.busy:
+                result.busy[key] = wanted[key]
+                continue
+            result.bytes_read += sum(len(r.content) for r in scan.reads)
+            scans.append((key, scan))
+            for sub in sorted(scan.subdirs):
+                sub_key = (root, join_rel(reldir, sub))
+                if sub_key not in wanted and self.manifest.dir(*sub_key) is None:
+                    wanted[sub_key] = None
+                    queue.append(sub_key)
+        return scans
+
+    def shipped_base(self, root: str, path: str) -> bytes | None:
+        return self.bases.get(root, path)
+
+
+class _DirPlan:
+    """The encoding of one scanned directory, and the manifest changes it implies."""
+
+    def __init__(self, batcher: Batcher, key: DirKey, scan: DirScan,
+                 untrusted: set[str] | frozenset[str] | None, resync: bool) -> None:
+        self.b, self.key, self.scan = batcher, key, scan
+        self.untrusted, self.resync = untrusted, resync
+        self.updates: list[tuple[FileRead, Shipped]] = [
+            (read, describe(read.content, read.meta))
+            for read in sorted(scan.reads, key=lambda r: visible_rank(r.name))
+        ]
+
+    def _trusted(self, name: str) -> bool:
+        return self.untrusted is not None and name not in self.untrusted
+
+    def draft(self) -> Draft | None:
+        root, reldir = self.key
+        known = self.b.manifest.dir(root, reldir)
+        if not self.scan.exists:
+            return Draft(root, reldir, [Op(OpCode.DELETE, reldir)]) if known and reldir else None
+        head = []
+        if known is None or known.meta != self.scan.meta or self.resync:
+            head.append(Op(OpCode.ENSURE_DIR, reldir, meta=self.scan.meta))
+        groups = [g for read, new in self.updates if (g := self._file_ops(read, new))]
+        groups.sort(key=lambda g: 0 if g[0].code == OpCode.COPY else 1)
+        ops = head + [op for group in groups for op in group] + self._tail()
+        return Draft(root, reldir, ops, self.resync) if ops else None
+
+    def _tail(self) -> list[Op]:
+        root, reldir = self.key
+        entry = self.b.manifest.dir(root, reldir)
+        tail = []
+        if entry is not None:
+            tail += [Op(OpCode.DELETE, join_rel(reldir, n)) for n in sorted(entry.files)
+                     if n not in self.scan.present]
+            tail += [Op(OpCode.DELETE, join_rel(reldir, n)) for n in sorted(entry.subdirs)
+                     if n not in self.scan.subdirs]
+        if self.resync:
+            names = tuple(sorted(self.scan.present | self.scan.subdirs))
+            tail.append(Op(OpCode.KEEP_ONLY, reldir, names=names))
+        return tail
+
+    def _file_ops(self, read: FileRead, new: Shipped) -> list[Op]:
+        root, reldir = self.key
+        path = join_rel(reldir, read.name)
+        if not self._trusted(read.name):
+            return encode_file(path, None, None, read.content, new)
+        old = self.b.manifest.file(root, path)
+        if old is None or old.stat.ino != read.stat.ino:
+            source = self.b.manifest.path_of_inode(root, read.stat.ino)
+            source_entry = self.b.manifest.file(root, source) if source else None
+            if source and source != path and source_entry is not None:
+                copy = Op(OpCode.COPY, path, source=source)
+                ops = encode_file(path, source_entry.shipped, self.b.shipped_base(root, source),
+                                  read.content, new)
+                return finish_copy(copy, ops, new)
+        base = self.b.shipped_base(root, path) if old else None
+        return encode_file(path, old.shipped if old else None, base, read.content, new)
+
+    def commit(self) -> None:
+        """Record what this plan shipped (or, record-only, what exists)."""
+        root, reldir = self.key
+        manifest = self.b.manifest
+        if not self.scan.exists:
+            manifest.remove_tree(root, reldir)
+            return
+        entry = manifest.set_dir(root, reldir, self.scan.meta, self.scan.ino)
+        for name in [n for n in entry.files if n not in self.scan.present]:
+            manifest.remove_file(root, reldir, name)
+            self.b.bases.discard(root, join_rel(reldir, name))
+        for name in [n for n in entry.subdirs if n not in self.scan.subdirs]:
+            manifest.remove_tree(root, join_rel(reldir, name))
+        for read, shipped in self.updates:
+            manifest.set_file(root, reldir, read.name, FileEntry(read.stat, shipped, read.racy))
+            self._remember_base(join_rel(reldir, read.name), read)
+
+    def _remember_base(self, path: str, read: FileRead) -> None:
+        if classify(read.name) in _UNCACHED_KINDS or len(read.content) > MAX_DELTA_BASE:
+            self.b.bases.discard(self.key[0], path)
+        else:
+            self.b.bases.put(self.key[0], path, read.content)

@@ -1,0 +1,162 @@
+"""Numbered batches, kept until every peer has them, and who has acknowledged what.
+
+Every batch gets the next seq of this run's stream and is encoded once into frames (large
+batches span several frames, `part`/`final`), shared by all peers. The outbox keeps batches
+until all peers acknowledged them, up to `retain_bytes`; a peer that falls further behind, or
+reconnects after the window moved on, is brought back by a manifest resync instead. Per peer it
+tracks the cumulative ack and the directories the peer reported broken (NACK), which only a
+later acknowledged resync batch of that directory clears. `wait_replicated` is what the sync
+commit plugin waits on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from replicator.delta.ops import encode_ops
+from replicator.sender.batcher import DirKey, Draft
+from replicator.wire.frames import encode_frame
+from replicator.wire.messages import Batch
+
+FRAME_OVERHEAD = 1024
+
+
+@dataclass
+class Numbered:
+    seq: int
+    key: DirKey
+    resync: bool
+    frames: list[bytes]
+    created: float
+    ops: int
+
+    @property
+    def size(self) -> int:
+        return sum(len(f) for f in self.frames)
+
+
+@dataclass
+class PeerCursor:
+    acked: int = 0
+    broken: dict[DirKey, int] = field(default_factory=dict)
+    connected: bool = False
+    lag: deque[float] = field(default_factory=lambda: deque(maxlen=4096))
+
+
+class Outbox:
+    def __init__(self, stream: str, epoch: int, peers: Iterable[str], *, retain_bytes: int,
+                 max_frame_bytes: int) -> None:
+        self.stream, self.epoch = stream, epoch
+        self.retain_bytes, self.max_frame_bytes = retain_bytes, max_frame_bytes
+        self.next_seq = 1
+        self.cursors = {peer: PeerCursor() for peer in peers}
+        self._batches: deque[Numbered] = deque()
+        self._retained = 0
+        self._last_seq: dict[DirKey, int] = {}
+        self._last_resync: dict[DirKey, int] = {}
+        self._waiters: list[tuple[int, frozenset[DirKey], int, asyncio.Future[list[str]]]] = []
+
+    def add(self, draft: Draft) -> Numbered:
+        """Number `draft` and keep it for every peer."""
+        seq, self.next_seq = self.next_seq, self.next_seq + 1
+        key = (draft.root, draft.reldir)
+        frames = self._frames(seq, draft)
+        numbered = Numbered(seq, key, draft.resync, frames, time.monotonic(), len(draft.ops))
+        self._batches.append(numbered)
+        self._retained += numbered.size
+        self._last_seq[key] = seq
+        if draft.resync:
+            self._last_resync[key] = seq
+        self._trim()
+        return numbered
+
+    def _frames(self, seq: int, draft: Draft) -> list[bytes]:
+        limit = self.max_frame_bytes // 2 - FRAME_OVERHEAD
+        parts: list[list[bytes]] = [[]]
+        size = 0
+        for op in draft.ops:
+            encoded = encode_ops([op])
+            if parts[-1] and size + len(encoded) > limit:
+                parts.append([])
+                size = 0
+            parts[-1].append(encoded)
+            size += len(encoded)
+        return [
+            encode_frame(Batch(self.epoch, self.stream, seq, draft.root, draft.reldir,
+                               draft.resync, index, index == len(parts) - 1,
+                               b"".join(chunks)).to_frame())
+            for index, chunks in enumerate(parts)
+        ]
+
+    def after(self, seq: int) -> list[Numbered] | None:
+        """Batches numbered above `seq`, or None if some of them are no longer retained."""
+        if seq + 1 >= self.next_seq:
+            return []
+        if not self._batches or self._batches[0].seq > seq + 1:
+            return None
+        return [b for b in self._batches if b.seq > seq]
+
+    def last_seq(self, key: DirKey) -> int:
+        return self._last_seq.get(key, 0)
+
+    def ack(self, peer: str, seq: int) -> None:
+        cursor = self.cursors[peer]
+        if seq <= cursor.acked:
+            return
+        now = time.monotonic()
+        for batch in self._batches:
+            if cursor.acked < batch.seq <= seq:
+                cursor.lag.append(now - batch.created)
+                if batch.resync and batch.key in cursor.broken and \
+                        cursor.broken[batch.key] < batch.seq:
+                    del cursor.broken[batch.key]
+        cursor.acked = seq
+        self._trim()
+        self._wake_waiters()
+
+    def nack(self, peer: str, seq: int, key: DirKey) -> bool:
+        """Record a NACK; True if a resync of `key` must be queued (none numbered after it)."""
+        cursor = self.cursors[peer]
+        cursor.broken[key] = max(seq, cursor.broken.get(key, 0))
+        return self._last_resync.get(key, 0) <= seq
+
+    def _trim(self) -> None:
+        floor = min((c.acked for c in self.cursors.values()), default=self.next_seq)
+        while self._batches and (self._batches[0].seq <= floor
+                                 or self._retained > self.retain_bytes):
+            self._retained -= self._batches.popleft().size
+
+    async def wait_replicated(self, keys: frozenset[DirKey], quorum: int,
+                              timeout: float) -> list[str]:
+        """Wait until `quorum` peers hold every batch so far for `keys`; the peers, or
+        TimeoutError."""
+        target = max((self.last_seq(k) for k in keys), default=0)
+        holders = self._holders(target, keys)
+        if len(holders) >= quorum:
+            return holders
+        future: asyncio.Future[list[str]] = asyncio.get_running_loop().create_future()
+        entry = (target, keys, quorum, future)
+        self._waiters.append(entry)
+        try:
+            return await asyncio.wait_for(future, timeout)
+        finally:
+            if entry in self._waiters:
+                self._waiters.remove(entry)
+
+    def _holders(self, target: int, keys: frozenset[DirKey]) -> list[str]:
+        return [peer for peer, c in self.cursors.items()
+                if c.acked >= target and not any(k in c.broken for k in keys)]
+
+    def _wake_waiters(self) -> None:
+        for target, keys, quorum, future in list(self._waiters):
+            holders = self._holders(target, keys)
+            if len(holders) >= quorum and not future.done():
+                future.set_result(holders)
+
+    @property
+    def retained_bytes(self) -> int:
+        return self._retained

@@ -1,0 +1,48 @@
+"""The daemon's status as a JSON-able dict: what `status` prints and the control socket serves."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from replicator.daemon import Daemon
+
+
+def _percentiles(samples: list[float]) -> dict[str, float | None]:
+    if not samples:
+        return {"p50_ms": None, "p99_ms": None}
+    ordered = sorted(samples)
+    return {"p50_ms": round(statistics.median(ordered) * 1000, 3),
+            "p99_ms": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000, 3)}
+
+
+def build_status(daemon: Daemon) -> dict[str, Any]:
+    outbox = daemon.outbox
+    peers = {}
+    for peer, link in daemon.links.items():
+        cursor = outbox.cursors[peer]
+        peers[peer] = {
+            "address": str(link.peer.address), "state": link.state,
+            "transport": link.transport_properties, "last_error": link.last_error,
+            "acked_seq": cursor.acked, "behind": outbox.next_seq - 1 - cursor.acked,
+            "broken_dirs": [f"{r}/{d}" for r, d in cursor.broken], "bytes_sent": link.bytes_sent,
+            "connects": link.connects, "manifest_resyncs": link.resyncs,
+            "ack_lag": _percentiles(list(cursor.lag)),
+        }
+    replicas = {}
+    for origin, replica in daemon.store.origins().items():
+        replicas[origin] = {"stream": replica.state.stream, "seq": replica.state.seq,
+                            "epoch": replica.state.epoch,
+                            "fence": daemon.store.fences.minimum(origin),
+                            "broken_dirs": sorted(replica.state.broken),
+                            **daemon.listener.stats.get(origin, {})}
+    return {
+        "node": daemon.node_id, "software": daemon.software,
+        "uptime_s": round(time.time() - daemon.started, 1),
+        "stream": outbox.stream, "epoch": outbox.epoch, "next_seq": outbox.next_seq,
+        "retained_bytes": outbox.retained_bytes, "files": daemon.manifest.file_count(),
+        "sync_policy_seen": daemon.sync_policy, "sync_quorum": daemon.config.tuning.sync_quorum,
+        "counters": dict(daemon.counters), "peers": peers, "replicas": replicas,
+    }

@@ -1,0 +1,52 @@
+"""`dovecot-replicator status`: the running daemon's view, asked over its control socket."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+from replicator.config import DEFAULT_CONTROL_SOCKET, load_config
+from replicator.control import protocol
+from replicator.control.server import request
+from replicator.errors import ReplicatorError
+
+
+def fetch_status(socket_path: Path) -> dict[str, Any]:
+    try:
+        reply = asyncio.run(request(socket_path, "STATUS\t1"))
+    except (OSError, TimeoutError) as exc:
+        raise ReplicatorError(f"cannot reach the daemon at {socket_path}: {exc} "
+                              f"(is `dovecot-replicator run` running?)") from None
+    fields = reply.split("\t", 2)
+    if len(fields) != 3 or fields[0] != "STATUS":
+        raise ReplicatorError(f"unexpected reply from the daemon: {reply[:80]!r}")
+    data: dict[str, Any] = json.loads(protocol.unescape(fields[2]))
+    return data
+
+
+def show_status(config: Path | None, socket_path: Path | None, *, as_json: bool) -> int:
+    if socket_path is None:
+        socket_path = load_config(config).control_socket if config else DEFAULT_CONTROL_SOCKET
+    data = fetch_status(socket_path)
+    if as_json:
+        print(json.dumps(data, indent=2))
+        return 0
+    print(f"node {data['node']} ({data['software']}), epoch {data['epoch']}, stream "
+          f"{data['stream']}, next seq {data['next_seq']}, {data['files']} files, "
+          f"retained {data['retained_bytes']} bytes")
+    for peer, info in data["peers"].items():
+        transport = info["transport"] or {}
+        lag = info["ack_lag"]
+        print(f"  peer {peer} {info['address']}: {info['state']} via "
+              f"{transport.get('name', '-')} ({transport.get('reason', '-')}), acked "
+              f"{info['acked_seq']} ({info['behind']} behind), lag p50 {lag['p50_ms']} ms "
+              f"p99 {lag['p99_ms']} ms" + (f", last error: {info['last_error']}"
+                                          if info["last_error"] else ""))
+    for origin, info in data["replicas"].items():
+        print(f"  replica of {origin}: stream {info['stream']} seq {info['seq']} epoch "
+              f"{info['epoch']} fence {info['fence']}"
+              + (f", broken: {', '.join(info['broken_dirs'])}" if info["broken_dirs"] else ""))
+    print("  counters: " + ", ".join(f"{k}={v}" for k, v in data["counters"].items()))
+    return 0

@@ -1,0 +1,1 @@
+"""Proving a replica right: byte and digest comparison, then Dovecot-level checks."""
