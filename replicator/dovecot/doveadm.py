@@ -98,7 +98,16 @@ def fetch_flags(conf: Path, user: str, mailbox: str) -> dict[int, frozenset[str]
     per-session state that differs between any two observers)."""
     out = run_doveadm(conf, "-f", "tab", "fetch", "-u", user, "uid flags",
                       "mailbox", mailbox, "all")
-    return {int(row[0]): _parse_flags(row[1] if len(row) > 1 else "") for row in _tab_rows(out)}
+    rows = _tab_rows(out)
+    if not rows:
+        _require_mailbox(conf, user, mailbox)
+    return {int(row[0]): _parse_flags(row[1] if len(row) > 1 else "") for row in rows}
+
+
+def _require_mailbox(conf: Path, user: str, mailbox: str) -> None:
+    """Raises DoveadmError unless `mailbox` exists: `doveadm fetch` answers a search in a
+    missing mailbox with no rows and exit 0, which an oracle must not take for "empty"."""
+    mailbox_status(conf, user, (mailbox,))
 
 
 def fetch_all_flags(conf: Path, user: str) -> dict[str, dict[int, frozenset[str]]]:
@@ -129,6 +138,8 @@ def fetch_body_hashes(conf: Path, user: str, mailbox: str) -> dict[int, str]:
     out = run_doveadm(conf, "-f", "json", "fetch", "-u", user, "uid text",
                       "mailbox", mailbox, "all")
     rows = json.loads(out) if out.strip() else []
+    if not rows:
+        _require_mailbox(conf, user, mailbox)
     return {int(r["uid"]): sha256_crlf(r["text"]) for r in rows}
 
 
