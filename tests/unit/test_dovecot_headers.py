@@ -203,7 +203,7 @@ def test_corrupt_records_raise(record: bytes, words: str) -> None:
 ])
 def test_log_header_errors(change: dict[str, int], offset: int, words: str) -> None:
     with pytest.raises(DovecotFormatError) as err:
-        parse_log(craft.log_bytes(**change))
+        parse_log(craft.log_bytes((), **change))
     assert err.value.offset == offset and words in err.value.reason
 
 

@@ -1,0 +1,247 @@
+"""Our parsers and the min-next-uid writer against a real Dovecot 2.3.19, for maildir, mdbox and
+sdbox: `doveadm dump` and `doveadm mailbox status` are the oracles, IMAP APPENDUID the proof."""
+
+from __future__ import annotations
+
+import struct
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from replicator.dovecot.doveadm import mailbox_status
+from replicator.dovecot.headers import (
+    cache_belongs_to,
+    is_record_boundary,
+    parse_cache,
+    parse_index,
+    parse_log,
+    parse_uidlist,
+)
+from replicator.dovecot.instance import DovecotInstance
+from replicator.dovecot.listindex import forget_cached_status
+from replicator.dovecot.nextuid import header_update_record, raise_next_uid
+from replicator.dovecot.uidstate import replay_next_uid
+from tests.integration.doveadm_dump import dump_index, dump_log, raw_index_copy
+
+pytestmark = pytest.mark.integration
+USER = "u1"
+BOXES = ("INBOX", "Work")
+
+
+def _workload(inst: DovecotInstance, rotate: bool) -> None:
+    """Appends, flags, keywords and an expunge; with `rotate`, keeps syncing until some
+    mailbox log has been rotated to .log.2 (churn settings rotate logs older than 1 s)."""
+    c = inst.imap(USER)
+    c.create_folder("Work")
+    for i in range(6):
+        c.append("INBOX", b"Subject: m%d\r\n\r\nbody %d\r\n" % (i, i))
+        c.append("Work", b"Subject: w%d\r\n\r\nwork %d\r\n" % (i, i))
+    c.select_folder("INBOX")
+    c.add_flags([1, 2], [b"\\Seen"])
+    c.add_flags([3], [b"\\Deleted", b"$Label1"])
+    c.expunge()
+    deadline = time.monotonic() + 20
+    while rotate and not list(inst.layout.index_root.rglob("*.log.2")):
+        assert time.monotonic() < deadline, "no log rotation within 20 s"
+        c.add_flags([4], [b"\\Flagged"])
+        c.remove_flags([4], [b"\\Flagged"])
+        c.noop()
+        time.sleep(0.05)
+    c.logout()
+
+
+def _paths(inst: DovecotInstance) -> dict[str, tuple[Path, Path]]:
+    return {box: tuple(Path(inst.doveadm("mailbox", "path", "-u", USER, "-t", t, box).strip())
+                       for t in ("index", "control")) for box in BOXES}  # type: ignore[misc]
+
+
+def _ints(fields: dict[str, str], names: dict[str, str]) -> dict[str, int]:
+    return {ours: int(fields[theirs]) for ours, theirs in names.items()}
+
+
+INDEX_FIELDS = {
+    "base_header_size": "base header size", "header_size": "header size",
+    "record_size": "record size", "compat_flags": "compat flags", "indexid": "index id",
+    "flags": "flags", "uid_validity": "uid validity", "next_uid": "next uid",
+    "messages_count": "messages count", "seen_messages_count": "seen messages count",
+    "deleted_messages_count": "deleted messages count", "first_recent_uid": "first recent uid",
+    "first_unseen_uid_lowwater": "first unseen uid lowwater",
+    "first_deleted_uid_lowwater": "first deleted uid lowwater", "log_file_seq": "log file seq",
+    "log_file_tail_offset": "log file tail offset",
+    "log_file_head_offset": "log file head offset", "log2_rotate_time": "log2 rotate time",
+    "last_temp_file_scan": "last temp file scan", "day_stamp": "day stamp",
+}
+CACHE_FIELDS = {
+    "major_version": "major version", "minor_version": "minor version", "indexid": "indexid",
+    "file_seq": "file_seq", "continued_record_count": "continued_record_count",
+    "record_count": "record_count", "backwards_compat_used_file_size": "used_file_size (old)",
+    "deleted_record_count": "deleted_record_count",
+    "field_header_offset": "field_header_offset",
+}
+EXT_FIELDS = {"hdr_size": "hdr_size", "reset_id": "reset_id", "record_offset": "record_offset",
+              "record_size": "record_size", "record_align": "record_align"}
+
+
+def _check_index_file(index: Path, scratch: Path) -> bool:
+    """False when the log the index points at is gone (nothing to dump it beside)."""
+    copy = raw_index_copy(index, scratch)
+    if copy is None:
+        return False
+    ours, theirs = parse_index(index.read_bytes(), index.name), dump_index(copy)
+    h = ours.header
+    assert theirs.header["version"] == f"{h.major_version}.{h.minor_version}"
+    assert {k: getattr(h, k) for k in INDEX_FIELDS} == _ints(theirs.header, INDEX_FIELDS)
+    assert list(h.day_first_uid) == [int(theirs.header[f"day first uid[{i}]"]) for i in range(8)]
+    assert [(e.name, *(getattr(e, k) for k in EXT_FIELDS)) for e in ours.extensions] == [
+        (x["name"], *_ints(x, EXT_FIELDS).values()) for x in theirs.extensions]
+    assert theirs.records == h.messages_count
+    cache_path = index.with_name(index.name + ".cache")
+    if cache_path.exists() and theirs.cache.get("major version"):
+        cache = parse_cache(cache_path.read_bytes())
+        assert {k: getattr(cache, k) for k in CACHE_FIELDS} == _ints(theirs.cache, CACHE_FIELDS)
+        assert cache_belongs_to(cache, ours)
+    return True
+
+
+def _check_log_file(log_path: Path) -> None:
+    log = parse_log(log_path.read_bytes(), log_path.name)
+    header, records = dump_log(log_path)
+    h = log.header
+    assert header == {
+        "version": f"{h.major_version}.{h.minor_version}", "hdr size": str(h.hdr_size),
+        "index id": str(h.indexid), "file seq": str(h.file_seq),
+        "prev file": f"{h.prev_file_seq}/{h.prev_file_offset}",
+        "create stamp": str(h.create_stamp), "initial modseq": str(h.initial_modseq),
+        "compat flags": f"{h.compat_flags:x}"}
+    assert [(r.offset, r.name, r.size) for r in log.records] == records
+    assert (log.torn, log.end) == (None, log_path.stat().st_size)
+
+
+def _check_replay(box_dir: Path) -> None:
+    """Our replay of index + logs equals what Dovecot builds when it opens the mailbox."""
+    index = box_dir / "dovecot.index"
+    ix = None
+    if index.exists():
+        raw = index.read_bytes()
+        ix = (parse_index(raw).header, raw[:120])
+        log = parse_log((box_dir / "dovecot.index.log").read_bytes())
+        if ix[0].log_file_seq == log.header.file_seq:
+            assert is_record_boundary(log, ix[0].log_file_head_offset)
+    data = (box_dir / "dovecot.index.log").read_bytes()
+    log2 = box_dir / "dovecot.index.log.2"
+    state = replay_next_uid(ix, parse_log(data).header, data,
+                            lambda: log2.read_bytes() if log2.exists() else None)
+    theirs = dump_index(box_dir).header
+    assert (state.next_uid, state.uid_validity) == (
+        int(theirs["next uid"]), int(theirs["uid validity"]))
+
+
+@pytest.mark.parametrize("churn", [False, True], ids=["plain", "churn"])
+def test_parsers_agree_with_doveadm_dump(dovecot_factory: Any, tmp_path: Path,
+                                         churn: bool) -> None:
+    inst = dovecot_factory("a", users=(USER,), churn=churn)
+    _workload(inst, rotate=churn)
+    if churn:  # also writes mdbox's storage/dovecot.map.index, which churn alone does not
+        inst.doveadm("force-resync", "-u", USER, "*")
+    status = mailbox_status(inst.config_path, USER)
+    paths = _paths(inst)
+    inst.stop()
+    root = inst.layout.index_root
+    indexes = sorted(root.rglob("dovecot.index")) + sorted(root.rglob("dovecot.map.index"))
+    logs = sorted(p for p in root.rglob("*.log*") if p.name.endswith((".log", ".log.2")))
+    compared = [_check_index_file(index, tmp_path / f"raw{n}") for n, index in enumerate(indexes)]
+    for log_path in logs:
+        _check_log_file(log_path)
+    for box, (index_dir, control_dir) in paths.items():
+        _check_replay(index_dir)
+        if inst.layout.mail_format == "maildir":
+            u = parse_uidlist((control_dir / "dovecot-uidlist").read_bytes())
+            assert (u.uid_validity, u.effective_next_uid) == (
+                status[box].uidvalidity, status[box].uidnext)
+            assert u.records_count >= status[box].messages  # expunged lines go lazily
+    print(f"compared {sum(compared)} of {len(indexes)} index files, {len(logs)} logs")
+    assert logs and (any(compared) or not churn)
+    if churn and inst.layout.mail_format == "mdbox":
+        maps = [c for c, i in zip(compared, indexes, strict=True) if i.name == "dovecot.map.index"]
+        assert any(maps)
+    assert not churn or any(p.name.endswith(".log.2") for p in logs)
+    assert inst.error_lines() == []
+
+
+def _appenduid(client: Any, box: str) -> tuple[int, int]:
+    resp = client.append(box, b"Subject: after promote\r\n\r\nnew\r\n")
+    validity, uid = resp.split(b"[APPENDUID ")[1].split(b"]")[0].split()
+    return int(validity), int(uid)
+
+
+@pytest.mark.parametrize("churn", [False, True], ids=["plain", "churn"])
+def test_raise_next_uid_then_dovecot_hands_out_higher_uids(dovecot_factory: Any,
+                                                          churn: bool) -> None:
+    inst = dovecot_factory("a", users=(USER,), churn=churn)
+    _workload(inst, rotate=churn)
+    c = inst.imap(USER)
+    cached = c.folder_status("Work", ["UIDNEXT"])[b"UIDNEXT"]  # fills the list index cache
+    c.logout()
+    before, paths = mailbox_status(inst.config_path, USER), _paths(inst)
+    inst.stop()
+    maildir = inst.layout.mail_format == "maildir"
+    wanted = max(s.uidnext for s in before.values()) + 1000
+    for box, (index_dir, control_dir) in paths.items():
+        res = raise_next_uid(index_dir, wanted, control_dir=control_dir if maildir else None)
+        assert (res.previous_next_uid, res.next_uid) == (before[box].uidnext, wanted)
+        assert res.log_offset is not None and res.uidlist_changed == maildir
+        again = raise_next_uid(index_dir, wanted - 1, control_dir=control_dir if maildir else None)
+        assert not again.changed
+    inst.start()
+    after = mailbox_status(inst.config_path, USER)
+    assert {b: (s.uidnext, s.uidvalidity, s.messages) for b, s in after.items()} == {
+        b: (wanted, s.uidvalidity, s.messages) for b, s in before.items()}
+    c = inst.imap(USER)
+    assert c.folder_status("Work", ["UIDNEXT"])[b"UIDNEXT"] == wanted != cached
+    assert _appenduid(c, "Work") == (before["Work"].uidvalidity, wanted)
+    assert c.select_folder("INBOX")[b"UIDNEXT"] == wanted
+    assert _appenduid(c, "INBOX") == (before["INBOX"].uidvalidity, wanted)
+    c.logout()
+    _doveadm_writes_the_same_record(inst, paths["Work"][0], wanted + 500, external=maildir)
+    assert inst.error_lines() == []
+
+
+def _doveadm_writes_the_same_record(inst: DovecotInstance, index_dir: Path, value: int,
+                                    external: bool) -> None:
+    """`doveadm mailbox update --min-next-uid` appends exactly our record, byte for byte."""
+    inst.doveadm("mailbox", "update", "-u", USER, "--min-next-uid", str(value), "Work")
+    data = (index_dir / "dovecot.index.log").read_bytes()
+    found = [data[r.offset:r.end] for r in parse_log(data).records
+             if r.name.startswith("header-update")
+             and struct.unpack_from("<HHI", data, r.offset + 8) == (28, 4, value)]
+    assert found == [header_update_record(value, external=external)]
+
+
+def test_very_dirty_list_index_needs_forget_cached_status(dovecot_factory: Any) -> None:
+    """With mailbox_list_index_very_dirty_syncs the list index keeps answering STATUS with the
+    old UIDNEXT after a raise; forget_cached_status is what fixes it."""
+    inst = dovecot_factory("a", users=(USER,),
+                           extra_config="mailbox_list_index_very_dirty_syncs = yes")
+    _workload(inst, rotate=False)
+    c = inst.imap(USER)
+    old = c.folder_status("Work", ["UIDNEXT"])[b"UIDNEXT"]
+    c.logout()
+    paths = _paths(inst)
+    maildir = inst.layout.mail_format == "maildir"
+    inst.stop()
+    index_dir, control_dir = paths["Work"]
+    raise_next_uid(index_dir, old + 100, control_dir=control_dir if maildir else None)
+    inst.start()
+    c = inst.imap(USER)
+    assert c.folder_status("Work", ["UIDNEXT"])[b"UIDNEXT"] == old  # stale: the problem
+    c.logout()
+    inst.stop()
+    assert forget_cached_status(inst.layout.index_root / USER) is not None
+    inst.start()
+    c = inst.imap(USER)
+    assert c.folder_status("Work", ["UIDNEXT"])[b"UIDNEXT"] == old + 100
+    assert _appenduid(c, "Work")[1] == old + 100
+    c.logout()
+    assert inst.error_lines() == []
