@@ -7,6 +7,7 @@ stop()/kill9() find every child it forked (they inherit the session id) without 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import signal
@@ -27,7 +28,13 @@ from replicator.dovecot.instance_conf import (
     passwd_file,
     render_config,
 )
-from replicator.dovecot.procs import session_pids, signal_until_gone, wait_gone
+from replicator.dovecot.procs import (
+    holds_socket,
+    listening_inode,
+    session_pids,
+    signal_until_gone,
+    wait_gone,
+)
 
 if TYPE_CHECKING:
     import imapclient
@@ -45,6 +52,10 @@ class DovecotStartError(RuntimeError):
     """Dovecot exited or never served an IMAP greeting; carries the tail of its log."""
 
 
+class _PortTaken(Exception):
+    """Dovecot could not bind its IMAP port."""
+
+
 class DovecotInstance:
     """A Dovecot master plus children, configured only for IMAP on 127.0.0.1."""
 
@@ -57,6 +68,7 @@ class DovecotInstance:
         self.name = name
         self.layout = layout
         self.users = tuple(users)
+        self._auto_port = imap_port is None
         self.imap_port = imap_port if imap_port is not None else free_port()
         self.mail_uid, self.mail_gid = mail_uid, mail_gid
         self.config_path = self.workdir / "dovecot.conf"
@@ -104,7 +116,22 @@ class DovecotInstance:
                 os.chmod(parent, stat.S_IMODE(mode) | stat.S_IXOTH)
 
     def start(self, timeout: float = 30.0) -> None:
-        """Runs `dovecot -F -c conf` in its own session; returns once IMAP greets on the port."""
+        """Runs `dovecot -F -c conf` in its own session; returns once IMAP greets on the port.
+
+        A port picked by free_port() can be taken by another process before Dovecot binds it;
+        then Dovecot exits and, with an automatic port, we retry on a fresh one.
+        """
+        for attempt in range(3):
+            try:
+                return self._start_once(timeout)
+            except _PortTaken:
+                if not self._auto_port or attempt == 2:
+                    raise DovecotStartError(f"{self.name}: port {self.imap_port} is taken\n"
+                                            f"{self._tail()}") from None
+                self.imap_port = free_port()
+                self._conf = dataclasses.replace(self._conf, imap_port=self.imap_port)
+
+    def _start_once(self, timeout: float) -> None:
         if self._proc is not None and self._proc.poll() is None:
             raise DovecotStartError(f"{self.name}: already running (pid {self._proc.pid})")
         self.write_config()
@@ -116,12 +143,17 @@ class DovecotInstance:
         self._wait_for_greeting(time.monotonic() + timeout)
 
     def _wait_for_greeting(self, deadline: float) -> None:
+        """Waits until *our* master holds the listener and it greets (another server on the
+        same port would greet too, so ownership is checked through /proc)."""
         assert self._proc is not None
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
+                if "Address already in use" in self._tail():
+                    raise _PortTaken
                 raise DovecotStartError(f"{self.name}: dovecot exited ({self._proc.returncode})"
                                         f"\n{self._tail()}")
-            if _greets(self.imap_port):
+            inode = listening_inode(self.imap_port)
+            if inode and holds_socket(self._proc.pid, inode) and _greets(self.imap_port):
                 return
             time.sleep(0.02)
         self.kill9()

@@ -57,3 +57,26 @@ def signal_until_gone(sid: int, signum: int, deadline: float) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signum)
         time.sleep(0.01)
+
+
+def listening_inode(port: int, host_hex: str = "0100007F") -> str | None:
+    """Socket inode of the TCP listener on 127.0.0.1:port, from /proc/net/tcp."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        f = line.split()
+        if f[1] == f"{host_hex}:{port:04X}" and f[3] == "0A":
+            return f[9]
+    return None
+
+
+def holds_socket(pid: int, inode: str) -> bool:
+    """True when process `pid` has socket `inode` open (a listener it bound)."""
+    target = f"socket:[{inode}]"
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except FileNotFoundError:
+        return False
+    for fd in fds:
+        with contextlib.suppress(FileNotFoundError):
+            if os.readlink(f"/proc/{pid}/fd/{fd}") == target:
+                return True
+    return False
