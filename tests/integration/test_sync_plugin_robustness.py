@@ -81,7 +81,8 @@ def rig_factory(tmp_path: Path, plugin_dir: Path) -> Iterator[Callable[..., Rig]
 
     def make(policy: str | None = "fail", *, fmt: MailFormat = "maildir",
              server: str | None = "listen", settings: dict[str, str | None] | None = None,
-             extra: str = "", **server_kw: object) -> Rig:
+             extra: str = "", plugin_dir: Path = plugin_dir,
+             plugins: tuple[str, ...] = ("replicator_sync",), **server_kw: object) -> Rig:
         sock = sock_dir / f"control{len(made)}.sock"
         layout = DovecotLayout(tmp_path / "mail", tmp_path / "index", tmp_path / "control", fmt)
         plugin = {"replicator_sync_socket": str(sock), "replicator_sync_timeout": str(TIMEOUT_MS)}
@@ -92,7 +93,7 @@ def rig_factory(tmp_path: Path, plugin_dir: Path) -> Iterator[Callable[..., Rig]
             if value is not None:
                 plugin[key] = value
         inst = DovecotInstance(tmp_path / f"dovecot{len(made)}", "sync", layout, ["u1"],
-                               mail_plugins=["replicator_sync"], mail_plugin_dir=plugin_dir,
+                               mail_plugins=plugins, mail_plugin_dir=plugin_dir,
                                plugin_settings=plugin, extra_config=METRICS + extra)
         rig = Rig(inst, sock)
         if server == "listen":
@@ -370,6 +371,39 @@ def test_daemon_restart_between_commands_is_invisible(rig_factory: Callable[...,
     rig.control = FakeControl(rig.socket)
     assert b"[APPENDUID " in append(client)
     assert len(rig.control.flushes) == 1 and warnings(rig, "fail", count=0) == []
+
+
+@pytest.mark.parametrize(("answer", "exit_code"), [("ok", 0), ("fail", 75)])
+def test_lda_delivery_waits_too_and_tempfails_on_fail(
+        rig_factory: Callable[..., Rig], answer: str, exit_code: int) -> None:
+    """Local delivery commits through the same vfunc; MAIL_ERROR_TEMP makes it EX_TEMPFAIL
+    (the MTA retries) instead of falling back to another mailbox."""
+    rig = rig_factory("fail", default=answer)
+    lda = subprocess.run(["/usr/lib/dovecot/dovecot-lda", "-c", str(rig.inst.config_path),
+                          "-d", "u1", "-f", "a@example.org"], input=MSG, capture_output=True,
+                         timeout=60, check=False)
+    assert lda.returncode == exit_code, lda.stderr
+    assert [f.user for f in rig.flushes()] == ["u1"]
+
+
+# --- next to Dovecot's own plugins -------------------------------------------------------------
+
+def test_outermost_wrapper_lets_other_plugins_see_the_local_commit(
+        rig_factory: Callable[..., Rig], plugin_dir: Path, tmp_path: Path) -> None:
+    """mail_plugin_dir is one directory, so Dovecot's plugins and ours meet in a directory of
+    symlinks. Ours (lib00_) wraps outside notify/mail_log: they see the commit that did happen
+    locally, and only the IMAP client is told NO."""
+    mixed = tmp_path / "plugins"
+    mixed.mkdir()
+    for lib in (*sorted(plugin_dir.glob("lib*_replicator_sync_plugin.so")),
+                Path("/usr/lib/dovecot/modules/lib15_notify_plugin.so"),
+                Path("/usr/lib/dovecot/modules/lib20_mail_log_plugin.so")):
+        (mixed / lib.name).symlink_to(lib)
+    rig = rig_factory("fail", default="fail", plugin_dir=mixed,
+                      plugins=("notify", "mail_log", "replicator_sync"),
+                      settings={"mail_log_events": "save", "mail_log_fields": "uid box"})
+    assert "Change not yet replicated" in refused(lambda: append(rig.imap()))
+    assert log_lines(rig, "save: box=INBOX, uid=1")
 
 
 # --- settings -------------------------------------------------------------------------------------
