@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from replicator.capture.basecache import BaseCache
-from replicator.capture.manifest import FileEntry, Manifest
+from replicator.capture.manifest import DirEntry, FileEntry, Manifest
 from replicator.capture.snapshot import DirScan, FileRead, scan_dir
 from replicator.delta.codec import MAX_DELTA_BASE
 from replicator.delta.encode import Shipped, describe, encode_file, finish_copy
 from replicator.delta.ops import Op, OpCode
 from replicator.dovecot.filekinds import FileKind, classify, visible_rank
-from replicator.paths import join_rel
+from replicator.paths import join_rel, parent_rel
 
 DirKey = tuple[str, str]            # (root name, relative directory)
 Forced = set[str] | None            # names to read even if their stat is unchanged; None: all
@@ -73,7 +73,7 @@ class Batcher:
         scans = self._scan_all(dirty, untrusted, result)
         plans = [_DirPlan(self, key, scan, untrusted.get(key, frozenset()),
                           key in untrusted) for key, scan in scans]
-        drafts = [] if record_only else [d for p in plans if (d := p.draft()) is not None]
+        drafts = [] if record_only else [d for p in plans for d in p.drafts()]
         for plan in plans:
             plan.commit()
         ranked = sorted(drafts, key=lambda d: -dir_rank(self.manifest, (d.root, d.reldir)))
@@ -124,32 +124,46 @@ class _DirPlan:
     def _trusted(self, name: str) -> bool:
         return self.untrusted is not None and name not in self.untrusted
 
-    def draft(self) -> Draft | None:
+    def drafts(self) -> list[Draft]:
+        """The directory's changes, and separately its deletions (sent after every other batch
+        of the flush, so what they delete can still be the source of a copy)."""
         root, reldir = self.key
         known = self.b.manifest.dir(root, reldir)
         if not self.scan.exists:
-            return Draft(root, reldir, [Op(OpCode.DELETE, reldir)]) if known and reldir else None
+            return [Draft(root, reldir, [Op(OpCode.DELETE, reldir)])] if known and reldir else []
         head = []
         if known is None or known.meta != self.scan.meta or self.resync:
             head.append(Op(OpCode.ENSURE_DIR, reldir, meta=self.scan.meta))
         groups = [g for read, new in self.updates if (g := self._file_ops(read, new))]
         groups.sort(key=lambda g: 0 if g[0].code == OpCode.COPY else 1)
-        ops = head + [op for group in groups for op in group] + self._tail()
-        return Draft(root, reldir, ops, self.resync) if ops else None
-
-    def _tail(self) -> list[Op]:
-        root, reldir = self.key
-        entry = self.b.manifest.dir(root, reldir)
-        tail = []
-        if entry is not None:
-            tail += [Op(OpCode.DELETE, join_rel(reldir, n)) for n in sorted(entry.files)
-                     if n not in self.scan.present]
-            tail += [Op(OpCode.DELETE, join_rel(reldir, n)) for n in sorted(entry.subdirs)
-                     if n not in self.scan.subdirs]
+        ops = head + [op for group in groups for op in group]
         if self.resync:
             names = tuple(sorted(self.scan.present | self.scan.subdirs))
-            tail.append(Op(OpCode.KEEP_ONLY, reldir, names=names))
-        return tail
+            ops.append(Op(OpCode.KEEP_ONLY, reldir, names=names))
+        deletes = self._deletes(known)
+        return ([Draft(root, reldir, ops, self.resync)] if ops else []) + (
+            [Draft(root, reldir, deletes)] if deletes else [])
+
+    def _deletes(self, known: DirEntry | None) -> list[Op]:
+        if known is None:
+            return []
+        reldir = self.key[1]
+        gone = [n for n in known.files if n not in self.scan.present]
+        gone += [n for n in known.subdirs if n not in self.scan.subdirs]
+        return [Op(OpCode.DELETE, join_rel(reldir, name)) for name in sorted(gone)]
+
+    def _copy_source(self, ino: int, path: str) -> str | None:
+        """A shipped file with this inode that a COPY may read: in this directory (rotated
+        logs, index backups: batch order keeps it untouched until the copy), or in a directory
+        that vanished (a renamed mailbox: only a deletion, sent last, touches it)."""
+        root, reldir = self.key
+        source = self.b.manifest.path_of_inode(root, ino)
+        if source is None or source == path or self.b.manifest.file(root, source) is None:
+            return None
+        source_dir = parent_rel(source)
+        if source_dir == reldir or not (self.b.roots[root] / source_dir).is_dir():
+            return source
+        return None
 
     def _file_ops(self, read: FileRead, new: Shipped) -> list[Op]:
         root, reldir = self.key
@@ -157,14 +171,13 @@ class _DirPlan:
         if not self._trusted(read.name):
             return encode_file(path, None, None, read.content, new)
         old = self.b.manifest.file(root, path)
-        if old is None or old.stat.ino != read.stat.ino:
-            source = self.b.manifest.path_of_inode(root, read.stat.ino)
-            source_entry = self.b.manifest.file(root, source) if source else None
-            if source and source != path and source_entry is not None:
-                copy = Op(OpCode.COPY, path, source=source)
-                ops = encode_file(path, source_entry.shipped, self.b.shipped_base(root, source),
-                                  read.content, new)
-                return finish_copy(copy, ops, new)
+        source = self._copy_source(read.stat.ino, path) if (
+            old is None or old.stat.ino != read.stat.ino) else None
+        source_entry = self.b.manifest.file(root, source) if source else None
+        if source is not None and source_entry is not None:
+            ops = encode_file(path, source_entry.shipped, self.b.shipped_base(root, source),
+                              read.content, new)
+            return finish_copy(Op(OpCode.COPY, path, source=source), ops, new)
         base = self.b.shipped_base(root, path) if old else None
         return encode_file(path, old.shipped if old else None, base, read.content, new)
 

@@ -1,0 +1,94 @@
+"""Configuration errors: one clear line naming file, key and problem; exit 2, no traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from replicator.config import load_config
+from replicator.errors import ConfigError
+
+
+def write(tmp_path: Path, body: str) -> Path:
+    for name in ("index", "control", "replica", "state", "index/sub"):
+        (tmp_path / name).mkdir(exist_ok=True)
+    path = tmp_path / "node.toml"
+    path.write_text(body.replace("TMP", str(tmp_path)))
+    return path
+
+
+GOOD = """
+[node]
+id = "a"
+listen = "127.0.0.1:7801"
+replica_dir = "TMP/replica"
+state_dir = "TMP/state"
+[roots]
+index = "TMP/index"
+control = "TMP/control"
+[[peers]]
+id = "b"
+address = "127.0.0.1:7802"
+"""
+
+
+def test_good_config_loads_with_defaults(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, GOOD))
+    assert config.node_id == "a" and config.listen.port == 7801
+    assert set(config.roots) == {"index", "control"}
+    assert [p.id for p in config.peers] == ["b"] and config.peers[0].transport == "auto"
+    assert str(config.control_socket) == "/run/dovecot-replicator/control.sock"
+    assert config.tuning.sync_quorum == 1
+
+
+BAD = [
+    (GOOD.replace('id = "a"', 'id = "a"\ncolour = "red"'), r"\[node.colour\]: unknown key"),
+    (GOOD.replace('[[peers]]', '[peers]').replace('id = "b"\n', ''),
+     r"\[peers\]: must be an array of tables"),
+    (GOOD.replace('listen = "127.0.0.1:7801"', 'listen = "localhost"'),
+     r"\[node.listen\]: 'localhost' is not host:port"),
+    (GOOD.replace('"127.0.0.1:7802"', '"127.0.0.1:99999"'), r"port 99999 is outside"),
+    (GOOD.replace('id = "b"', 'id = "a"'), r"peer id 'a' is this node's own id"),
+    (GOOD + '[[peers]]\nid = "b"\naddress = "127.0.0.1:7803"\n', r"duplicate peer id 'b'"),
+    (GOOD.replace('control = "TMP/control"', 'control = "TMP/index/sub"'),
+     r"roots 'control' .* and 'index' .* overlap|roots 'index' .* and 'control' .* overlap"),
+    (GOOD.replace('control = "TMP/control"', 'control = "TMP/missing"'),
+     r"\[roots.control\]: .*missing does not exist"),
+    (GOOD.replace('index = "TMP/index"\ncontrol = "TMP/control"\n', ''), r"no roots configured"),
+    (GOOD.replace('replica_dir = "TMP/replica"', 'replica_dir = "TMP/index/replica"'),
+     r"root 'index' .* overlaps replica_dir"),
+    (GOOD.replace('replica_dir = "TMP/replica"', 'replica_dir = "relative"'),
+     r"must be an absolute path"),
+    (GOOD + '[replication]\nsync_quorum = 2\n', r"sync_quorum = 2 but only 1 peer"),
+    (GOOD.replace('address = "127.0.0.1:7802"', 'address = "127.0.0.1:7802"\ntransport = "ib"'),
+     r"'ib' is not one of auto, rdma, tcp"),
+    ("[node\nid=", r"not valid TOML"),
+]
+
+
+@pytest.mark.parametrize(("body", "message"), BAD)
+def test_bad_config_is_one_clear_error(tmp_path: Path, body: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as info:
+        load_config(write(tmp_path, body))
+    assert "\n" not in str(info.value)
+
+
+def test_cli_prints_one_line_and_exits_2(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD.replace('id = "b"', 'id = "a"'))
+    proc = subprocess.run([sys.executable, "-m", "replicator", "run", "--config", str(path)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0
+    assert "peer id 'a' is this node's own id" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_cli_names_a_missing_config_file(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "replicator", "run", "--config",
+                           str(tmp_path / "nope.toml")], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 2
+    assert "nope.toml does not exist" in proc.stderr and "Traceback" not in proc.stderr

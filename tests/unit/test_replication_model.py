@@ -1,0 +1,208 @@
+"""The whole replication core, without sockets: random file changes of the kinds Dovecot makes
+(appends, in-place rewrites, temp+rename, log rotation by hard link, deletes, new and removed
+directories, renamed directories), shipped through the real batcher, outbox frames, session and
+replica store, with receiver restarts and replica corruption thrown in. After every flush the
+replica equals the origin byte for byte (once corruption has been repaired by a resync)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from replicator.capture.basecache import BaseCache
+from replicator.capture.manifest import Manifest
+from replicator.replica.store import ReplicaStore
+from replicator.sender.batcher import Batcher
+from replicator.sender.outbox import Outbox
+from replicator.verify.trees import compare_trees
+from replicator.wire.messages import Batch, Hello
+from replicator.wire.session import Session
+
+DIRS = ["u1", "u1/.Sent", "u1/storage", "u2"]
+NAMES = ["dovecot.index", "dovecot.index.log", "dovecot.index.cache", "dovecot-uidlist",
+         "subscriptions"]
+data = st.binary(min_size=0, max_size=3000)
+
+
+class Replication(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tmp = Path(tempfile.mkdtemp(prefix="repl-model-"))
+        self.origin = self.tmp / "origin"
+        self.origin.mkdir()
+        self.manifest = Manifest()
+        self.batcher = Batcher({"index": self.origin}, self.manifest, BaseCache(1 << 20))
+        self.batcher.build({("index", ""): None}, record_only=True)
+        self.outbox = Outbox("s1", 1, ["b"], retain_bytes=1 << 30, max_frame_bytes=8 << 20)
+        self.client = Session("client")
+        self._open_store()
+        self.resynced = False
+        self.delivered = 0
+        self.corrupted = False
+
+    def _open_store(self) -> None:
+        self.store = ReplicaStore(self.tmp / "replica", self.tmp / "state", frozenset({"index"}),
+                                  1 << 30)
+        self.replica = self.store.origin("a")
+        self.server = Session("server")
+        self.client = Session("client")
+        self.server.receive_data(self.client.send(Hello("a", "origin", "t", 1, "s1")))
+        reply = self.server.send(Hello("b", "replica", "t", 0, self.replica.state.stream,
+                                       self.replica.state.seq))
+        self.client.receive_data(reply)
+
+    def teardown(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def _path(self, directory: str, name: str) -> Path:
+        path = self.origin / directory / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    # -- what Dovecot does ------------------------------------------------------------------
+    @rule(directory=st.sampled_from(DIRS), name=st.sampled_from(NAMES), content=data)
+    def replace_via_rename(self, directory: str, name: str, content: bytes) -> None:
+        tmp = self._path(directory, name + ".tmp")
+        tmp.write_bytes(content)
+        os.rename(tmp, self._path(directory, name))
+
+    @rule(directory=st.sampled_from(DIRS), name=st.sampled_from(NAMES), content=data)
+    def append(self, directory: str, name: str, content: bytes) -> None:
+        with open(self._path(directory, name), "ab") as f:
+            f.write(content)
+
+    @rule(directory=st.sampled_from(DIRS), name=st.sampled_from(NAMES), content=data,
+          offset=st.integers(0, 5000))
+    def overwrite_in_place(self, directory: str, name: str, content: bytes, offset: int) -> None:
+        path = self._path(directory, name)
+        with open(path, "r+b" if path.exists() else "wb") as f:
+            f.seek(offset)
+            f.write(content)
+
+    @rule(directory=st.sampled_from(DIRS))
+    def rotate_log(self, directory: str) -> None:
+        log = self._path(directory, "dovecot.index.log")
+        if log.exists():
+            old = self._path(directory, "dovecot.index.log.2")
+            old.unlink(missing_ok=True)
+            os.link(log, old)
+            new = self._path(directory, "dovecot.index.log.newlock")
+            new.write_bytes(b"new log header")
+            os.rename(new, log)
+
+    @rule(directory=st.sampled_from(DIRS))
+    def backup_index(self, directory: str) -> None:
+        index = self._path(directory, "dovecot.index")
+        if index.exists():
+            backup = self._path(directory, "dovecot.index.backup")
+            backup.unlink(missing_ok=True)
+            os.link(index, backup)
+
+    @rule(directory=st.sampled_from(DIRS), name=st.sampled_from(NAMES))
+    def delete(self, directory: str, name: str) -> None:
+        (self.origin / directory / name).unlink(missing_ok=True)
+
+    @rule(directory=st.sampled_from(DIRS[1:]))
+    def delete_mailbox(self, directory: str) -> None:
+        shutil.rmtree(self.origin / directory, ignore_errors=True)
+
+    @rule(directory=st.sampled_from(["u1/.Sent", "u2"]))
+    def rename_mailbox(self, directory: str) -> None:
+        source = self.origin / directory
+        target = self.origin / (directory + "-renamed")
+        if source.is_dir() and not target.exists():
+            os.rename(source, target)
+
+    # -- what can go wrong on the replica ----------------------------------------------------
+    @rule()
+    def restart_receiver(self) -> None:
+        self._open_store()
+
+    @precondition(lambda self: not self.corrupted)
+    @rule(index=st.integers(0, 1000))
+    def corrupt_a_replica_file(self, index: int) -> None:
+        files = sorted(p for p in (self.tmp / "replica" / "a" / "index").rglob("*")
+                       if p.is_file())
+        if files:
+            victim = files[index % len(files)]
+            victim.write_bytes(victim.read_bytes() + b"!")
+            self.corrupted = True
+            self._open_store()  # forget cached digests, as a real restart would
+
+    # -- shipping ------------------------------------------------------------------------------
+    @rule()
+    def flush(self) -> None:
+        keys = {("index", "")} | {("index", d) for d in _all_dirs(self.origin)}
+        keys |= {("index", reldir) for reldir, _ in self.manifest.dirs("index")}
+        result = self.batcher.build({key: set() for key in keys})
+        assert not result.busy
+        if not self.resynced:
+            self._resync_from_manifest()
+        for draft in result.drafts:
+            self.outbox.add(draft)
+        self._deliver()
+        if self.corrupted:
+            self._resync_from_manifest()
+            self.corrupted = False
+        assert compare_trees(self.origin, self.tmp / "replica" / "a" / "index").consistent
+
+    def _resync_from_manifest(self) -> None:
+        from replicator.manifest_codec import (
+            decode_entries,
+            diff,
+            encode_entries,
+            origin_entries,
+            tree_entries,
+        )
+        theirs = decode_entries(encode_entries(tree_entries(self.replica.base, ["index"])))
+        untrusted = diff(origin_entries(self.manifest), theirs)
+        start = self.outbox.next_seq
+        for draft in self.batcher.build({}, untrusted).drafts:
+            draft.resync = True
+            self.outbox.add(draft)
+        self.replica.resync("s1", start, 1)
+        self.delivered = start - 1
+        self.resynced = True
+        self._deliver()
+
+    def _deliver(self) -> None:
+        pending = self.outbox.after(self.delivered)
+        assert pending is not None
+        for numbered in pending:
+            for frame in numbered.frames:
+                for message in self.server.receive_data(frame):
+                    assert isinstance(message, Batch)
+                    outcome = self.replica.receive(message)
+                    if outcome is not None and not outcome.ok:
+                        self._nack(message)
+            self.delivered = numbered.seq
+
+    def _nack(self, batch: Batch) -> None:
+        assert self.corrupted, f"batch {batch.seq} for {batch.dir!r} refused without corruption"
+        key = (batch.root, batch.dir)
+        if self.outbox.nack("b", batch.seq, key):
+            for draft in self.batcher.build({}, {key: None}).drafts:
+                draft.resync = True
+                self.outbox.add(draft)
+
+    @invariant()
+    def outbox_sequence_has_no_gaps(self) -> None:
+        after = self.outbox.after(0)
+        assert after is not None
+        assert [b.seq for b in after] == list(range(1, self.outbox.next_seq))
+
+
+def _all_dirs(top: Path) -> list[str]:
+    return [p.relative_to(top).as_posix() for p in top.rglob("*") if p.is_dir()]
+
+
+Replication.TestCase.settings = settings(
+    max_examples=int(os.environ.get("MODEL_EXAMPLES", "60")), stateful_step_count=30,
+    deadline=None)
+TestReplication = Replication.TestCase
