@@ -37,6 +37,7 @@ from replicator.dovecot.nextuid_files import (
     NextUidError,
     raise_in_index_file,
     raise_uidlist,
+    read_file,
 )
 from replicator.dovecot.uidstate import UidState, replay_next_uid
 
@@ -92,18 +93,14 @@ def raise_next_uid(mailbox_index_dir: Path, min_next_uid: int, *, control_dir: P
 
 
 def _read_index_header(path: Path) -> tuple[IndexHeader, bytes] | None:
-    try:
-        with path.open("rb") as f:
-            raw = f.read(256)
-    except FileNotFoundError:
-        return None
-    return parse_index_header(raw, path.name), raw
+    raw = read_file(path, limit=256)
+    return None if raw is None else (parse_index_header(raw, path.name), raw)
 
 
 def _raise_in_log(log: LockedLog, box: Path, index: tuple[IndexHeader, bytes] | None,
                   wanted: int, control_dir: Path | None, fsync: bool) -> RaiseResult:
     """Everything is checked before anything is written, the log lock held throughout."""
-    state = replay_next_uid(index, log.header, log.data, lambda: _read_optional(box / LOG2))
+    state = replay_next_uid(index, log.header, log.data, lambda: read_file(box / LOG2))
     write = state.next_uid < wanted and _may_write(state, box, control_dir)
     uidlist = raise_uidlist(control_dir, wanted, fsync) if control_dir else None
     offset = truncated = None
@@ -153,10 +150,3 @@ def _result(box: Path, previous: int, after: int, wanted: int, offset: int | Non
         raise NextUidError(f"{box}: next uid stays {next_uid} < {wanted}: nothing to raise")
     return RaiseResult(box, max(previous, uidlist[0] if uidlist else 0), next_uid, offset,
                        truncated, rewritten, *(uidlist or (None, False)))
-
-
-def _read_optional(path: Path) -> bytes | None:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        return None

@@ -21,7 +21,7 @@ from replicator.dovecot.headers import (
     parse_uidlist,
 )
 from replicator.dovecot.logrecord import decode_size, encode_size, type_name
-from replicator.dovecot.uidlist import with_next_uid
+from replicator.dovecot.uidlist import peek_next_uid, with_next_uid
 from tests.unit import dovecot_craft as craft
 
 # --- dovecot.index -------------------------------------------------------------------------
@@ -307,3 +307,16 @@ def test_uidlist_next_uid_rewrite_round_trip() -> None:
     assert parse_uidlist(out).effective_next_uid == 5000
     v1 = with_next_uid(b"1 1700000001 12\n3 name1\n", 99)
     assert v1 == b"1 1700000001 99\n3 name1\n"
+
+
+@pytest.mark.parametrize("data", [
+    V3, V3 + b"12 :partial", b"1 1700000001 12\n3 name1\n11 name2\n",
+    b"3 V7 N1 Gffffffffffffffffffffffffffffffff\n", b"3 V7 N20\n4 :x\n", b"3 V7 N2\n4 :x\n"])
+def test_peek_next_uid_equals_the_full_parse(data: bytes) -> None:
+    assert peek_next_uid(data) == parse_uidlist(data).effective_next_uid
+
+
+def test_peek_next_uid_still_checks_header_and_last_line() -> None:
+    for bad in (b"3 V0 N2\n", b"3 V1 N2\n5 broken\n", b"no newline"):
+        with pytest.raises(DovecotFormatError):
+            peek_next_uid(bad)
