@@ -37,6 +37,7 @@ BASE_HEADER_SIZE = 120
 UID_VALIDITY_OFFSET = 24
 _U32 = struct.Struct("<I")
 _FROM_HEADER = 0  # replay .log.2 from just after its own header
+_REPLAYED = frozenset({lr.HEADER_UPDATE, lr.APPEND})
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,7 @@ def _replay(image: bytearray, log: bytes, start: int, kind: str) -> tuple[int, s
     if start > len(log):
         raise DovecotFormatError(kind, start, f"replay starts past the end of the "
                                  f"{len(log)}-byte log (the index points beyond it)")
-    records, end, torn = scan_records(log, start, kind)
+    records, end, torn = scan_records(log, start, kind, _REPLAYED)
     for rec in records:
         kind_bits = rec.type & lr.TYPE_MASK
         if kind_bits == lr.HEADER_UPDATE:

@@ -21,6 +21,7 @@ from replicator.dovecot.headers import (
     parse_uidlist,
 )
 from replicator.dovecot.logrecord import decode_size, encode_size, type_name
+from replicator.dovecot.logscan import scan_records
 from replicator.dovecot.uidlist import peek_next_uid, with_next_uid
 from tests.unit import dovecot_craft as craft
 
@@ -320,3 +321,11 @@ def test_peek_next_uid_still_checks_header_and_last_line() -> None:
     for bad in (b"3 V0 N2\n", b"3 V1 N2\n5 broken\n", b"no newline"):
         with pytest.raises(DovecotFormatError):
             peek_next_uid(bad)
+
+
+def test_scan_only_keeps_the_asked_kinds_and_the_same_end() -> None:
+    full = _sample_log()
+    for cut in range(40, len(full) + 1):
+        every, end, torn = scan_records(full[:cut], 40, "x")
+        appends = scan_records(full[:cut], 40, "x", frozenset({0x02}))
+        assert appends == ([r for r in every if r.kind == 0x02], end, torn)
