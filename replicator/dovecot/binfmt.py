@@ -11,12 +11,14 @@ from __future__ import annotations
 import struct
 from typing import Any
 
+from replicator.errors import ReplicatorError
+
 __all__ = ["DovecotFormatError", "read_struct", "read_u32"]
 
 _U32 = struct.Struct("<I")
 
 
-class DovecotFormatError(ValueError):
+class DovecotFormatError(ReplicatorError, ValueError):
     """A Dovecot file is not in the format Dovecot 2.3 would accept.
 
     `kind` is the file kind ("dovecot.index", "dovecot.index.log", ...), `offset` the byte

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from replicator.dovecot.indexfile import NEXT_UID_OFFSET, parse_index
 from replicator.dovecot.uidlist import peek_next_uid, with_next_uid
+from replicator.errors import ReplicatorError
 
 __all__ = ["NextUidError", "raise_in_index_file", "raise_uidlist", "read_file"]
 
@@ -24,7 +25,7 @@ UIDLIST = "dovecot-uidlist"
 _U32 = struct.Struct("<I")
 
 
-class NextUidError(RuntimeError):
+class NextUidError(ReplicatorError):
     """The next uid cannot be raised safely here (files locked, missing, or never synced)."""
 
 
