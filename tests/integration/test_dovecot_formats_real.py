@@ -245,3 +245,26 @@ def test_very_dirty_list_index_needs_forget_cached_status(dovecot_factory: Any) 
     assert _appenduid(c, "Work")[1] == old + 100
     c.logout()
     assert inst.error_lines() == []
+
+
+@pytest.mark.parametrize("mail_format", ["maildir"])
+def test_maildir_file_the_uidlist_never_saw_gets_a_uid_above_the_raise(
+        dovecot_factory: Any) -> None:
+    """The §4.8 case for maildir: a message the dead node delivered (its body is on the shared
+    FS) but whose uidlist line never reached the replica must not get a UID already used."""
+    inst = dovecot_factory("a", users=(USER,))
+    _workload(inst, rotate=False)
+    before, paths = mailbox_status(inst.config_path, USER), _paths(inst)
+    inst.stop()
+    wanted = before["INBOX"].uidnext + 50
+    index_dir, control_dir = paths["INBOX"]
+    raise_next_uid(index_dir, wanted, control_dir=control_dir)
+    new_dir = inst.layout.mail_root / USER / "Maildir" / "new"
+    (new_dir / "1700000000.M1P1.lost").write_bytes(b"Subject: lost\n\nbody\n")
+    inst.start()
+    uids = sorted(inst.doveadm("fetch", "-u", USER, "uid", "mailbox", "INBOX", "all").split())
+    assert f"{wanted}" in uids and max(int(u) for u in uids if u.isdigit()) == wanted
+    c = inst.imap(USER)
+    assert _appenduid(c, "INBOX") == (before["INBOX"].uidvalidity, wanted + 1)
+    c.logout()
+    assert inst.error_lines() == []
