@@ -29,10 +29,11 @@ from replicator.mounts import filesystem_type
 from replicator.paths import relative_to_root
 from replicator.replica.listener import Listener
 from replicator.replica.store import ReplicaStore
-from replicator.sender.batcher import Batcher, DirKey, Forced
+from replicator.sender.batcher import Batcher, DirKey, Draft, Forced
 from replicator.sender.link import LinkHost, PeerLink
 from replicator.sender.outbox import Outbox
 from replicator.status import build_status
+from replicator.traffic import Traffic
 from replicator.transport import tcp
 
 log = logging.getLogger("replicator")
@@ -62,10 +63,11 @@ class Daemon(LinkHost):
                                  lambda: origin_entries(self.manifest))
         self.links = {p.id: PeerLink(self, p) for p in config.peers}
         self.control = ControlServer(config.control_socket, config.control_socket_mode,
-                                     self.flush_and_wait, self.status)
+                                     self.flush_and_wait, self.barrier, self.status)
         self.counters: dict[str, int] = dict.fromkeys(
-            ("flushes", "batches", "busy_retries", "sync_ok", "sync_failed", "sync_degraded",
-             "rescans", "bytes_read"), 0)
+            ("flushes", "batches", "resync_batches", "busy_retries", "sync_ok", "sync_failed",
+             "sync_degraded", "rescans", "bytes_read"), 0)
+        self.traffic = Traffic()
         self.started = time.time()
         self._dirty: dict[DirKey, Forced] = {}
         self._flush_handle: asyncio.Handle | None = None
@@ -168,9 +170,10 @@ class Daemon(LinkHost):
             self._mark(key, names)
         self._schedule_flush()
 
-    def _enqueue(self, drafts: list[Any]) -> None:
+    def _enqueue(self, drafts: list[Draft]) -> None:
         for draft in drafts:
             self.outbox.add(draft)
+            self.traffic.count(draft)
         self.counters["batches"] += len(drafts)
         if drafts:
             for link in self.links.values():
@@ -199,6 +202,7 @@ class Daemon(LinkHost):
         result = self.batcher.build({}, dict(untrusted))
         for draft in result.drafts:
             draft.resync = True
+        self.counters["resync_batches"] += len(result.drafts)
         self._enqueue(result.drafts)
         if result.busy:
             retry = {k: untrusted[k] for k in result.busy}
@@ -233,6 +237,25 @@ class Daemon(LinkHost):
         except TimeoutError:
             return self._sync_result(False, 0, self._why_not_replicated(quorum), request)
         return self._sync_result(True, len(holders), "", request)
+
+    async def barrier(self, timeout: float) -> tuple[bool, int, str]:
+        """Rescan everything, then wait until every peer acknowledged all of it."""
+        deadline = time.monotonic() + timeout
+        await self.rescan()
+        while self._dirty or self._flush_handle is not None:
+            self._flush()
+            if self._dirty:
+                await asyncio.sleep(BUSY_RETRY)
+            if time.monotonic() > deadline:
+                return False, 0, "files stayed locked by Dovecot"
+        every = len(self.links)
+        keys = frozenset(self.outbox.last_keys())
+        try:
+            holders = await self.outbox.wait_replicated(keys, every, deadline - time.monotonic(),
+                                                        target=self.outbox.next_seq - 1)
+        except TimeoutError:
+            return False, 0, self._why_not_replicated(every)
+        return True, len(holders), ""
 
     def _sync_keys(self, dirs: tuple[str, ...]) -> set[DirKey]:
         keys: set[DirKey] = set()

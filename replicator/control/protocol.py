@@ -4,6 +4,8 @@
     client: FLUSH\t<id>\t<timeout_ms>\t<policy>\t<user>\t<dir>[\t<dir>...]
     daemon: OK\t<id>\t<peers_acked>        or   FAIL\t<id>\t<reason>
     client: STATUS\t<id>                   ->   STATUS\t<id>\t<json>
+    client: BARRIER\t<id>\t<timeout_ms>     ->   OK / FAIL: every change on disk now is
+                                                 acknowledged by every peer (tests, tools)
 """
 
 from __future__ import annotations

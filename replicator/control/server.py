@@ -21,13 +21,14 @@ from replicator.errors import ProtocolError
 log = logging.getLogger(__name__)
 
 FlushHandler = Callable[[protocol.FlushRequest], Awaitable[tuple[bool, int, str]]]
+BarrierHandler = Callable[[float], Awaitable[tuple[bool, int, str]]]
 
 
 class ControlServer:
     def __init__(self, path: Path, mode: int, on_flush: FlushHandler,
-                 status: Callable[[], dict[str, Any]]) -> None:
+                 on_barrier: BarrierHandler, status: Callable[[], dict[str, Any]]) -> None:
         self.path, self.mode = path, mode
-        self.on_flush, self.status = on_flush, status
+        self.on_flush, self.on_barrier, self.status = on_flush, on_barrier, status
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
@@ -64,6 +65,9 @@ class ControlServer:
             request = protocol.parse_flush(fields)
             ok, peers, reason = await self.on_flush(request)
             return protocol.ok(request.id, peers) if ok else protocol.fail(request.id, reason)
+        if fields[0] == "BARRIER" and len(fields) == 3 and fields[2].isdigit():
+            ok, peers, reason = await self.on_barrier(int(fields[2]) / 1000)
+            return protocol.ok(fields[1], peers) if ok else protocol.fail(fields[1], reason)
         if fields[0] == "STATUS" and len(fields) == 2:
             return f"STATUS\t{fields[1]}\t{protocol.escape(json.dumps(self.status()))}"
         raise ProtocolError(f"unknown control request {fields[0][:40]!r}")

@@ -130,17 +130,20 @@ def apply_in_memory(files: Mapping[str, bytes], ops: list[Op],
     """The file set after `ops`, computed purely in memory (tests and tools)."""
     work: dict[str, WorkingFile] = {}
 
+    def visible(path: str) -> WorkingFile:
+        data = files.get(path)
+        return WorkingFile(path, data is not None, lambda: data or b"",
+                           lambda: StreamingDigest(data or b""))
+
     def working(path: str) -> WorkingFile:
         if path not in work:
-            data = files.get(path)
-            work[path] = WorkingFile(path, data is not None, lambda: data or b"",
-                                     lambda: StreamingDigest(data or b""))
+            work[path] = visible(path)
         return work[path]
 
     for op in ops:
         if op.code in (OpCode.ENSURE_DIR, OpCode.KEEP_ONLY):
             continue
-        source = working(op.source) if op.code == OpCode.COPY else None
+        source = visible(op.source) if op.code == OpCode.COPY else None
         target = working(op.path)
         target.apply(op, max_size, source)
         if op.result is not None:

@@ -20,7 +20,7 @@ from replicator.paths import check_relpath
 class OpCode(IntEnum):
     ENSURE_DIR = 1   # the directory exists with `meta` (parents created as needed)
     DELETE = 2       # remove a file or a whole directory tree
-    COPY = 3         # working copy of `path` := current content of `source` (same root)
+    COPY = 3         # working copy of `path` := `source` as it was before this batch
     WRITE = 4        # write `data` at `offset` (extends the file when past its end)
     TRUNCATE = 5     # cut or extend the file to `offset` bytes
     REPLACE = 6      # working copy := `data` (codec RAW/ZSTD, or ZSTD_DELTA against the old copy)

@@ -11,12 +11,14 @@ from __future__ import annotations
 import re
 from enum import Enum
 
-# Dovecot's transient names: fcntl/dotlock lock files (`x.lock`, `dovecot.index.log.newlock`),
-# temp files renamed into place (`x.tmp`, `dovecot.index.tmp`, `.temp.<host>.<pid>.<rand>`,
-# `x.lock.<host>.<pid>` style dotlock temp names).
+# Dovecot's transient names (seen with strace on 2.3.19): dotlocks and their temp names
+# (`dovecot-uidlist.lock`, `subscriptions.lock`, `mailboxes.lock<16 hex>`), the log rotation
+# lock (`dovecot.index.log.newlock`), and temp files renamed into place (`dovecot.index.tmp`,
+# `dovecot.index.cache.tmp`, `dovecot.index.backup.tmp`, `dovecot-uidlist.tmp`,
+# `.temp.<host>.<pid>.<rand>`). `dovecot-uidvalidity.<hex>` is NOT transient: it is a marker.
 _TRANSIENT = re.compile(
     r"""(?x)
-    .*\.lock | .*\.newlock | .*\.tmp | .*\.lock\..* | \.temp\..* | .*\.tmp\.[^/]*
+    .*\.lock.* | .*\.newlock | .*\.tmp | \.temp\..* | .*\.tmp\..*
     """
 )
 

@@ -98,7 +98,7 @@ class BatchApplier:
             self._stage_file(op)
 
     def _stage_file(self, op: Op) -> None:
-        source = self._working(op.source) if op.code == OpCode.COPY else None
+        source = self._visible(op.source) if op.code == OpCode.COPY else None
         target = self._working(op.path)
         target.apply(op, self.max_size, source)
         if op.result is not None:
@@ -118,13 +118,17 @@ class BatchApplier:
 
     def _working(self, rel: str) -> WorkingFile:
         if rel not in self._work:
-            path = self._path(rel)
-            kind = fileio.kind_of(path)
-            if kind not in ("file", "missing"):
-                raise ApplyError(f"{path}: is a {kind}, expected a regular file")
-            self._work[rel] = WorkingFile(rel, kind == "file", lambda: fileio.read_bytes(path),
-                                          lambda: self.digests.get(path))
+            self._work[rel] = self._visible(rel)
         return self._work[rel]
+
+    def _visible(self, rel: str) -> WorkingFile:
+        """The file as it was before this batch (what a COPY reads, whatever the batch did)."""
+        path = self._path(rel)
+        kind = fileio.kind_of(path)
+        if kind not in ("file", "missing"):
+            raise ApplyError(f"{path}: is a {kind}, expected a regular file")
+        return WorkingFile(rel, kind == "file", lambda: fileio.read_bytes(path),
+                           lambda: self.digests.get(path))
 
     def _commit(self, wf: WorkingFile) -> None:
         path = self._path(wf.path)

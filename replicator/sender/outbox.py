@@ -130,11 +130,16 @@ class Outbox:
                                  or self._retained > self.retain_bytes):
             self._retained -= self._batches.popleft().size
 
-    async def wait_replicated(self, keys: frozenset[DirKey], quorum: int,
-                              timeout: float) -> list[str]:
-        """Wait until `quorum` peers hold every batch so far for `keys`; the peers, or
-        TimeoutError."""
-        target = max((self.last_seq(k) for k in keys), default=0)
+    def last_keys(self) -> list[DirKey]:
+        """Every directory a batch was ever numbered for in this stream."""
+        return list(self._last_seq)
+
+    async def wait_replicated(self, keys: frozenset[DirKey], quorum: int, timeout: float,
+                              target: int | None = None) -> list[str]:
+        """Wait until `quorum` peers hold every batch so far for `keys` (or up to `target`);
+        the peers, or TimeoutError."""
+        if target is None:
+            target = max((self.last_seq(k) for k in keys), default=0)
         holders = self._holders(target, keys)
         if len(holders) >= quorum:
             return holders

@@ -132,8 +132,11 @@ class Workload:
         return set(self.rng.sample(pool, self.rng.randint(1, 3)))
 
     def _new_name(self, user: str) -> str:
-        """A mailbox name that neither exists nor is the parent of an existing one."""
-        boxes = self._boxes(user)
+        """A mailbox name that neither exists nor is the parent of an existing one. The server's
+        LIST counts too: dbox keeps the empty parent directories of a renamed or deleted mailbox,
+        which then exist as \\NoSelect names the model never created."""
+        listed = [name for _, _, name in self._conns[user].list_folders()]
+        boxes = sorted(set(self._boxes(user)) | set(listed))
         while True:
             name = self.rng.choice(TOP_NAMES)
             for _ in range(self.rng.randint(0, 2)):

@@ -104,6 +104,19 @@ class Replication(RuleBasedStateMachine):
             backup.unlink(missing_ok=True)
             os.link(index, backup)
 
+    @rule(directory=st.sampled_from(DIRS), content=data)
+    def rewrite_index_keeping_backup(self, directory: str, content: bytes) -> None:
+        """sdbox/mdbox: unlink the old backup, hard-link the index to it, rename a new index in
+        (inode numbers freed by the unlink are often reused at once)."""
+        index = self._path(directory, "dovecot.index")
+        if index.exists():
+            backup = self._path(directory, "dovecot.index.backup")
+            backup.unlink(missing_ok=True)
+            os.link(index, backup)
+        tmp = self._path(directory, "dovecot.index.tmp")
+        tmp.write_bytes(content)
+        os.rename(tmp, index)
+
     @rule(directory=st.sampled_from(DIRS), name=st.sampled_from(NAMES))
     def delete(self, directory: str, name: str) -> None:
         (self.origin / directory / name).unlink(missing_ok=True)
