@@ -105,9 +105,9 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> Config:
         control_socket=node.abs_path("control_socket", default=DEFAULT_CONTROL_SOCKET),
         control_socket_mode=node.octal("control_socket_mode", default=0o666),
         roots=_roots(top),
-        peers=_peers(top, node_id),
+        peers=(peers := _peers(top, node_id)),
         tls=_tls(top),
-        tuning=_tuning(top),
+        tuning=_tuning(top, len(peers)),
     )
     _check_layout(config)
     return config
@@ -154,11 +154,11 @@ def _tls(top: ConfigReader) -> TlsConfig | None:
     return TlsConfig(*(table.abs_path(k, must_exist=True) for k in ("cert", "key", "ca")))
 
 
-def _tuning(top: ConfigReader) -> Tuning:
+def _tuning(top: ConfigReader, peer_count: int) -> Tuning:
     table = top.table("replication", required=False)
     defaults = Tuning()
     table.only_keys(*defaults.__dataclass_fields__)
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = {"sync_quorum": min(1, peer_count)}
     for name in table.names():
         default = getattr(defaults, name)
         values[name] = table.number(name, type(default), minimum=0)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -89,9 +90,10 @@ class PeerLink:
             delay = min(delay * 2, self.host.reconnect_max_delay)
 
     def _failed(self, exc: BaseException) -> None:
-        message = str(exc) or type(exc).__name__
+        message = describe_failure(exc)
         if message != self.last_error:
-            log.warning("link to %s (%s): %s", self.peer.id, self.peer.address, message)
+            log.warning("link to %s at %s: %s (retrying every %.1f s at most)", self.peer.id,
+                        self.peer.address, message, self.host.reconnect_max_delay)
         self.last_error = message
         self.state = "disconnected"
 
@@ -228,6 +230,19 @@ class PeerLink:
                     self.peer.id, nack.seq, nack.root, nack.dir or ".", nack.reason)
         if self.host.outbox.nack(self.peer.id, nack.seq, key):
             self.host.resync({key: None})  # the replica's copy is unknown: every file whole
+
+
+def describe_failure(exc: BaseException) -> str:
+    """A short operator-facing reason for a failed link."""
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused (is the peer's daemon running and listening there?)"
+    if isinstance(exc, TimeoutError):
+        return str(exc) or "timed out"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS failed: {exc.reason or exc}"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return str(exc) or type(exc).__name__
 
 
 async def _recv(transport: Transport) -> bytes:

@@ -1,0 +1,123 @@
+"""Links between real daemon processes on loopback: unreachable and unknown peers, mutual TLS,
+and the status command when no daemon runs. No Dovecot needed: the roots are plain
+directories written by the test."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from replicator.dovecot.instance import free_port
+from replicator.testing.cluster import PeerSpec, ReplicatorNode, pair, stop_all
+from replicator.verify.trees import compare_trees
+
+pytestmark = pytest.mark.integration
+
+
+def roots(base: Path) -> dict[str, Path]:
+    made = {name: base / name for name in ("index", "control")}
+    for path in made.values():
+        path.mkdir(parents=True, exist_ok=True)
+    return made
+
+
+def poll(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def nodes() -> Iterator[list[ReplicatorNode]]:
+    made: list[ReplicatorNode] = []
+    yield made
+    stop_all(made)
+
+
+def test_unreachable_peer_is_reported_clearly(tmp_path: Path,
+                                              nodes: list[ReplicatorNode]) -> None:
+    a = ReplicatorNode(tmp_path / "a", "a", roots(tmp_path / "a-roots"),
+                       peers=[PeerSpec("b", free_port())])
+    nodes.append(a)
+    a.start()
+    poll(lambda: bool(a.status()["peers"]["b"]["last_error"]), "a link error")
+    peer = a.status()["peers"]["b"]
+    assert peer["state"] == "disconnected"
+    assert "connection refused" in peer["last_error"]
+    log = a.log_text()
+    assert "link to b at 127.0.0.1" in log and "Traceback" not in log
+    assert log.count("connection refused") == 1, "a repeated failure is logged once"
+
+
+def test_unknown_peer_is_refused_with_the_reason(tmp_path: Path,
+                                                 nodes: list[ReplicatorNode]) -> None:
+    b = ReplicatorNode(tmp_path / "b", "b", roots(tmp_path / "b-roots"))
+    a = ReplicatorNode(tmp_path / "a", "a", roots(tmp_path / "a-roots"),
+                       peers=[PeerSpec("b", b.port)])
+    nodes += [a, b]
+    b.start()
+    a.start()
+    poll(lambda: "not a configured peer" in a.status()["peers"]["b"]["last_error"],
+         "the refusal")
+    assert "refusing replication connection" in b.log_text()
+    assert "Traceback" not in a.log_text() + b.log_text()
+
+
+def make_pki(base: Path, names: list[str], ca_name: str = "ca") -> dict[str, dict[str, Path]]:
+    """A CA and one certificate per node, made with the openssl command line."""
+    base.mkdir(parents=True, exist_ok=True)
+    ca_key, ca_crt = base / f"{ca_name}.key", base / f"{ca_name}.crt"
+    run = lambda *args: subprocess.run(["openssl", *args], check=True,  # noqa: E731
+                                       capture_output=True)
+    run("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+        "-keyout", str(ca_key), "-out", str(ca_crt), "-subj", f"/CN={ca_name}", "-days", "2")
+    files = {}
+    for name in names:
+        key, csr, crt = base / f"{name}.key", base / f"{name}.csr", base / f"{name}.crt"
+        run("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout",
+            str(key), "-out", str(csr), "-subj", f"/CN={name}")
+        run("x509", "-req", "-in", str(csr), "-CA", str(ca_crt), "-CAkey", str(ca_key),
+            "-CAcreateserial", "-out", str(crt), "-days", "2")
+        files[name] = {"cert": crt, "key": key, "ca": ca_crt}
+    return files
+
+
+def test_mutual_tls_replicates(tmp_path: Path, nodes: list[ReplicatorNode]) -> None:
+    pki = make_pki(tmp_path / "pki", ["a", "b"])
+    a, b = pair(tmp_path, roots(tmp_path / "a-roots"), roots(tmp_path / "b-roots"))
+    a.tls, b.tls = pki["a"], pki["b"]
+    nodes += [a, b]
+    b.start()
+    a.start()
+    (a.roots["index"] / "u1").mkdir()
+    (a.roots["index"] / "u1" / "dovecot.index.log").write_bytes(b"record" * 100)
+    a.barrier()
+    assert compare_trees(a.roots["index"], b.replica_of("a", "index")).consistent
+    assert a.status()["peers"]["b"]["transport"]["tls"] is True
+
+
+def test_peer_with_a_foreign_ca_is_refused(tmp_path: Path, nodes: list[ReplicatorNode]) -> None:
+    good = make_pki(tmp_path / "pki", ["b"])
+    rogue = make_pki(tmp_path / "rogue", ["a"], ca_name="rogue-ca")
+    a, b = pair(tmp_path, roots(tmp_path / "a-roots"), roots(tmp_path / "b-roots"))
+    a.tls, b.tls = rogue["a"], good["b"]
+    nodes += [a, b]
+    b.start()
+    a.start()
+    poll(lambda: "TLS failed" in a.status()["peers"]["b"]["last_error"], "a TLS refusal")
+    assert not (b.replica_dir / "a").exists()
+
+
+def test_status_without_a_daemon_is_one_clear_line(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "replicator", "status", "--socket",
+                           str(tmp_path / "none.sock")], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 2
+    assert "cannot reach the daemon" in proc.stderr and "Traceback" not in proc.stderr
