@@ -9,10 +9,12 @@ that saw the failure still answers NOOP.
 
 from __future__ import annotations
 
+import asyncio
 import imaplib
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -21,6 +23,8 @@ from pathlib import Path
 import imapclient
 import pytest
 
+from replicator.control.protocol import FlushRequest
+from replicator.control.server import ControlServer
 from replicator.dovecot.doveadm import mailbox_status
 from replicator.dovecot.instance import DovecotInstance, DovecotLayout, MailFormat
 from tests.integration.fake_control import FakeControl, Flush, dead_socket
@@ -387,6 +391,44 @@ def test_lda_delivery_waits_too_and_tempfails_on_fail(
                          timeout=60, check=False)
     assert lda.returncode == exit_code, lda.stderr
     assert [f.user for f in rig.flushes()] == ["u1"]
+
+
+def test_the_daemons_own_control_server_understands_the_plugin(
+        rig_factory: Callable[..., Rig]) -> None:
+    """The contract end to end: the C client against replicator.control.server (asyncio)."""
+    seen: list[FlushRequest] = []
+
+    async def on_flush(req: FlushRequest) -> tuple[bool, int, str]:
+        seen.append(req)
+        return len(seen) == 1, 1, "no peer connected"  # OK first, then FAIL
+
+    async def on_barrier(timeout: float) -> tuple[bool, int, str]:
+        return True, 0, ""
+
+    rig = rig_factory("fail", server=None)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    server = ControlServer(rig.socket, 0o666, on_flush, on_barrier, dict)
+    asyncio.run_coroutine_threadsafe(server.start(), loop).result(10)
+    client = rig.inst.imap("u1")
+    try:
+        assert b"[APPENDUID " in append(client)
+        assert "(replicator: no peer connected)" in refused(lambda: append(client))
+    finally:
+        client.logout()  # the imap process exits, so the server's client task ends
+        asyncio.run_coroutine_threadsafe(server.stop(), loop).result(10)
+        asyncio.run_coroutine_threadsafe(_settle(), loop).result(20)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+    assert [(r.user, r.policy, len(r.dirs)) for r in seen] == [("u1", "fail", 2)] * 2
+
+
+async def _settle() -> None:
+    """Waits for the event loop's other tasks (the server's client handlers) to finish."""
+    others = asyncio.all_tasks() - {asyncio.current_task()}
+    await asyncio.wait_for(asyncio.gather(*others, return_exceptions=True), 15)
 
 
 # --- next to Dovecot's own plugins -------------------------------------------------------------
