@@ -23,6 +23,7 @@ from replicator.paths import NODE_ID, ROOT_NAME
 
 DEFAULT_CONTROL_SOCKET = Path("/run/dovecot-replicator/control.sock")
 TRANSPORTS = ("auto", "rdma", "tcp")
+WATCHERS = ("inotify", "watchdog")
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ class Tuning:
     reconnect_max_delay: float = 2.0
     ack_timeout: float = 10.0
     promote_uid_gap: int = 1000
+    watcher: str = "inotify"       # "inotify" (on the event loop) or "watchdog" (threads)
 
 
 @dataclass(frozen=True)
@@ -161,7 +163,10 @@ def _tuning(top: ConfigReader, peer_count: int) -> Tuning:
     values: dict[str, Any] = {"sync_quorum": min(1, peer_count)}
     for name in table.names():
         default = getattr(defaults, name)
-        values[name] = table.number(name, type(default), minimum=0)
+        if isinstance(default, str):
+            values[name] = table.choice(name, WATCHERS, default=default)
+        else:
+            values[name] = table.number(name, type(default), minimum=0)
     return Tuning(**values)
 
 

@@ -19,6 +19,8 @@ from typing import Any
 
 from replicator import __version__, sdnotify
 from replicator.capture.basecache import BaseCache
+from replicator.capture.inotify import InotifyWatcher
+from replicator.capture.locks import LockWaiter
 from replicator.capture.manifest import Manifest
 from replicator.capture.watcher import Hint, Watcher
 from replicator.config import Config
@@ -71,7 +73,8 @@ class Daemon(LinkHost):
         self.started = time.time()
         self._dirty: dict[DirKey, Forced] = {}
         self._flush_handle: asyncio.Handle | None = None
-        self._watcher: Watcher | None = None
+        self._watcher: Watcher | InotifyWatcher | None = None
+        self._lock_waiter = LockWaiter()
 
     # -- life cycle -------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -84,7 +87,8 @@ class Daemon(LinkHost):
                  "stream %s epoch %d", self.node_id, self.manifest.file_count(), result.scanned,
                  len(self.config.roots), time.monotonic() - started, self.outbox.stream,
                  self.outbox.epoch)
-        self._watcher = Watcher(self.config.roots, loop, self._on_hints, self._on_overflow)
+        backend = InotifyWatcher if self.config.tuning.watcher == "inotify" else Watcher
+        self._watcher = backend(self.config.roots, loop, self._on_hints, self._on_overflow)
         self._watcher.start()
         tls = tcp.server_tls(*_tls_files(self.config)) if self.config.tls else None
         server = await tcp.serve(self.config.listen, tls, self.listener.handle)
@@ -161,9 +165,22 @@ class Daemon(LinkHost):
         self.counters["flushes"] += 1
         self.counters["bytes_read"] += result.bytes_read
         if result.busy:
-            self.counters["busy_retries"] += 1
-            asyncio.get_running_loop().call_later(BUSY_RETRY, self._retry, result.busy)
+            self._retry_when_unlocked(result.busy, result.busy_files)
         self._enqueue(result.drafts)
+
+    def _retry_when_unlocked(self, busy: dict[DirKey, Forced], files: list[str]) -> None:
+        """Dovecot holds a write lock: retry those directories the moment it lets go (or after
+        BUSY_RETRY when too many waits are under way)."""
+        self.counters["busy_retries"] += 1
+        remaining = [len(files)]
+
+        def released() -> None:
+            remaining[0] -= 1
+            if remaining[0] == 0:
+                self._retry(busy)
+
+        if not all(self._lock_waiter.wait(path, released) for path in files):
+            asyncio.get_running_loop().call_later(BUSY_RETRY, self._retry, busy)
 
     def _retry(self, dirty: Mapping[DirKey, Forced]) -> None:
         for key, names in dirty.items():

@@ -54,23 +54,30 @@ def parent_rel(relpath: str) -> str:
     return relpath.rpartition("/")[0]
 
 
-def resolve_under(base: Path, relpath: str) -> Path:
+def resolve_under(base: Path, relpath: str, trusted: set[str] | None = None) -> Path:
     """`base/relpath`, refusing if any existing component below `base` is a symlink.
 
     The replica tree is written only by the receiver, so a symlink inside it means tampering or
-    a bug; following it could write outside the replica directory.
+    a bug; following it could write outside the replica directory. `trusted` caches directories
+    already checked (the caller forgets them when it deletes directories).
     """
     check_relpath(relpath, allow_empty=True)
-    current = base
-    for part in relpath.split("/") if relpath else []:
-        current = current / part
+    current = os.fspath(base)
+    parts = relpath.split("/") if relpath else []
+    for index, part in enumerate(parts):
+        current = f"{current}/{part}"
+        is_dir = index < len(parts) - 1
+        if trusted is not None and is_dir and current in trusted:
+            continue
         try:
             mode = os.lstat(current).st_mode
         except FileNotFoundError:
-            continue
+            break
         if stat.S_ISLNK(mode):
             raise PathError(f"refusing to follow symlink {current}")
-    return current
+        if trusted is not None and is_dir and stat.S_ISDIR(mode):
+            trusted.add(current)
+    return Path(base, relpath) if relpath else base
 
 
 def relative_to_root(root: Path, path: Path) -> str | None:

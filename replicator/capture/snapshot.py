@@ -10,7 +10,6 @@ event loop never blocks behind Dovecot.
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 import stat
 import time
@@ -18,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from replicator.capture.locks import try_read_lock
 from replicator.capture.manifest import RACY_NS, DirEntry, StatKey
 from replicator.delta.ops import Meta
 from replicator.dovecot.filekinds import FCNTL_LOCKED, classify, is_transient, read_rank
@@ -37,7 +37,8 @@ class FileRead:
 @dataclass
 class DirScan:
     """What a directory holds now. `reads` are files that changed (or were forced) and were
-    read; `present` is every shippable file name; `busy` could not be read consistently yet."""
+    read; `present` is every shippable file name; `busy` could not be read consistently yet
+    (a Dovecot writer holds its lock)."""
 
     reldir: str
     exists: bool
@@ -62,7 +63,7 @@ def scan_dir(root: Path, reldir: str, known: DirEntry | None,
              forced: set[str] | None) -> DirScan:
     """Scan `root/reldir`; read files that changed since `known`, and all of `forced`
     (None = every file)."""
-    path = root / reldir if reldir else root
+    path = os.path.join(root, reldir) if reldir else os.fspath(root)
     try:
         st = os.lstat(path)
         entries = list(os.scandir(path))
@@ -80,7 +81,7 @@ def scan_dir(root: Path, reldir: str, known: DirEntry | None,
         unchanged = old is not None and old.stat == stat_key(est) and not old.racy
         if unchanged and (forced is not None and name not in forced):
             continue
-        read = read_file(path / name, name, now)
+        read = read_file(os.path.join(path, name), name, now)
         if read == "busy":
             scan.busy.add(name)
         elif read == "gone":
@@ -104,7 +105,7 @@ def _sort_entry(entry: os.DirEntry[str], scan: DirScan,
         candidates.append((name, est))
 
 
-def read_file(path: Path, name: str, now_ns: int) -> FileRead | Literal["busy", "gone"]:
+def read_file(path: str, name: str, now_ns: int) -> FileRead | Literal["busy", "gone"]:
     """The file's content and stat, consistent with each other."""
     locked = classify(name) in FCNTL_LOCKED
     try:
@@ -116,7 +117,7 @@ def read_file(path: Path, name: str, now_ns: int) -> FileRead | Literal["busy", 
             return "gone"
         raise
     try:
-        if locked and not _try_shared_lock(fd):
+        if locked and not try_read_lock(fd):
             return "busy"
         for _ in range(READ_ATTEMPTS):
             before = os.fstat(fd)
@@ -128,16 +129,6 @@ def read_file(path: Path, name: str, now_ns: int) -> FileRead | Literal["busy", 
         return "busy"
     finally:
         os.close(fd)
-
-
-def _try_shared_lock(fd: int) -> bool:
-    try:
-        fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError as exc:
-        if exc.errno in (errno.EAGAIN, errno.EACCES):
-            return False
-        raise
-    return True
 
 
 def _read_all(fd: int) -> bytes:

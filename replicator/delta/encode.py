@@ -28,14 +28,15 @@ class Shipped:
 
     size: int
     digest: bytes
-    blocks: array[int]
+    blocks: array[int] | None  # None: not computed (append-only kinds)
     meta: Meta
 
 
-def describe(content: bytes, meta: Meta) -> Shipped:
-    """The `Shipped` record for `content` once it has been sent."""
-    return Shipped(len(content), digest(content), array("Q", block_hashes(content, BLOCK_SIZE)),
-                   meta)
+def describe(content: bytes, meta: Meta, *, blocks: bool = True) -> Shipped:
+    """The `Shipped` record for `content` once it has been sent. Append-only files (logs) skip
+    the block hashes: their changes are found by the prefix digest instead."""
+    hashes = array("Q", block_hashes(content, BLOCK_SIZE)) if blocks else None
+    return Shipped(len(content), digest(content), hashes, meta)
 
 
 def encode_file(path: str, old: Shipped | None, base: bytes | None, new: bytes,
@@ -46,12 +47,13 @@ def encode_file(path: str, old: Shipped | None, base: bytes | None, new: bytes,
         if old.meta == shipped_new.meta:
             return []
         return [Op(OpCode.META, path, result=result, meta=shipped_new.meta)]
-    candidates = [_whole(path, new, base)]
     if old is not None:
         tail = _append(path, old, new)
         if tail is not None:
             return _finish(tail, result, shipped_new.meta)
-        candidates.append(_ranges(path, old, new, shipped_new.blocks))
+    candidates = [_whole(path, new, base)]
+    if old is not None and old.blocks is not None and shipped_new.blocks is not None:
+        candidates.append(_ranges(path, old.blocks, old.size, new, shipped_new.blocks))
     best = min(candidates, key=_cost)
     return _finish(best, result, shipped_new.meta)
 
@@ -87,12 +89,13 @@ def _write(path: str, offset: int, raw: bytes) -> Op:
     return Op(OpCode.WRITE, path, offset=offset, data=data, codec=codec, raw_size=len(raw))
 
 
-def _ranges(path: str, old: Shipped, new: bytes, new_blocks: array[int]) -> list[Op]:
+def _ranges(path: str, old_blocks: array[int], old_size: int, new: bytes,
+            new_blocks: array[int]) -> list[Op]:
     ops = [
         _write(path, start, new[start:end])
-        for start, end in changed_ranges(old.blocks, new_blocks, len(new), BLOCK_SIZE)
+        for start, end in changed_ranges(old_blocks, new_blocks, len(new), BLOCK_SIZE)
     ]
-    if len(new) < old.size or not ops:
+    if len(new) < old_size or not ops:
         ops.append(Op(OpCode.TRUNCATE, path, offset=len(new)))
     return ops
 

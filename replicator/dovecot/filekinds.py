@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from enum import Enum
+from functools import lru_cache
 
 # Dovecot's transient names (seen with strace on 2.3.19): dotlocks and their temp names
 # (`dovecot-uidlist.lock`, `subscriptions.lock`, `mailboxes.lock<16 hex>`), the log rotation
@@ -70,11 +71,13 @@ _VISIBLE_RANK = {
 }
 
 
+@lru_cache(maxsize=8192)
 def is_transient(name: str) -> bool:
     """True for lock and temp files, which are never shipped."""
     return bool(_TRANSIENT.fullmatch(name))
 
 
+@lru_cache(maxsize=8192)
 def classify(name: str) -> FileKind:
     """The kind of a (non-transient) file, from its name alone."""
     kind = _BY_NAME.get(name)
@@ -89,6 +92,7 @@ def classify(name: str) -> FileKind:
     return FileKind.OTHER
 
 
+@lru_cache(maxsize=8192)
 def visible_rank(name: str) -> tuple[int, int, str]:
     """Sort key for making a directory's files visible: dependencies first.
 
@@ -98,6 +102,7 @@ def visible_rank(name: str) -> tuple[int, int, str]:
     return (_VISIBLE_RANK[classify(name)], rotated, name)
 
 
+@lru_cache(maxsize=8192)
 def read_rank(name: str) -> tuple[int, int, str]:
     """Sort key for reading a directory's files: dependents first (the reverse of visibility),
     so every log offset an index refers to is already in the log we read after it."""

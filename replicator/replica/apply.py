@@ -31,10 +31,12 @@ class ApplyStats:
 
 
 class DigestCache:
-    """Streaming digests of the visible replica files, computed lazily after a restart."""
+    """Streaming digests of the visible replica files, computed lazily after a restart, and
+    the directories already checked to be real directories (not symlinks)."""
 
     def __init__(self) -> None:
         self._states: dict[Path, StreamingDigest] = {}
+        self.trusted_dirs: set[str] = set()
 
     def get(self, path: Path) -> StreamingDigest:
         state = self._states.get(path)
@@ -49,6 +51,9 @@ class DigestCache:
         prefix = f"{path}/"
         for key in [k for k in self._states if k == path or str(k).startswith(prefix)]:
             del self._states[key]
+        text = str(path)
+        self.trusted_dirs = {d for d in self.trusted_dirs
+                             if d != text and not d.startswith(prefix)}
 
 
 class BatchApplier:
@@ -81,7 +86,7 @@ class BatchApplier:
 
     def _path(self, rel: str) -> Path:
         try:
-            return resolve_under(self.base, rel)
+            return resolve_under(self.base, rel, self.digests.trusted_dirs)
         except PathError as exc:
             raise ApplyError(str(exc)) from None
 

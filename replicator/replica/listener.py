@@ -130,6 +130,7 @@ class Listener:
                 last_ack = max(last_ack, acked)
             if last_ack:
                 replies.append(Ack(last_ack))
+            replica.save_state()
             if replies:
                 await transport.send(b"".join(session.send(r) for r in replies))
 

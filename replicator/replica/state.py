@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +54,8 @@ class AppliedState:
                    int(data.get("epoch", 0)), dict(data.get("broken", {})))
 
     def save(self, path: Path) -> None:
-        save_json(path, asdict(self), durable=False)
+        save_json(path, {"stream": self.stream, "seq": self.seq, "epoch": self.epoch,
+                         "broken": self.broken}, durable=False)
 
 
 class Fences:

@@ -48,6 +48,7 @@ class OriginReplica:
         self.digests = DigestCache()
         self._parts: list[Op] = []
         self._next_part = 0
+        self._unsaved = False
 
     def resync(self, stream: str, seq: int, epoch: int) -> None:
         """The origin restarts our view of its stream: the next batch is `seq`."""
@@ -73,8 +74,14 @@ class OriginReplica:
         ops, self._parts, self._next_part = self._parts, [], 0
         outcome = self._apply(batch, ops)
         self.state.seq, self.state.epoch = batch.seq, batch.epoch
-        self.state.save(self.state_path)
+        self._unsaved = True
         return outcome
+
+    def save_state(self) -> None:
+        """Record how far we got; called before acknowledging (once per chunk of input)."""
+        if self._unsaved:
+            self.state.save(self.state_path)
+            self._unsaved = False
 
     def _apply(self, batch: Batch, ops: list[Op]) -> Outcome:
         try:

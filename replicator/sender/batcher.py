@@ -10,6 +10,7 @@ to what the replicas held before the flush.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ from replicator.capture.snapshot import DirScan, FileRead, scan_dir
 from replicator.delta.codec import MAX_DELTA_BASE
 from replicator.delta.encode import Shipped, describe, encode_file, finish_copy
 from replicator.delta.ops import Op, OpCode
-from replicator.dovecot.filekinds import FileKind, classify, visible_rank
+from replicator.dovecot.filekinds import APPEND_MOSTLY, FileKind, classify, visible_rank
 from replicator.paths import join_rel, parent_rel
 
 DirKey = tuple[str, str]            # (root name, relative directory)
@@ -46,6 +47,7 @@ class Draft:
 class BuildResult:
     drafts: list[Draft] = field(default_factory=list)
     busy: dict[DirKey, Forced] = field(default_factory=dict)   # retry these shortly
+    busy_files: list[str] = field(default_factory=list)        # ...once these are unlocked
     scanned: int = 0
     bytes_read: int = 0
 
@@ -95,6 +97,8 @@ class Batcher:
             result.scanned += 1
             if scan.busy:
                 result.busy[key] = wanted[key]
+                result.busy_files += [os.path.join(self.roots[root], reldir, name)
+                                      for name in scan.busy]
                 continue
             result.bytes_read += sum(len(r.content) for r in scan.reads)
             scans.append((key, scan))
@@ -117,7 +121,8 @@ class _DirPlan:
         self.b, self.key, self.scan = batcher, key, scan
         self.untrusted, self.resync = untrusted, resync
         self.updates: list[tuple[FileRead, Shipped]] = [
-            (read, describe(read.content, read.meta))
+            (read, describe(read.content, read.meta,
+                            blocks=classify(read.name) not in APPEND_MOSTLY))
             for read in sorted(scan.reads, key=lambda r: visible_rank(r.name))
         ]
 

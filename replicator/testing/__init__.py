@@ -1,1 +1,1 @@
-"""Harness shared by the tests, the demo and the benchmarks: real Dovecot, real IMAP, real daemons."""
+"""Harness shared by tests, demo and benchmarks: real Dovecot, real IMAP, real daemons."""

@@ -41,6 +41,7 @@ class ReplicatorNode:
     peers: list[PeerSpec] = field(default_factory=list)
     replication: Mapping[str, Any] = field(default_factory=dict)
     tls: Mapping[str, Path] | None = None
+    ram: Path | None = None  # replica_dir somewhere else (tmpfs) than under workdir
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -49,7 +50,7 @@ class ReplicatorNode:
 
     @property
     def replica_dir(self) -> Path:
-        return self.workdir / "replica"
+        return self.ram if self.ram is not None else self.workdir / "replica"
 
     @property
     def state_dir(self) -> Path:

@@ -7,7 +7,7 @@ that sends a malformed message gets a clear remote ProtocolError instead of a Ke
 
 from __future__ import annotations
 
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from functools import cache
 from typing import Any, ClassVar, TypeVar, get_type_hints
 
@@ -24,7 +24,7 @@ class Message:
     TYPE: ClassVar[FrameType]
 
     def to_frame(self) -> Frame:
-        header = {k: v for k, v in asdict(self).items() if k != "payload"}
+        header = {name: getattr(self, name) for name in _header_fields(type(self))}
         return Frame(self.TYPE, header, getattr(self, "payload", b""))
 
     @classmethod
@@ -38,6 +38,16 @@ class Message:
             elif required:
                 raise ProtocolError(f"{cls.TYPE.name} message without {name!r}")
         return cls(**values)
+
+
+_HEADER_FIELDS: dict[type[Message], tuple[str, ...]] = {}
+
+
+def _header_fields(cls: type[Message]) -> tuple[str, ...]:
+    names = _HEADER_FIELDS.get(cls)
+    if names is None:
+        names = _HEADER_FIELDS[cls] = tuple(f.name for f in fields(cls) if f.name != "payload")
+    return names
 
 
 @cache

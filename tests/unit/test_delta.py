@@ -17,11 +17,12 @@ META = Meta(0o600, 8, 8, 1_700_000_000_000_000_000)
 OTHER_META = Meta(0o640, 8, 8, 1_700_000_000_000_000_001)
 
 
-def roundtrip(old: bytes | None, new: bytes, *, cached_base: bool = True) -> list[Op]:
+def roundtrip(old: bytes | None, new: bytes, *, cached_base: bool = True,
+              blocks: bool = True) -> list[Op]:
     """Encode old->new, push the ops through the wire codec, apply them; return the ops."""
-    shipped_old = describe(old, META) if old is not None else None
+    shipped_old = describe(old, META, blocks=blocks) if old is not None else None
     base = old if cached_base else None
-    ops = encode_file("f", shipped_old, base, new, describe(new, OTHER_META))
+    ops = encode_file("f", shipped_old, base, new, describe(new, OTHER_META, blocks=blocks))
     wire = decode_ops(encode_ops(ops))
     assert wire == ops
     start = {"f": old} if old is not None else {}
@@ -58,6 +59,14 @@ def test_any_edit_roundtrips(pair: tuple[bytes, bytes]) -> None:
 @given(edits())
 def test_any_edit_roundtrips_without_the_old_bytes(pair: tuple[bytes, bytes]) -> None:
     roundtrip(*pair, cached_base=False)
+
+
+@settings(max_examples=100)
+@given(edits(), st.booleans())
+def test_any_edit_roundtrips_for_append_mostly_files(pair: tuple[bytes, bytes],
+                                                     cached: bool) -> None:
+    """Logs and uidlists keep no block hashes: a same-size rewrite must still be shipped."""
+    roundtrip(*pair, cached_base=cached, blocks=False)
 
 
 @given(st.binary(max_size=20000))

@@ -195,6 +195,7 @@ class Replication(RuleBasedStateMachine):
                     if outcome is not None and not outcome.ok:
                         self._nack(message)
             self.delivered = numbered.seq
+        self.replica.save_state()
 
     def _nack(self, batch: Batch) -> None:
         assert self.corrupted, f"batch {batch.seq} for {batch.dir!r} refused without corruption"

@@ -1,0 +1,100 @@
+"""Two mail nodes on loopback, as the demo and the benchmarks run them.
+
+Node a serves IMAP from a real Dovecot whose INDEX and CONTROL roots are replicated; bodies
+live in a shared directory (standing in for the replicated filesystem). Node b has its own
+Dovecot configuration over the same bodies (started only when it takes over) and a
+replicator that keeps a's roots in RAM (`replica_dir` on /dev/shm when available).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from replicator.dovecot.instance import DovecotInstance, DovecotLayout, MailFormat
+from replicator.testing.cluster import PeerSpec, ReplicatorNode
+
+
+def ram_dir(prefix: str) -> Path:
+    """A fresh directory on tmpfs if the machine has /dev/shm, else under /tmp."""
+    base = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=base))
+
+
+@dataclass
+class TwoNodes:
+    base: Path
+    dovecot_a: DovecotInstance
+    dovecot_b: DovecotInstance
+    repl_a: ReplicatorNode
+    repl_b: ReplicatorNode
+    users: tuple[str, ...]
+    cleanup: list[Path] = field(default_factory=list)
+
+    def roots_of(self, instance: DovecotInstance) -> dict[str, Path]:
+        return {"index": instance.layout.index_root, "control": instance.layout.control_root}
+
+    def mailbox_index_dir(self, user: str, mailbox: str = "INBOX") -> Path:
+        layout = self.dovecot_a.layout
+        if layout.mail_format == "maildir":
+            return layout.index_root / user / f".{mailbox.replace('/', '.')}"
+        return layout.index_root / user / "mailboxes" / mailbox
+
+    def replica_path(self, origin_path: Path) -> Path:
+        for name, root in self.roots_of(self.dovecot_a).items():
+            if origin_path.is_relative_to(root):
+                return self.repl_b.replica_of("a", name) / origin_path.relative_to(root)
+        raise ValueError(f"{origin_path} is not under a's roots")
+
+    def stop(self) -> None:
+        for node in (self.repl_a, self.repl_b):
+            if node.running():
+                node.stop()
+        for instance in (self.dovecot_a, self.dovecot_b):
+            instance.kill9()
+        for path in self.cleanup:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+@contextmanager
+def two_nodes(mail_format: MailFormat = "maildir", users: tuple[str, ...] = ("u1", "u2", "u3"),
+              *, base: Path | None = None, replication: dict[str, Any] | None = None,
+              churn: bool = False, mail_plugins: tuple[str, ...] = (),
+              mail_plugin_dir: Path | None = None,
+              plugin_settings: dict[str, str] | None = None) -> Iterator[TwoNodes]:
+    made = base is None
+    base = base or Path(tempfile.mkdtemp(prefix="dovecot-replicator-"))
+    replicas = ram_dir("dovecot-replicator-ram-")
+    mail = base / "shared-mail"
+    layouts = {n: DovecotLayout(mail, base / n / "index", base / n / "control", mail_format)
+               for n in ("a", "b")}
+    options: dict[str, Any] = {"churn": churn, "mail_plugins": mail_plugins,
+                               "mail_plugin_dir": mail_plugin_dir,
+                               "plugin_settings": plugin_settings or {}}
+    dovecot_a = DovecotInstance(base / "a" / "dovecot", "a", layouts["a"], users, **options)
+    dovecot_b = DovecotInstance(base / "b" / "dovecot", "b", layouts["b"], users, **options)
+    for instance in (dovecot_a, dovecot_b):
+        instance.write_config()
+    repl_a = ReplicatorNode(base / "a" / "replicator", "a", _roots(layouts["a"]),
+                            replication=replication or {})
+    repl_b = ReplicatorNode(base / "b" / "replicator", "b", _roots(layouts["b"]),
+                            replication=replication or {}, ram=replicas)
+    repl_a.peers, repl_b.peers = [PeerSpec("b", repl_b.port)], [PeerSpec("a", repl_a.port)]
+    nodes = TwoNodes(base, dovecot_a, dovecot_b, repl_a, repl_b, users,
+                     [replicas] + ([base] if made else []))
+    try:
+        dovecot_a.start()
+        repl_b.start()
+        repl_a.start()
+        yield nodes
+    finally:
+        nodes.stop()
+
+
+def _roots(layout: DovecotLayout) -> dict[str, Path]:
+    return {"index": layout.index_root, "control": layout.control_root}
