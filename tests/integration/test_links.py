@@ -89,6 +89,44 @@ def make_pki(base: Path, names: list[str], ca_name: str = "ca") -> dict[str, dic
     return files
 
 
+def holds(replica: Path, log: bytes, index: bytes) -> Callable[[], bool]:
+    def check() -> bool:
+        try:
+            return ((replica / "dovecot.index.log").read_bytes() == log
+                    and (replica / "dovecot.index").read_bytes() == index)
+        except FileNotFoundError:
+            return False
+    return check
+
+
+@pytest.mark.parametrize("watcher", ["inotify", "watchdog"])
+def test_both_watchers_see_appends_renames_and_new_directories(
+        tmp_path: Path, nodes: list[ReplicatorNode], watcher: str) -> None:
+    a, b = pair(tmp_path, roots(tmp_path / "a-roots"), roots(tmp_path / "b-roots"),
+                replication={"watcher": watcher, "rescan_interval": 3600})
+    nodes += [a, b]
+    b.start()
+    a.start()
+    index = a.roots["index"]
+    (index / "u1" / "box").mkdir(parents=True)
+    log = index / "u1" / "box" / "dovecot.index.log"
+    log.write_bytes(b"header")
+    expected = b"header"
+    for round_ in range(20):
+        with open(log, "ab") as f:
+            f.write(b"record %d" % round_)
+        expected += b"record %d" % round_
+        (index / "u1" / "box" / "dovecot.index.tmp").write_bytes(b"index %d" % round_)
+        (index / "u1" / "box" / "dovecot.index.tmp").rename(index / "u1" / "box" /
+                                                            "dovecot.index")
+        poll(holds(b.replica_of("a", "index") / "u1" / "box", expected, b"index %d" % round_),
+             f"round {round_} on the replica (no rescan: only events)")
+    (index / "u1" / "box").rename(index / "u1" / "renamed")
+    poll(lambda: (b.replica_of("a", "index") / "u1" / "renamed" / "dovecot.index").exists()
+         and not (b.replica_of("a", "index") / "u1" / "box").exists(), "the renamed mailbox")
+    assert compare_trees(index, b.replica_of("a", "index")).consistent
+
+
 def test_mutual_tls_replicates(tmp_path: Path, nodes: list[ReplicatorNode]) -> None:
     pki = make_pki(tmp_path / "pki", ["a", "b"])
     a, b = pair(tmp_path, roots(tmp_path / "a-roots"), roots(tmp_path / "b-roots"))
