@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,8 +47,9 @@ def measure_lag(nodes: TwoNodes, samples: int) -> list[float]:
     lags: list[float] = []
     try:
         for i in range(samples):
-            store = client.add_flags if i % 2 == 0 else client.remove_flags
-            lag = probe.measure(lambda store=store: store([uid], ["\\Flagged"], silent=True))
+            lag = probe.measure(functools.partial(
+                client.add_flags if i % 2 == 0 else client.remove_flags, [uid], ["\\Flagged"],
+                silent=True))
             if lag is not None:
                 lags.append(lag)
     finally:
@@ -93,8 +95,11 @@ def print_summary(s: Summary, seconds: float) -> None:
 
 
 def _size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024  # type: ignore[assignment]
-    return str(n)
+    if n < 1024:
+        return f"{n} B"
+    value = float(n)
+    for unit in ("KiB", "MiB", "GiB"):
+        value /= 1024
+        if value < 1024 or unit == "GiB":
+            break
+    return f"{value:.1f} {unit}"
