@@ -66,14 +66,17 @@ def two_nodes(mail_format: MailFormat = "maildir", users: tuple[str, ...] = ("u1
               *, base: Path | None = None, replication: dict[str, Any] | None = None,
               churn: bool = False, mail_plugins: tuple[str, ...] = (),
               mail_plugin_dir: Path | None = None,
-              plugin_settings: dict[str, str] | None = None) -> Iterator[TwoNodes]:
-    made = base is None
-    base = base or Path(tempfile.mkdtemp(prefix="dovecot-replicator-"))
+              plugin_settings: dict[str, str] | None = None,
+              mail_fsync: str = "always") -> Iterator[TwoNodes]:
+    made = base is None or not base.exists()
+    if base is None:
+        base = Path(tempfile.mkdtemp(prefix="dovecot-replicator-"))
     replicas = ram_dir("dovecot-replicator-ram-")
     mail = base / "shared-mail"
     layouts = {n: DovecotLayout(mail, base / n / "index", base / n / "control", mail_format)
                for n in ("a", "b")}
     options: dict[str, Any] = {"churn": churn, "mail_plugins": mail_plugins,
+                               "mail_fsync": mail_fsync,
                                "mail_plugin_dir": mail_plugin_dir,
                                "plugin_settings": plugin_settings or {}}
     dovecot_a = DovecotInstance(base / "a" / "dovecot", "a", layouts["a"], users, **options)
