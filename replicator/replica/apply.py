@@ -20,6 +20,7 @@ from replicator.errors import ApplyError, PathError, ProtocolError
 from replicator.hashing import StreamingDigest
 from replicator.paths import resolve_under
 from replicator.replica import fileio
+from replicator.replica.journal import DigestJournal
 
 Action = Callable[[], None]
 
@@ -60,8 +61,9 @@ class BatchApplier:
     """Applies ops whose paths are relative to `base` (replica_dir/<origin>/<root>)."""
 
     def __init__(self, base: Path, staging: Path, digests: DigestCache, *, max_size: int,
-                 may_chown: bool) -> None:
+                 may_chown: bool, journal: DigestJournal, root: str) -> None:
         self.base, self.staging, self.digests = base, staging, digests
+        self.journal, self.root = journal, root
         self.max_size, self.may_chown = max_size, may_chown
         self._work: dict[str, WorkingFile] = {}
         self._actions: list[tuple[str, Action]] = []
@@ -119,6 +121,7 @@ class BatchApplier:
         def delete_tree() -> None:
             fileio.remove(path)
             self.digests.forget_tree(path)
+            self.journal.remove(f"{self.root}/{rel}")
         self._actions.append((f"tree:{rel}", delete_tree))
 
     def _working(self, rel: str) -> WorkingFile:
@@ -140,6 +143,7 @@ class BatchApplier:
         if not wf.exists:
             fileio.remove(path)
             self.digests.forget_tree(path)
+            self.journal.remove(f"{self.root}/{wf.path}")
             return
         state = wf.digest()
         if wf.materialized:
@@ -149,6 +153,7 @@ class BatchApplier:
             fileio.append_file(path, self.digests.get(path).size, wf.tails, wf.meta,
                                may_chown=self.may_chown)
         self.digests.set(path, state)
+        self.journal.set(f"{self.root}/{wf.path}", state.size, state.digest())
 
     def _keep_only(self, op: Op) -> None:
         directory = self._path(op.path)
@@ -158,3 +163,5 @@ class BatchApplier:
                 victim = directory / name
                 fileio.remove(victim)
                 self.digests.forget_tree(victim)
+                self.journal.remove(f"{self.root}/{op.path}/{name}" if op.path
+                                    else f"{self.root}/{name}")

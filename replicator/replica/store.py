@@ -19,6 +19,7 @@ from replicator.delta.ops import Op, decode_ops
 from replicator.errors import ApplyError, FencedError, PathError, ProtocolError
 from replicator.paths import check_relpath, check_root_name
 from replicator.replica.apply import ApplyStats, BatchApplier, DigestCache
+from replicator.replica.journal import DigestJournal
 from replicator.replica.state import AppliedState, Fences
 from replicator.wire.messages import Batch
 
@@ -45,6 +46,7 @@ class OriginReplica:
         self.staging, self.max_size = staging, max_size
         base.mkdir(parents=True, exist_ok=True)
         self.state = AppliedState.load(self.state_path)
+        self.journal = DigestJournal(base / ".digests")
         self.digests = DigestCache()
         self._parts: list[Op] = []
         self._next_part = 0
@@ -93,14 +95,17 @@ class OriginReplica:
         if key in self.state.broken and not batch.resync:
             return Outcome(batch.seq, False, batch.root, batch.dir, "awaiting resync")
         applier = BatchApplier(self.base / batch.root, self.staging, self.digests,
-                               max_size=self.max_size, may_chown=os.geteuid() == 0)
+                               max_size=self.max_size, may_chown=os.geteuid() == 0,
+                               journal=self.journal, root=batch.root)
         try:
             stats = applier.apply(ops)
         except (ApplyError, OSError) as exc:  # OSError: e.g. the tmpfs is full
+            self.journal.flush()  # what did get committed before the failure
             self.state.broken[key] = batch.seq
             self.digests = DigestCache()  # a partial commit may have left any file changed
             return Outcome(batch.seq, False, batch.root, batch.dir, str(exc))
         self.state.broken.pop(key, None)
+        self.journal.flush()
         return Outcome(batch.seq, True, stats=stats)
 
 

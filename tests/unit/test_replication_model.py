@@ -164,6 +164,18 @@ class Replication(RuleBasedStateMachine):
             self._resync_from_manifest()
             self.corrupted = False
         assert compare_trees(self.origin, self.tmp / "replica" / "a" / "index").consistent
+        self._journal_matches_the_replica()
+
+    def _journal_matches_the_replica(self) -> None:
+        """The digest journal (what verify and promote trust) describes the replica exactly,
+        also when read back from disk as a restarted receiver would."""
+        from replicator.manifest_codec import tree_entries
+        from replicator.replica.journal import DigestJournal
+
+        actual = {f"index/{e.path}": (e.size, e.digest)
+                  for e in tree_entries(self.replica.base, ["index"]) if e.kind == "f"}
+        assert self.replica.journal.files == actual
+        assert DigestJournal(self.replica.base / ".digests").files == actual
 
     def _resync_from_manifest(self) -> None:
         from replicator.manifest_codec import (

@@ -1,0 +1,79 @@
+"""What every file of a replica should hold, as its origin announced it.
+
+The receiver records, after each applied batch, the size and xxh3-128 of every file it changed
+(and the paths it removed). The journal lives beside the replica (`.digests`, JSON lines,
+appended; rewritten compactly when it has grown to twice what it describes), so that a replica
+can be verified, and a promote can refuse a damaged copy, when the origin is gone. A mismatch
+found later means the copy changed after it was verified: a scrub reports it and the origin
+resends that directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+Expected = tuple[int, str]  # size, xxh3-128 hex
+
+
+class DigestJournal:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.files: dict[str, Expected] = {}
+        self.exists = path.exists()
+        self._pending: list[str] = []
+        self._lines = 0
+        if self.exists:
+            self._load()
+
+    def _load(self) -> None:
+        with open(self.path, encoding="utf-8") as f:
+            for line in f:
+                self._lines += 1
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    break  # a torn last line (crash mid-append): what follows is unknown
+                self._apply(record)
+
+    def _apply(self, record: list[object]) -> None:
+        if record[0] == "+":
+            self.files[str(record[1])] = (int(str(record[2])), str(record[3]))
+        else:
+            self._drop(str(record[1]))
+
+    def _drop(self, rel: str) -> None:
+        prefix = rel + "/"
+        for key in [k for k in self.files if k == rel or k.startswith(prefix)]:
+            del self.files[key]
+
+    def set(self, rel: str, size: int, digest: bytes) -> None:
+        record = ["+", rel, size, digest.hex()]
+        self._apply(record)
+        self._pending.append(json.dumps(record))
+
+    def remove(self, rel: str) -> None:
+        """Forget `rel` and, if it was a directory, everything below it."""
+        self._drop(rel)
+        self._pending.append(json.dumps(["-", rel]))
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        if self._lines + len(self._pending) > 2 * len(self.files) + 1000:
+            self._rewrite()
+        else:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write("\n".join(self._pending) + "\n")
+            self._lines += len(self._pending)
+        self._pending = []
+        self.exists = True
+
+    def _rewrite(self) -> None:
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            for rel, (size, digest) in self.files.items():
+                f.write(json.dumps(["+", rel, size, digest]) + "\n")
+        os.replace(tmp, self.path)
+        self._lines = len(self.files)
