@@ -52,6 +52,7 @@ class Tuning:
     reconnect_max_delay: float = 2.0
     ack_timeout: float = 10.0
     promote_uid_gap: int = 1000
+    scrub_interval: float = 600.0  # seconds between checks of replicas against their journals
     watcher: str = "inotify"       # "inotify" (on the event loop) or "watchdog" (threads)
 
 

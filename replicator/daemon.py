@@ -37,6 +37,7 @@ from replicator.sender.outbox import Outbox
 from replicator.status import build_status
 from replicator.traffic import Traffic
 from replicator.transport import tcp
+from replicator.verify.runner import verify_replica
 
 log = logging.getLogger("replicator")
 SOFTWARE = f"dovecot-replicator/{__version__}"
@@ -62,10 +63,11 @@ class Daemon(LinkHost):
         self.store = ReplicaStore(config.replica_dir, config.state_dir, frozenset(config.roots),
                                   tuning.max_frame_bytes)
         self.listener = Listener(config, self.store, SOFTWARE,
-                                 lambda: origin_entries(self.manifest))
+                                 lambda: origin_entries(self.manifest),
+                                 lambda: (self.outbox.stream, self.outbox.next_seq - 1))
         self.links = {p.id: PeerLink(self, p) for p in config.peers}
         self.control = ControlServer(config.control_socket, config.control_socket_mode,
-                                     self.flush_and_wait, self.barrier, self.status)
+                                     self.flush_and_wait, self.barrier, self.repair, self.status)
         self.counters: dict[str, int] = dict.fromkeys(
             ("flushes", "batches", "resync_batches", "busy_retries", "sync_ok", "sync_failed",
              "sync_degraded", "rescans", "bytes_read"), 0)
@@ -96,6 +98,7 @@ class Daemon(LinkHost):
         tasks = [asyncio.create_task(link.run(), name=f"link-{peer}")
                  for peer, link in self.links.items()]
         tasks.append(asyncio.create_task(self._periodic_rescan(), name="rescan"))
+        tasks.append(asyncio.create_task(self._periodic_scrub(), name="scrub"))
         log.info("listening on %s; control socket %s; peers: %s", self.config.listen,
                  self.config.control_socket, ", ".join(self.links) or "none")
         sdnotify.notify("READY=1", f"STATUS=replicating to {len(self.links)} peer(s)")
@@ -273,6 +276,28 @@ class Daemon(LinkHost):
         except TimeoutError:
             return False, 0, self._why_not_replicated(every)
         return True, len(holders), ""
+
+    async def repair(self, origin: str) -> tuple[bool, int, str]:
+        """Check `origin`'s replica against its digest journal; if anything was damaged, make
+        the origin resend what differs (manifest resync). Returns (ok, damaged files, why)."""
+        replica = self.store.origins().get(origin)
+        if replica is None and not self.config.replica_root(origin).is_dir():
+            return False, 0, f"no replica of {origin!r} here"
+        report = await asyncio.to_thread(verify_replica, self.config.replica_root(origin),
+                                         sorted(self.config.roots))
+        damaged = [d for d in report.differences if d.check == "journal"]
+        if damaged or report.errors:
+            log.warning("replica of %s: %d damaged file(s) (%s); asking %s to resend them",
+                        origin, len(damaged), ", ".join(d.file for d in damaged[:5]), origin)
+            self.store.origin(origin).forget_position()
+            self.listener.disconnect(origin)
+        return True, len(damaged), ""
+
+    async def _periodic_scrub(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.tuning.scrub_interval)
+            for origin in list(self.store.origins()):
+                await self.repair(origin)
 
     def _sync_keys(self, dirs: tuple[str, ...]) -> set[DirKey]:
         keys: set[DirKey] = set()

@@ -6,6 +6,9 @@
     client: STATUS\t<id>                   ->   STATUS\t<id>\t<json>
     client: BARRIER\t<id>\t<timeout_ms>     ->   OK / FAIL: every change on disk now is
                                                  acknowledged by every peer (tests, tools)
+    client: REPAIR\t<id>\t<origin>          ->   OK\t<id>\t<damaged files>: the replica of
+                                                 <origin> was checked against its journal;
+                                                 damaged files are being resent
 """
 
 from __future__ import annotations

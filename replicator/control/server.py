@@ -22,13 +22,16 @@ log = logging.getLogger(__name__)
 
 FlushHandler = Callable[[protocol.FlushRequest], Awaitable[tuple[bool, int, str]]]
 BarrierHandler = Callable[[float], Awaitable[tuple[bool, int, str]]]
+RepairHandler = Callable[[str], Awaitable[tuple[bool, int, str]]]
 
 
 class ControlServer:
     def __init__(self, path: Path, mode: int, on_flush: FlushHandler,
-                 on_barrier: BarrierHandler, status: Callable[[], dict[str, Any]]) -> None:
+                 on_barrier: BarrierHandler, on_repair: RepairHandler,
+                 status: Callable[[], dict[str, Any]]) -> None:
         self.path, self.mode = path, mode
         self.on_flush, self.on_barrier, self.status = on_flush, on_barrier, status
+        self.on_repair = on_repair
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
@@ -68,6 +71,9 @@ class ControlServer:
         if fields[0] == "BARRIER" and len(fields) == 3 and fields[2].isdigit():
             ok, peers, reason = await self.on_barrier(int(fields[2]) / 1000)
             return protocol.ok(fields[1], peers) if ok else protocol.fail(fields[1], reason)
+        if fields[0] == "REPAIR" and len(fields) == 3:
+            ok, damaged, reason = await self.on_repair(protocol.unescape(fields[2]))
+            return protocol.ok(fields[1], damaged) if ok else protocol.fail(fields[1], reason)
         if fields[0] == "STATUS" and len(fields) == 2:
             return f"STATUS\t{fields[1]}\t{protocol.escape(json.dumps(self.status()))}"
         raise ProtocolError(f"unknown control request {fields[0][:40]!r}")

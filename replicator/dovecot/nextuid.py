@@ -39,6 +39,7 @@ from replicator.dovecot.nextuid_files import (
     raise_uidlist,
     read_file,
 )
+from replicator.dovecot.uidlist import peek_next_uid
 from replicator.dovecot.uidstate import UidState, replay_next_uid
 
 __all__ = ["NextUidError", "RaiseResult", "header_update_record", "raise_next_uid"]
@@ -71,8 +72,9 @@ def header_update_record(next_uid: int, *, external: bool) -> bytes:
 
 
 def raise_next_uid(mailbox_index_dir: Path, min_next_uid: int, *, control_dir: Path | None,
-                   fsync: bool = False) -> RaiseResult:
-    """Makes the mailbox's next uid at least min_next_uid; never lowers it.
+                   fsync: bool = False, gap: int = 0) -> RaiseResult:
+    """Makes the mailbox's next uid at least min_next_uid, and with `gap` at least `gap` above
+    what it is now (the promote safety gap); never lowers it.
 
     control_dir is the maildir mailbox's control directory (holding dovecot-uidlist), None for
     sdbox and mdbox; it also selects maildir's EXTERNAL record flag. Dovecot must not be
@@ -82,14 +84,24 @@ def raise_next_uid(mailbox_index_dir: Path, min_next_uid: int, *, control_dir: P
     if not 1 <= min_next_uid <= UID_MAX:
         raise ValueError(f"min_next_uid {min_next_uid} is not a uid (1..{UID_MAX})")
     index = _read_index_header(mailbox_index_dir / INDEX)
+    floor = _uidlist_next(control_dir) if gap and control_dir is not None else 0
     try:
         with locked_log(mailbox_index_dir / LOG, LOG) as log:
-            return _raise_in_log(log, mailbox_index_dir, index, min_next_uid, control_dir,
-                                 fsync)
+            return _raise_in_log(log, mailbox_index_dir, index, (min_next_uid, floor, gap),
+                                 control_dir, fsync)
     except FileNotFoundError as e:
         if e.filename != str(mailbox_index_dir / LOG):
             raise
+    if gap:
+        known = max(floor, index[0].next_uid if index is not None else 0)
+        min_next_uid = min(UID_MAX, max(min_next_uid, known + gap))
     return _without_log(mailbox_index_dir, index, min_next_uid, control_dir, fsync)
+
+
+def _uidlist_next(control_dir: Path) -> int:
+    """The maildir uidlist's effective next uid (it may be ahead of the index), 0 if none."""
+    data = read_file(control_dir / UIDLIST)
+    return peek_next_uid(data) if data is not None else 0
 
 
 def _read_index_header(path: Path) -> tuple[IndexHeader, bytes] | None:
@@ -98,9 +110,14 @@ def _read_index_header(path: Path) -> tuple[IndexHeader, bytes] | None:
 
 
 def _raise_in_log(log: LockedLog, box: Path, index: tuple[IndexHeader, bytes] | None,
-                  wanted: int, control_dir: Path | None, fsync: bool) -> RaiseResult:
-    """Everything is checked before anything is written, the log lock held throughout."""
+                  target: tuple[int, int, int], control_dir: Path | None,
+                  fsync: bool) -> RaiseResult:
+    """Everything is checked before anything is written, the log lock held throughout.
+    `target` is (minimum, the uidlist's next uid, gap above the current next uid)."""
     state = replay_next_uid(index, log.header, log.data, lambda: read_file(box / LOG2))
+    wanted, floor, gap = target
+    if gap:
+        wanted = min(UID_MAX, max(wanted, max(state.next_uid, floor) + gap))
     write = state.next_uid < wanted and _may_write(state, box, control_dir)
     uidlist = raise_uidlist(control_dir, wanted, fsync) if control_dir else None
     offset = truncated = None

@@ -40,11 +40,20 @@ HELLO_TIMEOUT = 10.0
 
 class Listener:
     def __init__(self, config: Config, store: ReplicaStore, software: str,
-                 own_manifest: Callable[[], Iterable[Entry]]) -> None:
+                 own_manifest: Callable[[], Iterable[Entry]],
+                 own_position: Callable[[], tuple[str, int]]) -> None:
         self.config, self.store, self.software = config, store, software
-        self.own_manifest = own_manifest
+        self.own_manifest, self.own_position = own_manifest, own_position
         self.active: dict[str, asyncio.Task[Any]] = {}
         self.stats: dict[str, dict[str, int]] = {}
+
+    def disconnect(self, origin: str) -> bool:
+        """Drop `origin`'s connection (it reconnects and resumes); False if it had none."""
+        task = self.active.pop(origin, None)
+        if task is None or task.done():
+            return False
+        task.cancel()
+        return True
 
     async def handle(self, transport: Transport) -> None:
         session = Session("server", max_frame_bytes=self.config.tuning.max_frame_bytes)
@@ -152,7 +161,7 @@ class Listener:
             replica.resync(message.stream, message.seq, hello.epoch)
         elif isinstance(message, ManifestRequest):
             entries = list(tree_entries(replica.base, sorted(self.store.roots)))
-            return Manifest(message.id, len(entries), encode_entries(entries)), 0
+            return Manifest(message.id, len(entries), payload=encode_entries(entries)), 0
         elif isinstance(message, Ping):
             return Pong(message.t), 0
         elif isinstance(message, ErrorMessage):
@@ -165,7 +174,8 @@ class Listener:
             for message in session.receive_data(data):
                 if isinstance(message, ManifestRequest):
                     entries = list(self.own_manifest())
-                    await transport.send(session.send(
-                        Manifest(message.id, len(entries), encode_entries(entries))))
+                    stream, seq = self.own_position()
+                    await transport.send(session.send(Manifest(
+                        message.id, len(entries), stream, seq, encode_entries(entries))))
                 elif isinstance(message, Ping):
                     await transport.send(session.send(Pong(message.t)))

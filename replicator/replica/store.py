@@ -79,6 +79,14 @@ class OriginReplica:
         self._unsaved = True
         return outcome
 
+    def forget_position(self) -> None:
+        """Make the origin's next connection a manifest resync (after damage was found): it
+        then compares what we hold with what it has and resends what differs."""
+        self.state = AppliedState(epoch=self.state.epoch)
+        self.state.save(self.state_path)
+        self.digests = DigestCache()
+        self._parts, self._next_part = [], 0
+
     def save_state(self) -> None:
         """Record how far we got; called before acknowledging (once per chunk of input)."""
         if self._unsaved:

@@ -142,6 +142,8 @@ class Manifest(Message):
     TYPE: ClassVar[FrameType] = FrameType.MANIFEST
     id: int
     entries: int
+    stream: str = ""   # an origin describing itself: its stream and last numbered seq
+    seq: int = 0
     payload: bytes = b""
 
 

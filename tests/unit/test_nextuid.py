@@ -232,3 +232,21 @@ def test_forget_cached_status_transaction(tmp_path: Path) -> None:
     assert data[added[2].offset + 8:added[2].end] == bytes(8)  # new_reset_id 0, no preserve
     assert (new.end, new.torn) == (len(data), None)
     assert forget_cached_status(tmp_path / "nouser") is None
+
+
+def test_gap_raises_above_the_current_next_uid(tmp_path: Path) -> None:
+    box = _mailbox(tmp_path, _log(craft.append(1, 2, 3)))
+    res = raise_next_uid(box, 1, control_dir=None, gap=1000)
+    assert (res.previous_next_uid, res.next_uid) == (4, 1004)
+    assert _next_uid_now(box) == 1004
+
+
+def test_gap_counts_from_a_uidlist_that_is_ahead_of_the_index(tmp_path: Path) -> None:
+    """maildir: the uidlist may already have handed out uids the index has not seen yet."""
+    box = _mailbox(tmp_path, _log(craft.append(1, 2)))
+    ctl = tmp_path / "ctl"
+    ctl.mkdir()
+    (ctl / "dovecot-uidlist").write_bytes(UIDLIST.replace(b" N4 ", b" N9 "))
+    res = raise_next_uid(box, 1, control_dir=ctl, gap=100)
+    assert res.next_uid == 109
+    assert parse_uidlist((ctl / "dovecot-uidlist").read_bytes()).effective_next_uid == 109

@@ -1,0 +1,122 @@
+"""Dovecot-level checks of one tree of index/control files: would Dovecot accept them as they
+are? Per directory: the index parses; its log sequence and offsets exist in the log it names
+(a head offset past the log's end is what a copier that ships the index before the log
+leaves); the cache belongs to the index; the uidlist parses and agrees with the index's
+UIDVALIDITY; the mdbox map index and its log likewise.
+
+Problems Dovecot repairs by itself (a cache of another generation, a torn log tail it will cut)
+are warnings, not differences.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from replicator.dovecot.headers import (
+    DovecotFormatError,
+    IndexFile,
+    LogFile,
+    cache_belongs_to,
+    parse_cache,
+    parse_index,
+    parse_log,
+    parse_uidlist,
+)
+from replicator.verify.model import Difference
+
+Reader = Callable[[Path], bytes]
+T = TypeVar("T")
+INDEX_NAMES = ("dovecot.index", "dovecot.map.index", "dovecot.list.index")
+
+
+def check_tree(top: Path, label: str, read: Reader,
+               index_top: Path | None = None) -> tuple[list[Difference], list[Difference]]:
+    """(differences, warnings) for every directory under `top`; `label` prefixes file names
+    (e.g. "index"). `index_top`, for a separate CONTROL root, is where the index belonging to
+    each maildir uidlist lives (their UIDVALIDITY must agree)."""
+    problems: list[Difference] = []
+    warnings: list[Difference] = []
+    for directory in sorted(p for p in [top, *top.rglob("*")] if p.is_dir()):
+        rel = directory.relative_to(top).as_posix()
+        prefix = "/".join(part for part in (label, "" if rel == "." else rel) if part)
+        prefix = prefix + "/" if prefix else ""
+        names = {p.name for p in directory.iterdir() if p.is_file()}
+        for index_name in INDEX_NAMES:
+            if index_name in names or f"{index_name}.log" in names:
+                _check_mailbox(directory, index_name, prefix, read, problems, warnings)
+        if "dovecot-uidlist" in names:
+            index_dir = (index_top / rel) if index_top is not None else directory
+            _check_uidlist(directory / "dovecot-uidlist", index_dir, prefix, read, problems)
+    return problems, warnings
+
+
+def _check_mailbox(directory: Path, index_name: str, prefix: str, read: Reader,
+                   problems: list[Difference], warnings: list[Difference]) -> None:
+    index = _parsed(directory / index_name, prefix, parse_index, read, problems)
+    log = _parsed(directory / f"{index_name}.log", prefix, parse_log, read, problems)
+    log2 = _parsed(directory / f"{index_name}.log.2", prefix, parse_log, read, problems)
+    if log is not None and log.torn is not None:  # Dovecot cuts it before its next append
+        warnings.append(Difference(prefix + f"{index_name}.log", "tail", "whole records",
+                                   log.torn, "dovecot"))
+    if index is not None:
+        _check_offsets(index, log, log2, prefix + index_name, problems)
+        cache_path = directory / f"{index_name}.cache"
+        cache = _parsed(cache_path, prefix, parse_cache, read, problems)
+        if cache is not None and not cache_belongs_to(cache, index):
+            warnings.append(Difference(prefix + cache_path.name, "file_seq/indexid",
+                                       "the index's cache generation", "another", "dovecot"))
+
+
+def _check_offsets(index: IndexFile, log: LogFile | None, log2: LogFile | None, name: str,
+                   problems: list[Difference]) -> None:
+    hdr = index.header
+    logs = {lf.header.file_seq: lf for lf in (log, log2) if lf is not None}
+    if not logs:
+        return  # an index without logs: Dovecot recreates the log
+    target = logs.get(hdr.log_file_seq)
+    if target is None:
+        if hdr.log_file_seq > max(logs):
+            problems.append(Difference(name, "log_file_seq", f"<= {max(logs)} (the log's)",
+                                       str(hdr.log_file_seq), "dovecot"))
+        return
+    for field in ("log_file_tail_offset", "log_file_head_offset"):
+        offset = getattr(hdr, field)
+        if offset > target.size or not target.is_record_boundary(offset):
+            problems.append(Difference(
+                name, field, f"a record boundary within the {target.size}-byte log "
+                f"(file_seq {hdr.log_file_seq})", str(offset), "dovecot"))
+
+
+def _check_uidlist(uidlist: Path, index_dir: Path, prefix: str, read: Reader,
+                   problems: list[Difference]) -> None:
+    name = prefix + "dovecot-uidlist"
+    try:
+        parsed = parse_uidlist(read(uidlist))
+    except DovecotFormatError as exc:
+        problems.append(Difference(name, "format", "a uidlist Dovecot accepts", str(exc),
+                                   "dovecot"))
+        return
+    index_path = index_dir / "dovecot.index"
+    if index_path.is_file():
+        try:
+            index = parse_index(read(index_path))
+        except DovecotFormatError:
+            return  # reported with the index
+        if index.header.uid_validity not in (0, parsed.uid_validity):
+            problems.append(Difference(name, "uid_validity",
+                                       f"{index.header.uid_validity} (the index's)",
+                                       str(parsed.uid_validity), "dovecot"))
+
+
+def _parsed(path: Path, prefix: str, parser: Callable[[bytes], T], read: Reader,
+            problems: list[Difference]) -> T | None:
+    if not path.is_file():
+        return None
+    try:
+        return parser(read(path))
+    except DovecotFormatError as exc:
+        problems.append(Difference(prefix + path.name, "format", "a file Dovecot accepts",
+                                   str(exc), "dovecot"))
+        return None
