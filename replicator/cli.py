@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import sys
 from pathlib import Path
@@ -56,14 +55,60 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="machine-readable output")
 
     verify = commands.add_parser(
-        "verify", help="check that a replica equals its origin",
-        description="Offline: compare an origin root (--source) with a replica of it "
-                    "(--replica), file by file (bytes and xxh3-128). Transient files (locks, "
-                    "temp files) are ignored. Exit 0 consistent, 1 differences, 2 could not "
-                    "verify.")
-    verify.add_argument("--source", type=Path, required=True, help="origin root directory")
-    verify.add_argument("--replica", type=Path, required=True, help="replica of that root")
+        "verify", help="prove that a replica equals its origin (exit 0/1/2)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Compare a replica with its origin file by file (size and xxh3-128), "
+                    "explain differing Dovecot files field by field (next_uid, uid_validity, "
+                    "log offsets...), and check that Dovecot would accept the replica (index "
+                    "log offsets exist in the replica's log, cache and uidlist match).",
+        epilog="modes:\n"
+               "  --source DIR --replica DIR     offline: an origin root and a copy of it\n"
+               "  --config FILE --origin ID      online: ask the origin (over the replication\n"
+               "                                 link) what it shipped; compare this node's\n"
+               "                                 RAM copy\n"
+               "  --config FILE --origin ID --local\n"
+               "                                 the RAM copy against its digest journal\n"
+               "                                 (the origin may be down)\n"
+               "exit codes: 0 consistent, 1 differences, 2 could not verify")
+    verify.add_argument("--source", type=Path, help="origin root directory (offline)")
+    verify.add_argument("--replica", type=Path, help="replica of that root (offline)")
+    verify.add_argument("--config", type=Path, help="this node's configuration")
+    verify.add_argument("--origin", help="node id of the origin whose replica to verify")
+    verify.add_argument("--local", action="store_true",
+                        help="check against the digest journal, without asking the origin")
+    verify.add_argument("--repair", action="store_true",
+                        help="if differences are found, ask the local daemon to have the "
+                             "origin resend them, then verify again")
+    verify.add_argument("--wait", type=float, default=10.0,
+                        help="seconds to wait for the replica to catch up (online; 10)")
+    verify.add_argument("--doveadm", metavar="MAIL_LOCATION",
+                        help="also open a copy of the replica with Dovecot, e.g. "
+                             "'maildir:/srv/mail/%%u/Maildir' (INDEX/CONTROL are added), and "
+                             "report doveadm mailbox status for every mailbox")
     verify.add_argument("--json", action="store_true", help="machine-readable output")
+
+    promote = commands.add_parser(
+        "promote", help="take over a dead node's users from this node's RAM copy",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Fence the origin (a higher epoch, stored before anything else: its "
+                    "batches are refused from then on), check the RAM copy against its digest "
+                    "journal and Dovecot's rules, copy its users into this node's Dovecot "
+                    "roots (per user: stage, sync, rename), raising each mailbox's next UID by "
+                    "a safety gap unless the origin ran sync commit with the fail policy. "
+                    "Refuses while the origin still answers, unless --force. Running it again "
+                    "does nothing.",
+        epilog="example:\n  dovecot-replicator promote --config /etc/dovecot-replicator/"
+               "node.toml --origin a\nthen start (or reload) Dovecot for the promoted users.")
+    promote.add_argument("--config", type=Path, required=True, help="this node's configuration")
+    promote.add_argument("--origin", required=True, help="node id of the dead node")
+    promote.add_argument("--users", nargs="+", metavar="USER", help="only these users")
+    promote.add_argument("--force", action="store_true",
+                         help="promote although the origin answers (it must be fenced off by "
+                              "other means), or again after an earlier promote")
+    promote.add_argument("--uid-gap", type=int, metavar="N",
+                         help="raise next UIDs by N (default: [replication] promote_uid_gap, "
+                              "or 0 if the origin ran sync commit with the fail policy)")
+    promote.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
 
 
@@ -94,22 +139,11 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return show_status(args.config, args.socket, as_json=args.json)
     if args.command == "verify":
-        return _verify_offline(args.source, args.replica, as_json=args.json)
+        from replicator.verify.command import run_verify
+
+        return run_verify(args)
+    if args.command == "promote":
+        from replicator.promote.show import run_promote
+
+        return run_promote(args)
     raise AssertionError(args.command)
-
-
-def _verify_offline(source: Path, replica: Path, *, as_json: bool) -> int:
-    from replicator.verify.trees import compare_trees
-
-    report = compare_trees(source, replica)
-    if as_json:
-        print(json.dumps({
-            "consistent": report.consistent, "files": report.files,
-            "bytes_read": report.bytes_read,
-            "differences": [d.__dict__ for d in report.differences]}, indent=2))
-    else:
-        for d in report.differences:
-            print(f"DIFF {d.path}: {d.field}: expected {d.expected}, found {d.found}")
-        verdict = "consistent" if report.consistent else f"{len(report.differences)} difference(s)"
-        print(f"{report.files} files compared ({report.bytes_read} bytes read): {verdict}")
-    return 0 if report.consistent else 1

@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from replicator.dovecot.doveadm import MailboxStatus, mailbox_status
+from replicator.dovecot.doveadm import STATUS_FIELDS, DoveadmError, MailboxStatus
 
 
 def _config(scratch: Path, mail_location: str, uid: int, gid: int) -> Path:
@@ -26,19 +26,33 @@ def _config(scratch: Path, mail_location: str, uid: int, gid: int) -> Path:
         f"log_path = {scratch}/dovecot.log",
         "protocols = none",
         "ssl = no",
-        f"first_valid_uid = {min(uid, 1) if uid == 0 else uid}",
+        f"first_valid_uid = {uid}",
+        f"mail_uid = {uid}",
+        f"mail_gid = {gid}",
         f"mail_location = {mail_location}:INDEX={scratch}/index/%u:CONTROL={scratch}/control/%u",
         "namespace inbox {\n  inbox = yes\n  separator = /\n}",
-        f"userdb {{\n  driver = static\n  args = uid={uid} gid={gid} home={scratch}/home/%u\n}}",
-        "passdb {\n  driver = static\n  args = nopassword=y\n}",
     ]) + "\n")
     return conf
+
+
+def _status(conf: Path, scratch: Path, user: str) -> dict[str, MailboxStatus]:
+    """doveadm without -u: no auth server runs, so the user comes from USER/HOME, and Dovecot
+    drops to mail_uid itself."""
+    args = ("-f", "tab", "mailbox", "status", " ".join(STATUS_FIELDS), "*")
+    env = {"USER": user, "HOME": str(scratch / "home" / user), "PATH": "/usr/bin:/bin"}
+    res = subprocess.run(["doveadm", "-c", str(conf), *args], capture_output=True, text=True,
+                         env=env, timeout=120, stdin=subprocess.DEVNULL)
+    if res.returncode != 0:
+        raise DoveadmError(args, res.returncode, res.stderr)
+    rows = [line.split("\t") for line in res.stdout.splitlines()[1:] if line]
+    return {row[0]: MailboxStatus(*(int(v) for v in row[1:5])) for row in rows}
 
 
 def replica_status(index_root: Path, control_root: Path, mail_location: str,
                    users: Iterable[str]) -> dict[str, dict[str, MailboxStatus]]:
     """user -> mailbox -> status as Dovecot reports it for a copy of the given roots."""
     scratch = Path(tempfile.mkdtemp(prefix="dr-verify-"))
+    scratch.chmod(0o711)  # Dovecot reads the copy as the mail user
     try:
         for name, source in (("index", index_root), ("control", control_root)):
             if source.is_dir():
@@ -47,6 +61,6 @@ def replica_status(index_root: Path, control_root: Path, mail_location: str,
                 (scratch / name).mkdir()
         owner = index_root.stat()
         conf = _config(scratch, mail_location, owner.st_uid, owner.st_gid)
-        return {user: mailbox_status(conf, user) for user in users}
+        return {user: _status(conf, scratch, user) for user in users}
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

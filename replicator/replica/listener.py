@@ -107,6 +107,7 @@ class Listener:
         if current is not None:
             self.active[origin] = current
         replica = self.store.origin(origin)
+        replica.note_sync_policy(hello.sync_policy)
         await transport.send(session.send(Hello(
             self.config.node_id, "replica", self.software, self.store.fences.minimum(origin),
             replica.state.stream, replica.state.seq,
@@ -163,6 +164,7 @@ class Listener:
             entries = list(tree_entries(replica.base, sorted(self.store.roots)))
             return Manifest(message.id, len(entries), payload=encode_entries(entries)), 0
         elif isinstance(message, Ping):
+            replica.note_sync_policy(message.sync_policy)
             return Pong(message.t), 0
         elif isinstance(message, ErrorMessage):
             raise ProtocolError(f"{hello.node} closed the link: {message.message}")

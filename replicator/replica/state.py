@@ -46,16 +46,19 @@ class AppliedState:
     seq: int = 0
     epoch: int = 0
     broken: dict[str, int] = field(default_factory=dict)  # "root\\0dir" -> seq it broke at
+    sync_policy: str = "off"  # what the origin's sync-commit plugin last did (fail: gap 0)
 
     @classmethod
     def load(cls, path: Path) -> AppliedState:
         data = load_json(path)
         return cls(str(data.get("stream", "")), int(data.get("seq", 0)),
-                   int(data.get("epoch", 0)), dict(data.get("broken", {})))
+                   int(data.get("epoch", 0)), dict(data.get("broken", {})),
+                   str(data.get("sync_policy", "off")))
 
     def save(self, path: Path) -> None:
         save_json(path, {"stream": self.stream, "seq": self.seq, "epoch": self.epoch,
-                         "broken": self.broken}, durable=False)
+                         "broken": self.broken, "sync_policy": self.sync_policy},
+                  durable=False)
 
 
 class Fences:

@@ -54,7 +54,8 @@ class OriginReplica:
 
     def resync(self, stream: str, seq: int, epoch: int) -> None:
         """The origin restarts our view of its stream: the next batch is `seq`."""
-        self.state = AppliedState(stream, seq - 1, epoch, dict(self.state.broken))
+        self.state = AppliedState(stream, seq - 1, epoch, dict(self.state.broken),
+                                  self.state.sync_policy)
         self._parts, self._next_part = [], 0
         self.state.save(self.state_path)
 
@@ -79,10 +80,15 @@ class OriginReplica:
         self._unsaved = True
         return outcome
 
+    def note_sync_policy(self, policy: str) -> None:
+        if policy and policy != self.state.sync_policy:
+            self.state.sync_policy = policy
+            self._unsaved = True
+
     def forget_position(self) -> None:
         """Make the origin's next connection a manifest resync (after damage was found): it
         then compares what we hold with what it has and resends what differs."""
-        self.state = AppliedState(epoch=self.state.epoch)
+        self.state = AppliedState(epoch=self.state.epoch, sync_policy=self.state.sync_policy)
         self.state.save(self.state_path)
         self.digests = DigestCache()
         self._parts, self._next_part = [], 0

@@ -183,7 +183,7 @@ class PeerLink:
                 time.monotonic() - self._last_progress > self.host.ack_timeout:
             raise TimeoutError(f"{self.peer.id} acknowledged nothing for "
                                f"{self.host.ack_timeout:.0f} s")
-        await transport.send(session.send(Ping(time.monotonic_ns())))
+        await transport.send(session.send(Ping(time.monotonic_ns(), self.host.sync_policy)))
 
     async def _manifest_resync(self, transport: Transport, session: Session) -> int:
         self.state = "resyncing"

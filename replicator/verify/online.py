@@ -40,7 +40,6 @@ async def origin_manifest(config: Config, origin: str) -> Manifest:
     try:
         await transport.send(session.send(Hello(config.node_id, "verifier",
                                                 f"dovecot-replicator/{__version__}")))
-        await transport.send(session.send(ManifestRequest(1)))
         while True:
             data = await asyncio.wait_for(transport.recv(), 60)
             if not data:
@@ -48,6 +47,8 @@ async def origin_manifest(config: Config, origin: str) -> Manifest:
             for message in session.receive_data(data):
                 if isinstance(message, ErrorMessage):
                     raise ProtocolError(f"{origin} refused: {message.message}")
+                if isinstance(message, Hello):
+                    await transport.send(session.send(ManifestRequest(1)))
                 if isinstance(message, Manifest):
                     return message
     finally:

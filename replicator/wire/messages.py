@@ -149,8 +149,11 @@ class Manifest(Message):
 
 @dataclass(frozen=True)
 class Ping(Message):
+    """Keepalive; an origin also repeats its sync-commit policy (it can change after HELLO)."""
+
     TYPE: ClassVar[FrameType] = FrameType.PING
     t: int
+    sync_policy: str = ""
 
 
 @dataclass(frozen=True)

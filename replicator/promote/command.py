@@ -1,0 +1,133 @@
+"""`dovecot-replicator promote --origin ID`: fence the origin, check the copy, put its users in
+place with a UID safety gap, and say what was done.
+
+Order matters: nothing is touched before the fence (a higher epoch for the origin, written
+durably) is in place, so no batch of the old origin can change the copy while it is being
+promoted; a copy that fails verification is never promoted; and running promote again does
+not overwrite what this node's Dovecot has done since (a marker records the promote).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from replicator.config import Config
+from replicator.errors import ReplicatorError
+from replicator.promote.materialize import (
+    clean_stage,
+    replica_users,
+    stage,
+    swap_in,
+    sync_filesystems,
+)
+from replicator.promote.probe import origin_answers
+from replicator.promote.uids import raise_user
+from replicator.replica.state import AppliedState, Fences, save_json
+from replicator.verify.runner import verify_replica
+
+
+class PromoteRefused(ReplicatorError):
+    exit_code = 3
+
+
+@dataclass
+class PromoteResult:
+    origin: str
+    epoch: int
+    users: list[str] = field(default_factory=list)
+    mailboxes: int = 0
+    raised: int = 0
+    uid_gap: int = 0
+    moved_aside: list[str] = field(default_factory=list)
+    already: bool = False
+    seconds: float = 0.0
+    steps: dict[str, float] = field(default_factory=dict)
+
+
+def marker_path(config: Config, origin: str) -> Path:
+    return config.state_dir / "promoted" / f"{origin}.json"
+
+
+def promote(config: Config, origin: str, *, users: list[str] | None = None,
+            force: bool = False, uid_gap: int | None = None) -> PromoteResult:
+    started = time.monotonic()
+    replica = _checked_replica(config, origin)
+    state = AppliedState.load(replica / ".applied.json")
+    marker = marker_path(config, origin)
+    if marker.exists() and not force:
+        previous = json.loads(marker.read_text())
+        return PromoteResult(origin, int(previous["epoch"]), list(previous["users"]),
+                             already=True)
+    _refuse_if_alive(config, origin, force)
+    _refuse_if_damaged(replica, config)
+    epoch = max(state.epoch, 1) + 1
+    Fences(config.state_dir / "fences.json").raise_to(origin, epoch)
+    gap = uid_gap if uid_gap is not None else (
+        0 if state.sync_policy == "fail" else config.tuning.promote_uid_gap)
+    result = PromoteResult(origin, epoch, uid_gap=gap)
+    _materialize(config, replica, users, result)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    save_json(marker, {**asdict(result), "time": time.time()}, durable=True)
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def _checked_replica(config: Config, origin: str) -> Path:
+    if config.peer(origin) is None:
+        raise ReplicatorError(f"{origin!r} is not a configured peer of {config.node_id}")
+    replica = config.replica_root(origin)
+    if not (replica / ".applied.json").exists():
+        raise ReplicatorError(f"no replica of {origin} here ({replica} holds none)")
+    return replica
+
+
+def _refuse_if_alive(config: Config, origin: str, force: bool) -> None:
+    answer = origin_answers(config, origin)
+    if answer is not None and not force:
+        raise PromoteRefused(f"refusing to promote {origin}: {answer}. Stop it (or cut it off) "
+                             "first, or use --force if it is fenced off by other means")
+
+
+def _refuse_if_damaged(replica: Path, config: Config) -> None:
+    report = verify_replica(replica, sorted(config.roots))
+    if report.errors or report.differences:
+        problems = report.errors + [f"{d.file}: {d.field}: expected {d.expected}, found "
+                                    f"{d.found}" for d in report.differences[:10]]
+        raise PromoteRefused(f"refusing to promote: the replica fails verification "
+                             f"({len(report.differences)} difference(s)): " + "; ".join(problems)
+                             + ". Let the origin resend it (verify --repair) first")
+
+
+def _materialize(config: Config, replica: Path, wanted: list[str] | None,
+                 result: PromoteResult) -> None:
+    targets = dict(config.roots)
+    available = replica_users(replica, targets)
+    missing = sorted(set(wanted or []) - set(available))
+    if missing:
+        raise ReplicatorError(f"no such user(s) in the replica of {result.origin}: "
+                              f"{', '.join(missing)}")
+    result.users = sorted(wanted) if wanted else available
+    stage_name = f".promote-{result.origin}-{result.epoch}"
+    tick = time.monotonic()
+    staged = stage(replica, targets, result.users, stage_name)
+    result.steps["copy"] = time.monotonic() - tick
+    tick = time.monotonic()
+    for user in result.users:
+        summary = raise_user(staged[user], result.uid_gap)
+        if summary.failures:
+            clean_stage(targets.values(), stage_name)
+            raise ReplicatorError(f"cannot raise next UIDs of {user}: "
+                                  + "; ".join(summary.failures[:5]))
+        result.mailboxes += summary.mailboxes
+        result.raised += summary.raised
+    result.steps["uid_gap"] = time.monotonic() - tick
+    tick = time.monotonic()
+    sync_filesystems(targets.values())
+    backup = f".promote-backup-{result.origin}-{result.epoch}"
+    for user in result.users:
+        result.moved_aside += [str(p) for p in swap_in(user, staged[user], targets, backup)]
+    clean_stage(targets.values(), stage_name)
+    result.steps["sync_and_rename"] = time.monotonic() - tick
