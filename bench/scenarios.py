@@ -36,7 +36,7 @@ def workload_traffic(mail_format: MailFormat, ops: int, churn: bool) -> dict[str
     with two_nodes(mail_format, churn=churn) as nodes:
         started = time.monotonic()
         report = Workload(nodes.dovecot_a, nodes.users, ops=ops, seed=2026).run()
-        nodes.repl_a.barrier()
+        nodes.quiesce()
         elapsed = time.monotonic() - started
         status = nodes.repl_a.status()
         return {"format": mail_format, "churn": churn, "ops": sum(report.counts.values()),

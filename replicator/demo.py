@@ -15,6 +15,7 @@ from pathlib import Path
 
 from replicator.testing.demo_steps import (
     Summary,
+    fail_over,
     measure_lag,
     peak_rss_mib,
     print_summary,
@@ -38,7 +39,7 @@ def run(nodes: TwoNodes, ops: int, lag_samples: int) -> Summary:
     say(f"workload: {sum(report.counts.values())} IMAP operations over {len(nodes.users)} "
         f"users in {time.monotonic() - started:.1f} s: " +
         ", ".join(f"{k} {v}" for k, v in sorted(report.counts.items())))
-    nodes.repl_a.barrier()
+    nodes.quiesce()
     say("barrier: every change on a's disk is acknowledged by b")
     files, differences = verify_roots(nodes)
     say(f"verify: {files} files compared byte for byte: "
@@ -46,13 +47,14 @@ def run(nodes: TwoNodes, ops: int, lag_samples: int) -> Summary:
     lags = measure_lag(nodes, lag_samples)
     say(f"lag: {len(lags)} single-flag STOREs, origin file changed -> replica identical")
     status = nodes.repl_a.status()
+    rss = {name: peak_rss_mib(node) for name, node in (("a", nodes.repl_a), ("b", nodes.repl_b))}
+    failover = fail_over(nodes, say)
     return Summary(
         files=files, differences=differences, body_bytes=report.appended_bytes,
         traffic=status["traffic"], bytes_sent=status["peers"]["b"]["bytes_sent"],
         lag_p50_ms=statistics.median(lags) * 1000 if lags else None,
         lag_p99_ms=sorted(lags)[int(len(lags) * 0.99)] * 1000 if lags else None,
-        rss_mib={name: peak_rss_mib(node) for name, node in
-                 (("a", nodes.repl_a), ("b", nodes.repl_b))})
+        rss_mib=rss, failover=failover)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     with two_nodes("maildir", base=args.keep) as nodes:
         summary = run(nodes, args.ops, args.lag_samples)
     print_summary(summary, time.monotonic() - started)
-    return 0 if summary.differences == 0 else 1
+    return 0 if summary.differences == 0 and summary.failover.identical else 1
 
 
 if __name__ == "__main__":

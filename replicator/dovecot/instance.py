@@ -173,6 +173,16 @@ class DovecotInstance:
         """Live pids of the master and every child (zombies excluded)."""
         return session_pids(self._proc.pid) if self._proc is not None else []
 
+    def wait_idle(self, timeout: float = 30.0) -> None:
+        """Waits until no mail process (imap, lmtp, doveadm) of this instance is left: a
+        client's LOGOUT is answered before its process has closed its mailboxes and written
+        the list index, and doveadm run in that moment can list a user's mailboxes as none."""
+        deadline = time.monotonic() + timeout
+        while any(_comm(pid) in MAIL_PROCESSES for pid in self.pids()):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.name}: mail processes still running after {timeout} s")
+            time.sleep(0.005)
+
     def stop(self, timeout: float = 20.0) -> None:
         """Graceful stop; waits until every process of the instance is gone.
 
@@ -245,6 +255,16 @@ def stop_all(instances: Sequence[DovecotInstance], timeout: float = 20.0) -> Non
             errors.append(str(exc))
     if errors:
         raise TimeoutError("; ".join(errors))
+
+
+MAIL_PROCESSES = frozenset({"imap", "lmtp", "pop3", "doveadm", "dovecot-lda"})
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
 
 
 def free_port() -> int:

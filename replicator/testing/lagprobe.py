@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import select
 import struct
 import threading
 import time
@@ -39,6 +40,7 @@ class LagProbe:
         self._done = threading.Event()
         self._done_at = 0
         self._armed = False
+        self._stop_r, self._stop_w = os.pipe()
         self._thread = threading.Thread(target=self._read, name="lagprobe", daemon=True)
         self._thread.start()
 
@@ -63,11 +65,14 @@ class LagProbe:
             return (self._done_at - self._changed) / 1e9
 
     def _read(self) -> None:
+        poller = select.poll()
+        poller.register(self._fd, select.POLLIN)
+        poller.register(self._stop_r, select.POLLIN)
         while True:
-            try:
-                data = os.read(self._fd, 65536)
-            except OSError:
+            ready = {fd for fd, _ in poller.poll()}
+            if self._stop_r in ready:
                 return
+            data = os.read(self._fd, 65536)
             now = time.perf_counter_ns()
             for wd in _wds(data):
                 self._on_event(wd, now)
@@ -84,7 +89,12 @@ class LagProbe:
                 self._done.set()
 
     def close(self) -> None:
-        os.close(self._fd)
+        """Stop the reader thread first: closing a descriptor another thread still reads would
+        let it read from whatever reuses the number next (seen: a doveadm pipe's output)."""
+        os.write(self._stop_w, b"x")
+        self._thread.join()
+        for fd in (self._fd, self._stop_r, self._stop_w):
+            os.close(fd)
 
 
 def _wds(data: bytes) -> list[int]:

@@ -51,6 +51,12 @@ class TwoNodes:
                 return self.repl_b.replica_of("a", name) / origin_path.relative_to(root)
         raise ValueError(f"{origin_path} is not under a's roots")
 
+    def quiesce(self) -> None:
+        """Wait until a's Dovecot has no mail process left (clients logged out and their
+        processes done writing), then until b acknowledged every change on a's disk."""
+        self.dovecot_a.wait_idle()
+        self.repl_a.barrier()
+
     def stop(self) -> None:
         for node in (self.repl_a, self.repl_b):
             if node.running():

@@ -51,7 +51,7 @@ def nodes(tmp_path: Path, mail_format: str) -> Iterator[TwoNodes]:
 @pytest.mark.parametrize("gap", [GAP, 0])
 def test_promote_after_quiescence_keeps_every_uid(nodes: TwoNodes, gap: int) -> None:
     Workload(nodes.dovecot_a, nodes.users, ops=300, seed=21).run()
-    nodes.repl_a.barrier()
+    nodes.quiesce()
     before = snapshot(nodes.dovecot_a.config_path, nodes.users)
     kill_node_a(nodes)
     promoted = cli(nodes, "promote", "--uid-gap", str(gap))
@@ -77,7 +77,7 @@ def test_promote_after_quiescence_keeps_every_uid(nodes: TwoNodes, gap: int) -> 
 
 def test_promote_is_idempotent_and_refuses_a_live_origin(nodes: TwoNodes) -> None:
     Workload(nodes.dovecot_a, nodes.users, ops=60, seed=4).run()
-    nodes.repl_a.barrier()
+    nodes.quiesce()
     alive = cli(nodes, "promote")
     assert alive.returncode == 3 and "still answers" not in alive.stdout
     assert "node a" in alive.stderr and "refusing to promote a" in alive.stderr
@@ -95,7 +95,7 @@ def test_promote_is_idempotent_and_refuses_a_live_origin(nodes: TwoNodes) -> Non
 @pytest.mark.parametrize("mail_format", ["maildir"])
 def test_old_epoch_is_refused_after_promote(nodes: TwoNodes) -> None:
     Workload(nodes.dovecot_a, nodes.users, ops=60, seed=8).run()
-    nodes.repl_a.barrier()
+    nodes.quiesce()
     kill_node_a(nodes)
     assert cli(nodes, "promote").returncode == 0
     replica = nodes.repl_b.replica_dir / "a"
@@ -118,7 +118,7 @@ def test_old_epoch_is_refused_after_promote(nodes: TwoNodes) -> None:
 @pytest.mark.parametrize("mail_format", ["mdbox"])
 def test_damaged_replica_is_named_refused_and_repaired(nodes: TwoNodes) -> None:
     Workload(nodes.dovecot_a, nodes.users, ops=120, seed=6).run()
-    nodes.repl_a.barrier()
+    nodes.quiesce()
     logs = sorted((nodes.repl_b.replica_dir / "a" / "index").rglob("dovecot.index.log"))
     victim = logs[len(logs) // 2]
     data = bytearray(victim.read_bytes())
@@ -146,7 +146,7 @@ def test_damaged_replica_is_named_refused_and_repaired(nodes: TwoNodes) -> None:
 @pytest.mark.parametrize("mail_format", ["maildir"])
 def test_verify_json_is_what_the_readme_documents(nodes: TwoNodes) -> None:
     Workload(nodes.dovecot_a, nodes.users, ops=60, seed=2).run()
-    nodes.repl_a.barrier()
+    nodes.quiesce()
     out = cli(nodes, "verify", "--json", "--doveadm",
               f"maildir:{nodes.dovecot_a.layout.mail_root}/%u/Maildir")
     assert out.returncode == 0, out.stderr

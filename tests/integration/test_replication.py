@@ -50,7 +50,7 @@ def nodes(tmp_path: Path, dovecot_factory: DovecotFactory) -> Iterator[
 
 
 def assert_replicated(dovecot: DovecotInstance, a: ReplicatorNode, b: ReplicatorNode) -> None:
-    dovecot.wait_idle() if hasattr(dovecot, "wait_idle") else None
+    dovecot.wait_idle()
     a.barrier()
     for name, root in roots_of(dovecot).items():
         report = compare_trees(root, b.replica_of("a", name))
@@ -138,6 +138,7 @@ def test_message_bodies_never_cross_the_wire(
     client.select_folder("INBOX")
     client.fetch(client.search("ALL"), ["BODY.PEEK[]", "FLAGS"])  # Dovecot caches what it will
     client.logout()
+    dovecot.wait_idle()
     a.barrier()
     sent = a.status()["peers"]["b"]["bytes_sent"]
     written = sum(len(body) for body in bodies)
@@ -152,6 +153,7 @@ def test_no_transient_file_is_replicated(
         nodes: tuple[DovecotInstance, ReplicatorNode, ReplicatorNode]) -> None:
     dovecot, a, b = nodes
     Workload(dovecot, USERS, ops=80, seed=5).run()
+    dovecot.wait_idle()
     a.barrier()
     replicated = [p.name for p in b.replica_dir.rglob("*") if p.is_file()]
     assert replicated and not [n for n in replicated if is_transient(n)]
