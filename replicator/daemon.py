@@ -66,8 +66,7 @@ class Daemon(LinkHost):
                                  lambda: origin_entries(self.manifest),
                                  lambda: (self.outbox.stream, self.outbox.next_seq - 1))
         self.links = {p.id: PeerLink(self, p) for p in config.peers}
-        self.control = ControlServer(config.control_socket, config.control_socket_mode,
-                                     self.flush_and_wait, self.barrier, self.repair, self.status)
+        self.control = ControlServer(config.control_socket, config.control_socket_mode, self)
         self.counters: dict[str, int] = dict.fromkeys(
             ("flushes", "batches", "resync_batches", "busy_retries", "sync_ok", "sync_failed",
              "sync_degraded", "rescans", "bytes_read"), 0)
@@ -76,12 +75,17 @@ class Daemon(LinkHost):
         self._dirty: dict[DirKey, Forced] = {}
         self._flush_handle: asyncio.Handle | None = None
         self._watcher: Watcher | InotifyWatcher | None = None
+        self._events_lost = False
+        self._repairs: dict[DirKey, tuple[float, float]] = {}
         self._lock_waiter = LockWaiter()
 
     # -- life cycle -------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
         self._warn_if_not_ram()
+        backend = InotifyWatcher if self.config.tuning.watcher == "inotify" else Watcher
+        self._watcher = backend(self.config.roots, loop, self._on_hints, self._on_overflow)
+        self._watcher.start()  # before the scan: a change made while it runs is an event
         started = time.monotonic()
         result = self.batcher.build({(name, ""): None for name in self.config.roots},
                                     record_only=True)
@@ -89,9 +93,6 @@ class Daemon(LinkHost):
                  "stream %s epoch %d", self.node_id, self.manifest.file_count(), result.scanned,
                  len(self.config.roots), time.monotonic() - started, self.outbox.stream,
                  self.outbox.epoch)
-        backend = InotifyWatcher if self.config.tuning.watcher == "inotify" else Watcher
-        self._watcher = backend(self.config.roots, loop, self._on_hints, self._on_overflow)
-        self._watcher.start()
         tls = tcp.server_tls(*_tls_files(self.config)) if self.config.tls else None
         server = await tcp.serve(self.config.listen, tls, self.listener.handle)
         await self.control.start()
@@ -150,6 +151,7 @@ class Daemon(LinkHost):
 
     def _on_overflow(self) -> None:
         log.warning("filesystem events were lost (inotify queue overflow): full rescan")
+        self._events_lost = True
         asyncio.get_running_loop().create_task(self.rescan())
 
     def _flush(self) -> None:
@@ -205,11 +207,14 @@ class Daemon(LinkHost):
         keys = [(name, "") for name in self.config.roots]
         keys += [(root, reldir) for root in self.manifest.roots()
                  for reldir, _ in self.manifest.dirs(root) if reldir]
+        lost_before = self._events_lost
         for start in range(0, len(keys), RESCAN_SLICE):
             for key in keys[start : start + RESCAN_SLICE]:
                 self._mark(key, set())
             self._flush()
             await asyncio.sleep(0)
+        if lost_before:
+            self._events_lost = False
 
     async def _periodic_rescan(self) -> None:
         while True:
@@ -229,6 +234,20 @@ class Daemon(LinkHost):
             asyncio.get_running_loop().call_later(BUSY_RETRY * 10, self.resync, retry)
         return first
 
+    def repair_directory(self, key: DirKey) -> None:
+        """Resend `key` whole. A peer that refuses the resend too (its disk is full, its copy
+        keeps failing) is retried with a delay doubling up to 30 s, not in a tight loop."""
+        now = time.monotonic()
+        last, delay = self._repairs.get(key, (0.0, 0.0))
+        delay = min(30.0, max(0.05, delay * 2)) if now - last < max(5.0, delay * 2) else 0.0
+        self._repairs[key] = (now + delay, delay)
+        if delay == 0.0:
+            self.resync({key: None})
+        else:
+            log.warning("%s/%s refused again: resending it in %.2f s", key[0], key[1] or ".",
+                        delay)
+            asyncio.get_running_loop().call_later(delay, self.resync, {key: None})
+
     def diff_manifest(self, payload: bytes) -> dict[DirKey, set[str] | None]:
         return dict(diff(origin_entries(self.manifest), decode_entries(payload)))
 
@@ -241,9 +260,8 @@ class Daemon(LinkHost):
         if not keys:
             return self._sync_result(False, 0, "no directory of the request is under a "
                                      "replicated root", request)
-        while True:
-            for key in keys:
-                self._mark(key, set())
+        self._catch_up(keys)
+        while any(key in self._dirty for key in keys):
             self._flush()
             if not any(key in self._dirty for key in keys):
                 break
@@ -293,11 +311,33 @@ class Daemon(LinkHost):
             self.listener.disconnect(origin)
         return True, len(damaged), ""
 
+    async def fence(self, origin: str) -> tuple[bool, int, str]:
+        """A promote raised `origin`'s fence: take it into account now and drop its link."""
+        self.store.fences.reload()
+        dropped = self.listener.disconnect(origin)
+        log.warning("%s fenced at epoch %d by a promote on this node%s", origin,
+                    self.store.fences.minimum(origin), "; its link was dropped" if dropped else "")
+        return True, 0, ""
+
     async def _periodic_scrub(self) -> None:
         while True:
             await asyncio.sleep(self.config.tuning.scrub_interval)
             for origin in list(self.store.origins()):
                 await self.repair(origin)
+
+    def _catch_up(self, keys: set[DirKey]) -> None:
+        """Make sure every change Dovecot made before asking is marked dirty.
+
+        inotify queues an event inside the very write() or rename() that makes a change, so
+        once Dovecot's commit returned, reading the queue now yields every file it touched:
+        only those are read, no directory is scanned. Without that guarantee (watchdog's
+        threads, or events lost to an overflow) the directories are compared with the
+        manifest instead."""
+        if isinstance(self._watcher, InotifyWatcher) and not self._events_lost:
+            self._watcher.drain()
+            return
+        for key in keys:
+            self._mark(key, set())
 
     def _sync_keys(self, dirs: tuple[str, ...]) -> set[DirKey]:
         keys: set[DirKey] = set()

@@ -54,7 +54,7 @@ def parent_rel(relpath: str) -> str:
     return relpath.rpartition("/")[0]
 
 
-def resolve_under(base: Path, relpath: str, trusted: set[str] | None = None) -> Path:
+def resolve_under(base: Path | str, relpath: str, trusted: set[str] | None = None) -> str:
     """`base/relpath`, refusing if any existing component below `base` is a symlink.
 
     The replica tree is written only by the receiver, so a symlink inside it means tampering or
@@ -62,7 +62,7 @@ def resolve_under(base: Path, relpath: str, trusted: set[str] | None = None) -> 
     already checked (the caller forgets them when it deletes directories).
     """
     check_relpath(relpath, allow_empty=True)
-    current = os.fspath(base)
+    top = current = os.fspath(base)
     parts = relpath.split("/") if relpath else []
     for index, part in enumerate(parts):
         current = f"{current}/{part}"
@@ -77,7 +77,7 @@ def resolve_under(base: Path, relpath: str, trusted: set[str] | None = None) -> 
             raise PathError(f"refusing to follow symlink {current}")
         if trusted is not None and is_dir and stat.S_ISDIR(mode):
             trusted.add(current)
-    return Path(base, relpath) if relpath else base
+    return f"{top}/{relpath}" if relpath else top
 
 
 def relative_to_root(root: Path, path: Path) -> str | None:

@@ -103,6 +103,11 @@ class InotifyWatcher:
             self._paths.pop(wd, None)
             _libc.inotify_rm_watch(self._fd, wd)
 
+    def drain(self) -> None:
+        """Deliver every event queued so far, now (the sync-commit path calls this)."""
+        if self._fd >= 0:
+            self._readable()
+
     def _readable(self) -> None:
         hints: list[Hint] = []
         while True:

@@ -9,6 +9,8 @@
     client: REPAIR\t<id>\t<origin>          ->   OK\t<id>\t<damaged files>: the replica of
                                                  <origin> was checked against its journal;
                                                  damaged files are being resent
+    client: FENCE\t<id>\t<origin>           ->   OK once <origin>'s link is dropped and the
+                                                 fence (written by promote) is in force
 """
 
 from __future__ import annotations

@@ -11,27 +11,34 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from replicator.control import protocol
 from replicator.errors import ProtocolError
 
 log = logging.getLogger(__name__)
 
-FlushHandler = Callable[[protocol.FlushRequest], Awaitable[tuple[bool, int, str]]]
-BarrierHandler = Callable[[float], Awaitable[tuple[bool, int, str]]]
-RepairHandler = Callable[[str], Awaitable[tuple[bool, int, str]]]
+Answer = tuple[bool, int, str]  # ok, a count for OK, the reason for FAIL
+
+
+class ControlHost(Protocol):
+    """What the daemon answers on its control socket."""
+
+    async def flush_and_wait(self, request: protocol.FlushRequest) -> Answer: ...
+
+    async def barrier(self, timeout: float) -> Answer: ...
+
+    async def repair(self, origin: str) -> Answer: ...
+
+    async def fence(self, origin: str) -> Answer: ...
+
+    def status(self) -> dict[str, Any]: ...
 
 
 class ControlServer:
-    def __init__(self, path: Path, mode: int, on_flush: FlushHandler,
-                 on_barrier: BarrierHandler, on_repair: RepairHandler,
-                 status: Callable[[], dict[str, Any]]) -> None:
-        self.path, self.mode = path, mode
-        self.on_flush, self.on_barrier, self.status = on_flush, on_barrier, status
-        self.on_repair = on_repair
+    def __init__(self, path: Path, mode: int, host: ControlHost) -> None:
+        self.path, self.mode, self.host = path, mode, host
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
@@ -64,19 +71,24 @@ class ControlServer:
 
     async def _request(self, line: str) -> str:
         fields = line.split("\t")
-        if fields[0] == "FLUSH":
+        verb, ident = fields[0], fields[1] if len(fields) > 1 else ""
+        if verb == "FLUSH":
             request = protocol.parse_flush(fields)
-            ok, peers, reason = await self.on_flush(request)
-            return protocol.ok(request.id, peers) if ok else protocol.fail(request.id, reason)
-        if fields[0] == "BARRIER" and len(fields) == 3 and fields[2].isdigit():
-            ok, peers, reason = await self.on_barrier(int(fields[2]) / 1000)
-            return protocol.ok(fields[1], peers) if ok else protocol.fail(fields[1], reason)
-        if fields[0] == "REPAIR" and len(fields) == 3:
-            ok, damaged, reason = await self.on_repair(protocol.unescape(fields[2]))
-            return protocol.ok(fields[1], damaged) if ok else protocol.fail(fields[1], reason)
-        if fields[0] == "STATUS" and len(fields) == 2:
-            return f"STATUS\t{fields[1]}\t{protocol.escape(json.dumps(self.status()))}"
-        raise ProtocolError(f"unknown control request {fields[0][:40]!r}")
+            return _reply(request.id, await self.host.flush_and_wait(request))
+        if verb == "BARRIER" and len(fields) == 3 and fields[2].isdigit():
+            return _reply(ident, await self.host.barrier(int(fields[2]) / 1000))
+        if verb in ("REPAIR", "FENCE") and len(fields) == 3:
+            origin = protocol.unescape(fields[2])
+            handler = self.host.repair if verb == "REPAIR" else self.host.fence
+            return _reply(ident, await handler(origin))
+        if verb == "STATUS" and len(fields) == 2:
+            return f"STATUS\t{ident}\t{protocol.escape(json.dumps(self.host.status()))}"
+        raise ProtocolError(f"unknown control request {verb[:40]!r}")
+
+
+def _reply(ident: str, answer: Answer) -> str:
+    ok, count, reason = answer
+    return protocol.ok(ident, count) if ok else protocol.fail(ident, reason)
 
 
 async def _line(reader: asyncio.StreamReader) -> str:

@@ -9,13 +9,17 @@ not overwrite what this node's Dovecot has done since (a marker records the prom
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from replicator.config import Config
+from replicator.control.server import request
 from replicator.errors import ReplicatorError
+from replicator.hashing import digest
 from replicator.promote.materialize import (
     clean_stage,
     replica_users,
@@ -25,6 +29,7 @@ from replicator.promote.materialize import (
 )
 from replicator.promote.probe import origin_answers
 from replicator.promote.uids import raise_user
+from replicator.replica.journal import DigestJournal
 from replicator.replica.state import AppliedState, Fences, save_json
 from replicator.verify.runner import verify_replica
 
@@ -65,6 +70,7 @@ def promote(config: Config, origin: str, *, users: list[str] | None = None,
     _refuse_if_damaged(replica, config)
     epoch = max(state.epoch, 1) + 1
     Fences(config.state_dir / "fences.json").raise_to(origin, epoch)
+    tell_daemon_fenced(config, origin)
     gap = uid_gap if uid_gap is not None else (
         0 if state.sync_policy == "fail" else config.tuning.promote_uid_gap)
     result = PromoteResult(origin, epoch, uid_gap=gap)
@@ -73,6 +79,13 @@ def promote(config: Config, origin: str, *, users: list[str] | None = None,
     save_json(marker, {**asdict(result), "time": time.time()}, durable=True)
     result.seconds = time.monotonic() - started
     return result
+
+
+def tell_daemon_fenced(config: Config, origin: str) -> None:
+    """Have the local daemon (if it runs) drop the origin's link now: its loop answers only
+    between batches, so once it replied no batch of the origin is being applied any more."""
+    with contextlib.suppress(OSError, TimeoutError):  # no daemon: nothing is applying batches
+        asyncio.run(request(config.control_socket, f"FENCE\t1\t{origin}", timeout=10))
 
 
 def _checked_replica(config: Config, origin: str) -> Path:
@@ -101,6 +114,29 @@ def _refuse_if_damaged(replica: Path, config: Config) -> None:
                              + ". Let the origin resend it (verify --repair) first")
 
 
+def _raise_in_replica(replica: Path, roots: list[str], result: PromoteResult) -> None:
+    """Raise the gap in the RAM copy itself (tmpfs: its many small metadata writes cost a
+    fraction of what they cost on a disk), before it is copied. The fence already stops the
+    origin's batches; the digest journal is updated so the copy still verifies, and a mark
+    keeps a repeated promote of the same epoch from raising twice."""
+    mark = replica / f".uid-gap-raised-{result.epoch}"
+    journal = DigestJournal(replica / ".digests")
+    for user in result.users:
+        summary = raise_user({root: replica / root / user for root in roots
+                              if (replica / root / user).is_dir()},
+                             0 if mark.exists() else result.uid_gap)
+        if summary.failures:
+            raise ReplicatorError(f"cannot raise next UIDs of {user}: "
+                                  + "; ".join(summary.failures[:5]))
+        result.mailboxes += summary.mailboxes
+        result.raised += summary.raised
+        for path in summary.touched:
+            data = path.read_bytes()
+            journal.set(path.relative_to(replica).as_posix(), len(data), digest(data))
+    journal.flush()
+    mark.touch()
+
+
 def _materialize(config: Config, replica: Path, wanted: list[str] | None,
                  result: PromoteResult) -> None:
     targets = dict(config.roots)
@@ -110,20 +146,13 @@ def _materialize(config: Config, replica: Path, wanted: list[str] | None,
         raise ReplicatorError(f"no such user(s) in the replica of {result.origin}: "
                               f"{', '.join(missing)}")
     result.users = sorted(wanted) if wanted else available
+    tick = time.monotonic()
+    _raise_in_replica(replica, list(targets), result)
+    result.steps["uid_gap"] = time.monotonic() - tick
     stage_name = f".promote-{result.origin}-{result.epoch}"
     tick = time.monotonic()
     staged = stage(replica, targets, result.users, stage_name)
     result.steps["copy"] = time.monotonic() - tick
-    tick = time.monotonic()
-    for user in result.users:
-        summary = raise_user(staged[user], result.uid_gap)
-        if summary.failures:
-            clean_stage(targets.values(), stage_name)
-            raise ReplicatorError(f"cannot raise next UIDs of {user}: "
-                                  + "; ".join(summary.failures[:5]))
-        result.mailboxes += summary.mailboxes
-        result.raised += summary.raised
-    result.steps["uid_gap"] = time.monotonic() - tick
     tick = time.monotonic()
     sync_filesystems(targets.values())
     backup = f".promote-backup-{result.origin}-{result.epoch}"

@@ -26,6 +26,7 @@ class RaiseSummary:
     mailboxes: int = 0
     raised: int = 0
     failures: list[str] = field(default_factory=list)
+    touched: list[Path] = field(default_factory=list)  # files the raise rewrote
 
 
 def mailbox_dirs(user_roots: Mapping[str, Path]) -> dict[str, tuple[Path, Path | None]]:
@@ -59,7 +60,14 @@ def raise_user(user_roots: Mapping[str, Path], gap: int) -> RaiseSummary:
             summary.failures.append(f"{rel}: {exc}")
             continue
         summary.raised += int(result.changed)
+        if result.log_offset is not None:
+            summary.touched.append(index_dir / "dovecot.index.log")
+        if result.index_rewritten:
+            summary.touched.append(index_dir / "dovecot.index")
+        if result.uidlist_changed and control_dir is not None:
+            summary.touched.append(control_dir / "dovecot-uidlist")
     for top in user_roots.values():
         if gap > 0 and (top / "dovecot.list.index.log").exists():
             forget_cached_status(top)
+            summary.touched.append(top / "dovecot.list.index.log")
     return summary

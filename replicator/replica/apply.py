@@ -36,25 +36,24 @@ class DigestCache:
     the directories already checked to be real directories (not symlinks)."""
 
     def __init__(self) -> None:
-        self._states: dict[Path, StreamingDigest] = {}
+        self._states: dict[str, StreamingDigest] = {}
         self.trusted_dirs: set[str] = set()
 
-    def get(self, path: Path) -> StreamingDigest:
+    def get(self, path: str) -> StreamingDigest:
         state = self._states.get(path)
         if state is None:
             state = self._states[path] = StreamingDigest(fileio.read_bytes(path))
         return state
 
-    def set(self, path: Path, state: StreamingDigest) -> None:
+    def set(self, path: str, state: StreamingDigest) -> None:
         self._states[path] = state
 
-    def forget_tree(self, path: Path) -> None:
+    def forget_tree(self, path: str) -> None:
         prefix = f"{path}/"
-        for key in [k for k in self._states if k == path or str(k).startswith(prefix)]:
+        for key in [k for k in self._states if k == path or k.startswith(prefix)]:
             del self._states[key]
-        text = str(path)
         self.trusted_dirs = {d for d in self.trusted_dirs
-                             if d != text and not d.startswith(prefix)}
+                             if d != path and not d.startswith(prefix)}
 
 
 class BatchApplier:
@@ -67,6 +66,7 @@ class BatchApplier:
         self.max_size, self.may_chown = max_size, may_chown
         self._work: dict[str, WorkingFile] = {}
         self._actions: list[tuple[str, Action]] = []
+        self._resolved: dict[str, str] = {}
 
     def apply(self, ops: list[Op]) -> ApplyStats:
         """Verify every op, then commit; ApplyError (nothing visible changed) on any mismatch."""
@@ -86,11 +86,15 @@ class BatchApplier:
         stats.bytes_written = sum(op.raw_size for op in ops)
         return stats
 
-    def _path(self, rel: str) -> Path:
-        try:
-            return resolve_under(self.base, rel, self.digests.trusted_dirs)
-        except PathError as exc:
-            raise ApplyError(str(exc)) from None
+    def _path(self, rel: str) -> str:
+        path = self._resolved.get(rel)
+        if path is None:
+            try:
+                path = resolve_under(self.base, rel, self.digests.trusted_dirs)
+            except PathError as exc:
+                raise ApplyError(str(exc)) from None
+            self._resolved[rel] = path
+        return path
 
     def _stage(self, op: Op) -> None:
         if op.code == OpCode.ENSURE_DIR:
@@ -160,7 +164,7 @@ class BatchApplier:
         keep = set(op.names)
         for name in os.listdir(directory):
             if name not in keep:
-                victim = directory / name
+                victim = f"{directory}/{name}"
                 fileio.remove(victim)
                 self.digests.forget_tree(victim)
                 self.journal.remove(f"{self.root}/{op.path}/{name}" if op.path

@@ -17,14 +17,16 @@ from pathlib import Path
 from replicator.delta.ops import Meta
 from replicator.errors import ApplyError
 
+PathLike = str | Path
 
-def read_bytes(path: Path) -> bytes:
+
+def read_bytes(path: PathLike) -> bytes:
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     with os.fdopen(fd, "rb") as f:
         return f.read()
 
 
-def kind_of(path: Path) -> str:
+def kind_of(path: PathLike) -> str:
     """'file', 'dir', 'missing' or 'other' (symlinks and specials count as other)."""
     try:
         mode = os.lstat(path).st_mode
@@ -43,10 +45,10 @@ def apply_meta(fd: int, meta: Meta, *, may_chown: bool) -> None:
         os.utime(fd, ns=(meta.mtime_ns, meta.mtime_ns))
 
 
-def ensure_dir(path: Path, meta: Meta | None, *, may_chown: bool) -> None:
+def ensure_dir(path: PathLike, meta: Meta | None, *, may_chown: bool) -> None:
     if kind_of(path) == "other":
         remove(path)
-    path.mkdir(parents=True, exist_ok=True)
+    os.makedirs(path, exist_ok=True)
     if meta is not None:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
         try:
@@ -55,10 +57,9 @@ def ensure_dir(path: Path, meta: Meta | None, *, may_chown: bool) -> None:
             os.close(fd)
 
 
-def replace_file(path: Path, content: bytes, meta: Meta | None, staging: Path,
+def replace_file(path: PathLike, content: bytes, meta: Meta | None, staging: PathLike,
                  *, may_chown: bool) -> None:
     """Atomically make `path` hold `content` (written to `staging` first)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
                  0o600)
     try:
@@ -69,10 +70,14 @@ def replace_file(path: Path, content: bytes, meta: Meta | None, staging: Path,
         os.close(fd)
     if kind_of(path) == "dir":
         shutil.rmtree(path)
-    os.rename(staging, path)
+    try:
+        os.rename(staging, path)
+    except FileNotFoundError:  # a new directory: create it (and its parents) once
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        os.rename(staging, path)
 
 
-def append_file(path: Path, expected_size: int, tails: list[bytes], meta: Meta | None,
+def append_file(path: PathLike, expected_size: int, tails: list[bytes], meta: Meta | None,
                 *, may_chown: bool) -> None:
     """Append `tails` at `expected_size` in place; ApplyError if the file is not that size."""
     fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -91,7 +96,7 @@ def append_file(path: Path, expected_size: int, tails: list[bytes], meta: Meta |
         os.close(fd)
 
 
-def remove(path: Path) -> None:
+def remove(path: PathLike) -> None:
     kind = kind_of(path)
     if kind == "dir":
         shutil.rmtree(path)

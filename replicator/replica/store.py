@@ -94,7 +94,9 @@ class OriginReplica:
         self._parts, self._next_part = [], 0
 
     def save_state(self) -> None:
-        """Record how far we got; called before acknowledging (once per chunk of input)."""
+        """Record how far we got, and the digests of what changed; called before
+        acknowledging (once per chunk of input)."""
+        self.journal.flush()
         if self._unsaved:
             self.state.save(self.state_path)
             self._unsaved = False
@@ -114,12 +116,10 @@ class OriginReplica:
         try:
             stats = applier.apply(ops)
         except (ApplyError, OSError) as exc:  # OSError: e.g. the tmpfs is full
-            self.journal.flush()  # what did get committed before the failure
             self.state.broken[key] = batch.seq
             self.digests = DigestCache()  # a partial commit may have left any file changed
             return Outcome(batch.seq, False, batch.root, batch.dir, str(exc))
         self.state.broken.pop(key, None)
-        self.journal.flush()
         return Outcome(batch.seq, True, stats=stats)
 
 

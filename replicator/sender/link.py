@@ -62,6 +62,10 @@ class LinkHost:
     def diff_manifest(self, payload: bytes) -> dict[DirKey, set[str] | None]:
         raise NotImplementedError
 
+    def repair_directory(self, key: DirKey) -> None:
+        """Resend a directory a peer refused, whole (with backoff if it keeps refusing)."""
+        raise NotImplementedError
+
 
 class PeerLink:
     def __init__(self, host: LinkHost, peer: PeerConfig) -> None:
@@ -229,7 +233,7 @@ class PeerLink:
         log.warning("%s could not apply batch %d (%s/%s): %s; resyncing that directory",
                     self.peer.id, nack.seq, nack.root, nack.dir or ".", nack.reason)
         if self.host.outbox.nack(self.peer.id, nack.seq, key):
-            self.host.resync({key: None})  # the replica's copy is unknown: every file whole
+            self.host.repair_directory(key)
 
 
 def describe_failure(exc: BaseException) -> str:

@@ -67,13 +67,26 @@ class TwoNodes:
             shutil.rmtree(path, ignore_errors=True)
 
 
+NATIVE_DIR = Path(__file__).resolve().parents[2] / "native"
+
+
+def sync_commit_settings(socket: Path, policy: str = "fail",
+                         timeout_ms: int = 2000) -> dict[str, Any]:
+    """DovecotInstance options that load the sync-commit plugin built in native/."""
+    return {"mail_plugins": ("replicator_sync",), "mail_plugin_dir": NATIVE_DIR,
+            "plugin_settings": {"replicator_sync_socket": str(socket),
+                                "replicator_sync_policy": policy,
+                                "replicator_sync_timeout": str(timeout_ms)}}
+
+
 @contextmanager
 def two_nodes(mail_format: MailFormat = "maildir", users: tuple[str, ...] = ("u1", "u2", "u3"),
               *, base: Path | None = None, replication: dict[str, Any] | None = None,
-              churn: bool = False, mail_plugins: tuple[str, ...] = (),
-              mail_plugin_dir: Path | None = None,
-              plugin_settings: dict[str, str] | None = None,
-              mail_fsync: str = "always") -> Iterator[TwoNodes]:
+              churn: bool = False, sync_commit: str | None = None,
+              sync_timeout_ms: int = 2000, mail_fsync: str = "always",
+              start: bool = True) -> Iterator[TwoNodes]:
+    """Node a (serving IMAP) and node b (holding a's copy). With `sync_commit` ("fail" or
+    "degrade"), a's Dovecot loads the sync-commit plugin talking to a's daemon."""
     made = base is None or not base.exists()
     if base is None:
         base = Path(tempfile.mkdtemp(prefix="dovecot-replicator-"))
@@ -81,25 +94,26 @@ def two_nodes(mail_format: MailFormat = "maildir", users: tuple[str, ...] = ("u1
     mail = base / "shared-mail"
     layouts = {n: DovecotLayout(mail, base / n / "index", base / n / "control", mail_format)
                for n in ("a", "b")}
-    options: dict[str, Any] = {"churn": churn, "mail_plugins": mail_plugins,
-                               "mail_fsync": mail_fsync,
-                               "mail_plugin_dir": mail_plugin_dir,
-                               "plugin_settings": plugin_settings or {}}
-    dovecot_a = DovecotInstance(base / "a" / "dovecot", "a", layouts["a"], users, **options)
-    dovecot_b = DovecotInstance(base / "b" / "dovecot", "b", layouts["b"], users, **options)
-    for instance in (dovecot_a, dovecot_b):
-        instance.write_config()
     repl_a = ReplicatorNode(base / "a" / "replicator", "a", _roots(layouts["a"]),
                             replication=replication or {})
     repl_b = ReplicatorNode(base / "b" / "replicator", "b", _roots(layouts["b"]),
                             replication=replication or {}, ram=replicas)
     repl_a.peers, repl_b.peers = [PeerSpec("b", repl_b.port)], [PeerSpec("a", repl_a.port)]
+    options: dict[str, Any] = {"churn": churn, "mail_fsync": mail_fsync}
+    plugin = (sync_commit_settings(repl_a.control_socket, sync_commit, sync_timeout_ms)
+              if sync_commit else {})
+    dovecot_a = DovecotInstance(base / "a" / "dovecot", "a", layouts["a"], users,
+                                **options, **plugin)
+    dovecot_b = DovecotInstance(base / "b" / "dovecot", "b", layouts["b"], users, **options)
+    for instance in (dovecot_a, dovecot_b):
+        instance.write_config()
     nodes = TwoNodes(base, dovecot_a, dovecot_b, repl_a, repl_b, users,
                      [replicas] + ([base] if made else []))
     try:
-        dovecot_a.start()
-        repl_b.start()
-        repl_a.start()
+        if start:
+            repl_b.start()
+            repl_a.start()
+            dovecot_a.start()
         yield nodes
     finally:
         nodes.stop()

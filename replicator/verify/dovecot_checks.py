@@ -10,6 +10,7 @@ are warnings, not differences.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -25,8 +26,9 @@ from replicator.dovecot.headers import (
     parse_uidlist,
 )
 from replicator.verify.model import Difference
+from replicator.verify.walk import walk
 
-Reader = Callable[[Path], bytes]
+Reader = Callable[[Path | str], bytes]
 T = TypeVar("T")
 INDEX_NAMES = ("dovecot.index", "dovecot.map.index", "dovecot.list.index")
 
@@ -38,34 +40,39 @@ def check_tree(top: Path, label: str, read: Reader,
     each maildir uidlist lives (their UIDVALIDITY must agree)."""
     problems: list[Difference] = []
     warnings: list[Difference] = []
-    for directory in sorted(p for p in [top, *top.rglob("*")] if p.is_dir()):
-        rel = directory.relative_to(top).as_posix()
-        prefix = "/".join(part for part in (label, "" if rel == "." else rel) if part)
+    for rel, files in sorted(walk(os.fspath(top))):
+        names = set(files)
+        directory = f"{top}/{rel}" if rel else os.fspath(top)
+        prefix = "/".join(part for part in (label, rel) if part)
         prefix = prefix + "/" if prefix else ""
-        names = {p.name for p in directory.iterdir() if p.is_file()}
         for index_name in INDEX_NAMES:
             if index_name in names or f"{index_name}.log" in names:
-                _check_mailbox(directory, index_name, prefix, read, problems, warnings)
+                _check_mailbox(directory, index_name, names, prefix, read, problems, warnings)
         if "dovecot-uidlist" in names:
-            index_dir = (index_top / rel) if index_top is not None else directory
-            _check_uidlist(directory / "dovecot-uidlist", index_dir, prefix, read, problems)
+            index_dir = f"{index_top}/{rel}" if index_top is not None else directory
+            _check_uidlist(f"{directory}/dovecot-uidlist", index_dir, prefix, read, problems)
     return problems, warnings
 
 
-def _check_mailbox(directory: Path, index_name: str, prefix: str, read: Reader,
-                   problems: list[Difference], warnings: list[Difference]) -> None:
-    index = _parsed(directory / index_name, prefix, parse_index, read, problems)
-    log = _parsed(directory / f"{index_name}.log", prefix, parse_log, read, problems)
-    log2 = _parsed(directory / f"{index_name}.log.2", prefix, parse_log, read, problems)
+def _check_mailbox(directory: str, index_name: str, names: set[str], prefix: str,
+                   read: Reader, problems: list[Difference],
+                   warnings: list[Difference]) -> None:
+    def parsed(name: str, parser: Callable[[bytes], T]) -> T | None:
+        if name not in names:
+            return None
+        return _parsed(f"{directory}/{name}", prefix, parser, read, problems)
+
+    index = parsed(index_name, parse_index)
+    log = parsed(f"{index_name}.log", parse_log)
+    log2 = parsed(f"{index_name}.log.2", parse_log)
     if log is not None and log.torn is not None:  # Dovecot cuts it before its next append
         warnings.append(Difference(prefix + f"{index_name}.log", "tail", "whole records",
                                    log.torn, "dovecot"))
     if index is not None:
         _check_offsets(index, log, log2, prefix + index_name, problems)
-        cache_path = directory / f"{index_name}.cache"
-        cache = _parsed(cache_path, prefix, parse_cache, read, problems)
+        cache = parsed(f"{index_name}.cache", parse_cache)
         if cache is not None and not cache_belongs_to(cache, index):
-            warnings.append(Difference(prefix + cache_path.name, "file_seq/indexid",
+            warnings.append(Difference(prefix + f"{index_name}.cache", "file_seq/indexid",
                                        "the index's cache generation", "another", "dovecot"))
 
 
@@ -89,7 +96,7 @@ def _check_offsets(index: IndexFile, log: LogFile | None, log2: LogFile | None, 
                 f"(file_seq {hdr.log_file_seq})", str(offset), "dovecot"))
 
 
-def _check_uidlist(uidlist: Path, index_dir: Path, prefix: str, read: Reader,
+def _check_uidlist(uidlist: str, index_dir: str, prefix: str, read: Reader,
                    problems: list[Difference]) -> None:
     name = prefix + "dovecot-uidlist"
     try:
@@ -98,25 +105,23 @@ def _check_uidlist(uidlist: Path, index_dir: Path, prefix: str, read: Reader,
         problems.append(Difference(name, "format", "a uidlist Dovecot accepts", str(exc),
                                    "dovecot"))
         return
-    index_path = index_dir / "dovecot.index"
-    if index_path.is_file():
-        try:
-            index = parse_index(read(index_path))
-        except DovecotFormatError:
-            return  # reported with the index
-        if index.header.uid_validity not in (0, parsed.uid_validity):
-            problems.append(Difference(name, "uid_validity",
-                                       f"{index.header.uid_validity} (the index's)",
-                                       str(parsed.uid_validity), "dovecot"))
+    index_path = f"{index_dir}/dovecot.index"
+    try:
+        index = parse_index(read(index_path))
+    except (DovecotFormatError, FileNotFoundError):
+        return  # no index yet, or reported with the index
+    if index.header.uid_validity not in (0, parsed.uid_validity):
+        problems.append(Difference(name, "uid_validity",
+                                   f"{index.header.uid_validity} (the index's)",
+                                   str(parsed.uid_validity), "dovecot"))
 
 
-def _parsed(path: Path, prefix: str, parser: Callable[[bytes], T], read: Reader,
+def _parsed(path: str, prefix: str, parser: Callable[[bytes], T], read: Reader,
             problems: list[Difference]) -> T | None:
-    if not path.is_file():
-        return None
     try:
         return parser(read(path))
     except DovecotFormatError as exc:
-        problems.append(Difference(prefix + path.name, "format", "a file Dovecot accepts",
+        problems.append(Difference(prefix + os.path.basename(path), "format",
+                                   "a file Dovecot accepts",
                                    str(exc), "dovecot"))
         return None

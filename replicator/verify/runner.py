@@ -17,12 +17,12 @@ import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from replicator.dovecot.filekinds import is_transient
 from replicator.hashing import digest
 from replicator.replica.journal import DigestJournal
 from replicator.verify.dovecot_checks import check_tree
 from replicator.verify.fields import field_differences
 from replicator.verify.model import Difference, VerifyReport
+from replicator.verify.walk import files_under as walk_files
 
 
 class Reading:
@@ -30,26 +30,23 @@ class Reading:
 
     def __init__(self) -> None:
         self.bytes = 0
-        self._cache: dict[Path, bytes] = {}
+        self._cache: dict[str, bytes] = {}
 
-    def __call__(self, path: Path) -> bytes:
-        data = self._cache.get(path)
+    def __call__(self, path: Path | str) -> bytes:
+        key = os.fspath(path)
+        data = self._cache.get(key)
         if data is None:
-            data = path.read_bytes()
+            with open(key, "rb") as f:
+                data = f.read()
             self.bytes += len(data)
             if len(data) < 1 << 20:
-                self._cache[path] = data
+                self._cache[key] = data
         return data
 
 
 def files_under(top: Path) -> Iterator[str]:
     """Relative paths of the regular, non-transient files below `top`."""
-    for dirpath, _dirs, names in os.walk(top):
-        base = Path(dirpath)
-        for name in names:
-            if not is_transient(name) and (base / name).is_file() and not (
-                    base / name).is_symlink():
-                yield (base / name).relative_to(top).as_posix()
+    return walk_files(os.fspath(top))
 
 
 def compare_file(label: str, expected: bytes, found: bytes) -> list[Difference]:
@@ -101,7 +98,7 @@ def verify_replica(base: Path, roots: Iterable[str]) -> VerifyReport:
                                                  _where(rel in on_disk), "journal"))
             continue
         report.files += 1
-        data = read(base / rel)
+        data = read(f"{base}/{rel}")
         found = (len(data), digest(data).hex())
         if found != expected:
             report.differences.append(Difference(rel, "xxh3-128", f"{expected[1]} "

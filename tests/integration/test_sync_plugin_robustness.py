@@ -398,18 +398,28 @@ def test_the_daemons_own_control_server_understands_the_plugin(
     """The contract end to end: the C client against replicator.control.server (asyncio)."""
     seen: list[FlushRequest] = []
 
-    async def on_flush(req: FlushRequest) -> tuple[bool, int, str]:
-        seen.append(req)
-        return len(seen) == 1, 1, "no peer connected"  # OK first, then FAIL
+    class Host:
+        async def flush_and_wait(self, req: FlushRequest) -> tuple[bool, int, str]:
+            seen.append(req)
+            return len(seen) == 1, 1, "no peer connected"  # OK first, then FAIL
 
-    async def on_barrier(timeout: float) -> tuple[bool, int, str]:
-        return True, 0, ""
+        async def barrier(self, timeout: float) -> tuple[bool, int, str]:
+            return True, 0, ""
+
+        async def repair(self, origin: str) -> tuple[bool, int, str]:
+            return True, 0, ""
+
+        async def fence(self, origin: str) -> tuple[bool, int, str]:
+            return True, 0, ""
+
+        def status(self) -> dict[str, object]:
+            return {}
 
     rig = rig_factory("fail", server=None)
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
-    server = ControlServer(rig.socket, 0o666, on_flush, on_barrier, dict)
+    server = ControlServer(rig.socket, 0o666, Host())
     asyncio.run_coroutine_threadsafe(server.start(), loop).result(10)
     client = rig.inst.imap("u1")
     try:
