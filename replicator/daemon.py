@@ -77,6 +77,7 @@ class Daemon(LinkHost):
         self._watcher: Watcher | InotifyWatcher | None = None
         self._events_lost = False
         self._repairs: dict[DirKey, tuple[float, float]] = {}
+        self._held: set[DirKey] = set()  # busy directories waiting for Dovecot's unlock
         self._lock_waiter = LockWaiter()
 
     # -- life cycle -------------------------------------------------------------------------
@@ -177,6 +178,7 @@ class Daemon(LinkHost):
         """Dovecot holds a write lock: retry those directories the moment it lets go (or after
         BUSY_RETRY when too many waits are under way)."""
         self.counters["busy_retries"] += 1
+        self._held.update(busy)
         remaining = [len(files)]
 
         def released() -> None:
@@ -189,8 +191,14 @@ class Daemon(LinkHost):
 
     def _retry(self, dirty: Mapping[DirKey, Forced]) -> None:
         for key, names in dirty.items():
+            self._held.discard(key)
             self._mark(key, names)
         self._schedule_flush()
+
+    def _pending(self, keys: set[DirKey]) -> bool:
+        """Whether a change in `keys` is not yet numbered: dirty, or waiting for Dovecot to
+        release a lock (such a directory is in neither the dirty set nor the outbox)."""
+        return any(key in self._dirty or key in self._held for key in keys)
 
     def _enqueue(self, drafts: list[Draft]) -> None:
         for draft in drafts:
@@ -255,15 +263,18 @@ class Daemon(LinkHost):
     async def flush_and_wait(self, request: FlushRequest) -> tuple[bool, int, str]:
         """Ship every change in the request's directories now; wait for the quorum's acks."""
         self.sync_policy = request.policy
-        deadline = time.monotonic() + request.timeout_ms / 1000
+        # answer a little before the plugin gives up, so it gets our reason, not a timeout
+        margin = min(0.1, request.timeout_ms / 1000 * 0.2)
+        deadline = time.monotonic() + request.timeout_ms / 1000 - margin
         keys = self._sync_keys(request.dirs)
         if not keys:
             return self._sync_result(False, 0, "no directory of the request is under a "
                                      "replicated root", request)
         self._catch_up(keys)
-        while any(key in self._dirty for key in keys):
-            self._flush()
-            if not any(key in self._dirty for key in keys):
+        while self._pending(keys):
+            if any(key in self._dirty for key in keys):
+                self._flush()
+            if not self._pending(keys):
                 break
             await asyncio.sleep(BUSY_RETRY)
             if time.monotonic() > deadline:
@@ -280,7 +291,7 @@ class Daemon(LinkHost):
         """Rescan everything, then wait until every peer acknowledged all of it."""
         deadline = time.monotonic() + timeout
         await self.rescan()
-        while self._dirty or self._flush_handle is not None:
+        while self._dirty or self._held or self._flush_handle is not None:
             self._flush()
             if self._dirty:
                 await asyncio.sleep(BUSY_RETRY)

@@ -107,7 +107,24 @@ class Batcher:
                 if sub_key not in wanted and self.manifest.dir(*sub_key) is None:
                     wanted[sub_key] = None
                     queue.append(sub_key)
-        return scans
+        return self._defer_dependents(scans, wanted, result)
+
+    @staticmethod
+    def _defer_dependents(scans: list[tuple[DirKey, DirScan]], wanted: dict[DirKey, Forced],
+                          result: BuildResult) -> list[tuple[DirKey, DirScan]]:
+        """A user whose directory could not be read (Dovecot holds a lock) ships none of its
+        directories in this flush: a mailbox index must not reach a replica before the mdbox
+        map (storage/) or maildir uidlist it refers to, which may be the busy one."""
+        busy_users = {reldir.partition("/")[0] for _root, reldir in result.busy}
+        if not busy_users:
+            return scans
+        kept = []
+        for key, scan in scans:
+            if key[1].partition("/")[0] in busy_users:
+                result.busy[key] = wanted[key]
+            else:
+                kept.append((key, scan))
+        return kept
 
     def shipped_base(self, root: str, path: str) -> bytes | None:
         return self.bases.get(root, path)

@@ -30,6 +30,7 @@ class PeerSpec:
     id: str
     port: int
     transport: str = "tcp"
+    host: str = "127.0.0.1"
 
 
 @dataclass
@@ -42,6 +43,8 @@ class ReplicatorNode:
     replication: Mapping[str, Any] = field(default_factory=dict)
     tls: Mapping[str, Path] | None = None
     ram: Path | None = None  # replica_dir somewhere else (tmpfs) than under workdir
+    host: str = "127.0.0.1"  # listen address
+    wrap: list[str] = field(default_factory=list)  # e.g. ["ip", "netns", "exec", "ns"]
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -69,12 +72,12 @@ class ReplicatorNode:
 
     def write_config(self) -> Path:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        lines = ["[node]", f'id = "{self.node_id}"', f'listen = "127.0.0.1:{self.port}"',
+        lines = ["[node]", f'id = "{self.node_id}"', f'listen = "{self.host}:{self.port}"',
                  f'replica_dir = "{self.replica_dir}"', f'state_dir = "{self.state_dir}"',
                  f'control_socket = "{self.control_socket}"', "[roots]"]
         lines += [f'{name} = "{path}"' for name, path in self.roots.items()]
         for peer in self.peers:
-            lines += ["[[peers]]", f'id = "{peer.id}"', f'address = "127.0.0.1:{peer.port}"',
+            lines += ["[[peers]]", f'id = "{peer.id}"', f'address = "{peer.host}:{peer.port}"',
                       f'transport = "{peer.transport}"']
         if self.replication:
             lines.append("[replication]")
@@ -89,7 +92,8 @@ class ReplicatorNode:
         self.write_config()
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "replicator", "run", "--config", str(self.config_path)],
+                [*self.wrap, sys.executable, "-m", "replicator", "run", "--config",
+                 str(self.config_path)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True)
         deadline = time.monotonic() + timeout

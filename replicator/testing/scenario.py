@@ -18,6 +18,7 @@ from typing import Any
 
 from replicator.dovecot.instance import DovecotInstance, DovecotLayout, MailFormat
 from replicator.testing.cluster import PeerSpec, ReplicatorNode
+from replicator.testing.netns import HostPair
 
 
 def ram_dir(prefix: str) -> Path:
@@ -84,9 +85,11 @@ def two_nodes(mail_format: MailFormat = "maildir", users: tuple[str, ...] = ("u1
               *, base: Path | None = None, replication: dict[str, Any] | None = None,
               churn: bool = False, sync_commit: str | None = None,
               sync_timeout_ms: int = 2000, mail_fsync: str = "always",
-              start: bool = True) -> Iterator[TwoNodes]:
+              start: bool = True, hosts: HostPair | None = None) -> Iterator[TwoNodes]:
     """Node a (serving IMAP) and node b (holding a's copy). With `sync_commit` ("fail" or
-    "degrade"), a's Dovecot loads the sync-commit plugin talking to a's daemon."""
+    "degrade"), a's Dovecot loads the sync-commit plugin talking to a's daemon. With `hosts`,
+    the two daemons run in their own network namespaces, linked by a veth pair the test can
+    cut (Dovecot and the test stay on the host's loopback)."""
     made = base is None or not base.exists()
     if base is None:
         base = Path(tempfile.mkdtemp(prefix="dovecot-replicator-"))
@@ -99,6 +102,10 @@ def two_nodes(mail_format: MailFormat = "maildir", users: tuple[str, ...] = ("u1
     repl_b = ReplicatorNode(base / "b" / "replicator", "b", _roots(layouts["b"]),
                             replication=replication or {}, ram=replicas)
     repl_a.peers, repl_b.peers = [PeerSpec("b", repl_b.port)], [PeerSpec("a", repl_a.port)]
+    if hosts is not None:
+        for node, host, peer in ((repl_a, hosts.a, hosts.b), (repl_b, hosts.b, hosts.a)):
+            node.host, node.wrap = host.address, host.exec()
+            node.peers[0].host = peer.address
     options: dict[str, Any] = {"churn": churn, "mail_fsync": mail_fsync}
     plugin = (sync_commit_settings(repl_a.control_socket, sync_commit, sync_timeout_ms)
               if sync_commit else {})
