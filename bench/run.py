@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import baselines, scenarios
+from bench import baselines, promote_scale, scenarios, sync_commit
 from bench.report import write_report
 
 HERE = Path(__file__).resolve().parent
@@ -69,6 +69,14 @@ def main(argv: list[str] | None = None) -> int:
         for churn in (False, True):
             print(f"traffic {fmt} churn={churn} ...", flush=True)
             results["traffic"].append(scenarios.workload_traffic(fmt, args.ops, churn))  # type: ignore[arg-type]
+    print("APPEND latency with and without sync commit ...", flush=True)
+    appends = samples if args.quick else max(samples, 1000)
+    results["append"] = [sync_commit.two_node_append(appends, mode, sync)
+                         for mode in ("disk", "ram") for sync in (None, "fail")]
+    results["append"] += [sync_commit.lossy_peer_append(appends, loss) for loss in (0, 2)]
+    print("promote and verify at scale ...", flush=True)
+    scales = (1, 100) if args.quick else (1, 100, 10_000)
+    results["promote"] = [promote_scale.promote_at_scale(n) for n in scales]
     print("micro-benchmarks ...", flush=True)
     results["micro"] = micro(args.quick)
     write_report(results, HERE)

@@ -83,3 +83,38 @@ class HostPair:
     def close(self) -> None:
         for host in (self.a, self.b):
             subprocess.run(["ip", "netns", "del", host.name], capture_output=True)
+
+
+@dataclass
+class Star:
+    """One center namespace linked to several leaves (a node with several peers)."""
+
+    center: list[Host]   # the center's end of each link (same namespace)
+    leaves: list[Host]
+    pairs: list[HostPair]
+
+    @classmethod
+    def create(cls, leaves: int) -> Star:
+        tag = f"dr{os.getpid() % 100000}s{next(_counter)}"
+        center_ns = f"{tag}c"
+        _run("ip", "netns", "add", center_ns)
+        made = cls([], [], [])
+        for index in range(leaves):
+            net = next(_counter) % 200 + 10
+            center = Host(center_ns, f"10.232.{net}.1", f"{tag}c{index}")
+            leaf = Host(f"{tag}l{index}", f"10.232.{net}.2", f"{tag}l{index}0")
+            _run("ip", "netns", "add", leaf.name)
+            _run("ip", "link", "add", center.device, "netns", center.name, "type", "veth",
+                 "peer", "name", leaf.device, "netns", leaf.name)
+            for host in (center, leaf):
+                _run(*host.exec("ip", "addr", "add", f"{host.address}/30", "dev", host.device))
+                _run(*host.exec("ip", "link", "set", host.device, "up"))
+                _run(*host.exec("ip", "link", "set", "lo", "up"))
+            made.center.append(center)
+            made.leaves.append(leaf)
+            made.pairs.append(HostPair(center, leaf))
+        return made
+
+    def close(self) -> None:
+        for name in {h.name for h in self.center + self.leaves}:
+            subprocess.run(["ip", "netns", "del", name], capture_output=True)
