@@ -9,7 +9,14 @@
    The module file is named lib00_ so that this wrapper is the outermost
    one: quota, notify (mail_log, replication, push) and lazy-expunge all
    see the local commit succeed, which it did, and only the client is told
-   that the change is not safe yet. */
+   that the change is not safe yet.
+
+   maildir adds a second hook, sync_deinit: a committed flag or keyword
+   change reaches the body file names only in the sync that ends the
+   command, and when a keyword gets its first letter that sync also writes
+   dovecot-keywords, after the commit's flush.  The sync wrapper flushes
+   again when, and only when, that file changed (replicator-sync-keywords.c
+   says why a stat() and not the commit's change mask decides). */
 
 #include "lib.h"
 #include "array.h"
@@ -19,6 +26,8 @@
 #include "mail-index-transaction-private.h"
 #include "replicator-sync-settings.h"
 #include "replicator-sync-client.h"
+#include "replicator-sync-keywords.h"
+#include "replicator-sync-mailbox.h"
 #include "replicator-sync-plugin.h"
 
 #define REPLICATOR_SYNC_CONTEXT_REQUIRE(obj) \
@@ -31,6 +40,19 @@
 struct replicator_sync_user {
 	union mail_user_module_context module_ctx;
 	struct replicator_sync_settings set;
+};
+
+struct replicator_sync_mailbox {
+	union mailbox_module_context module_ctx;
+
+	/* maildir only: a committed transaction changed flags or keywords
+	   and no full sync has run since, so a sync may still apply it to
+	   the body file names and write a new dovecot-keywords */
+	bool keywords_pending;
+	/* dovecot-keywords as it was when the last flush covering it was
+	   sent (taken before sending: a write during the round trip shows
+	   up as a difference at the next sync) */
+	struct replicator_sync_keywords_id keywords_flushed;
 };
 
 const char *replicator_sync_plugin_version = DOVECOT_ABI_VERSION;
@@ -68,116 +90,36 @@ replicator_sync_changes_visible(const struct mail_transaction_commit_changes *ch
 		 ENUM_NEGATE(MAIL_INDEX_TRANSACTION_CHANGE_OTHERS)) != 0;
 }
 
-static int replicator_sync_add_dir(struct mailbox *box,
-				   enum mailbox_list_path_type type,
-				   ARRAY_TYPE(const_string) *dirs)
-{
-	const char *path, *dir;
-	int ret;
-
-	if ((ret = mailbox_get_path_to(box, type, &path)) <= 0)
-		return ret;
-	if (path[0] == '\0')
-		return 0; /* in-memory index */
-	array_foreach_elem(dirs, dir) {
-		if (strcmp(dir, path) == 0)
-			return 0;
-	}
-	array_push_back(dirs, &path);
-	return 0;
-}
-
-/* The mailbox's INDEX and CONTROL directories, deduplicated and
-   NULL-terminated; the daemon adds dependent ones (mdbox storage/). */
-static int replicator_sync_mailbox_dirs(struct mailbox *box,
-					const char *const **dirs_r)
-{
-	ARRAY_TYPE(const_string) dirs;
-
-	t_array_init(&dirs, 3);
-	if (replicator_sync_add_dir(box, MAILBOX_LIST_PATH_TYPE_INDEX, &dirs) < 0 ||
-	    replicator_sync_add_dir(box, MAILBOX_LIST_PATH_TYPE_CONTROL, &dirs) < 0)
-		return -1;
-	array_append_zero(&dirs);
-	*dirs_r = array_front(&dirs);
-	return 0;
-}
-
-static void replicator_sync_log_flushed(struct mailbox *box,
-					const struct replicator_sync_reply *reply)
-{
-	e_debug(event_create_passthrough(box->event)->
-		set_name("replicator_sync_flushed")->
-		add_int("wait_usecs", (intmax_t)reply->waited_usecs)->
-		add_int("peers_acked", reply->peers_acked)->event(),
-		"replicator_sync: Flushed user=%s mailbox=%s: "
-		"waited %"PRIu64".%03u ms, %u peer(s) acked",
-		box->storage->user->username, mailbox_get_vname(box),
-		reply->waited_usecs / 1000,
-		(unsigned int)(reply->waited_usecs % 1000),
-		reply->peers_acked);
-}
-
-/* Apply the failure policy.  With "fail" the command gets a tagged NO; the
-   change stays committed locally, so a client retry may duplicate a
-   message, which is accepted: losing one is not. */
-static int replicator_sync_failed(struct mailbox *box,
-				  const struct replicator_sync_settings *set,
-				  const struct replicator_sync_reply *reply)
-{
-	struct mail_user *user = box->storage->user;
-	struct event_passthrough *e =
-		event_create_passthrough(box->event)->
-		add_str("reason", reply->reason)->
-		add_int("wait_usecs", (intmax_t)reply->waited_usecs);
-
-	if (set->policy == REPLICATOR_SYNC_POLICY_DEGRADE) {
-		e_warning(e->set_name("replicator_sync_degraded")->event(),
-			  "replicator_sync: Change not replicated, answering OK "
-			  "(policy=degrade): user=%s mailbox=%s: %s",
-			  user->username, mailbox_get_vname(box), reply->detail);
-		return 0;
-	}
-	e_warning(e->set_name("replicator_sync_failed")->event(),
-		  "replicator_sync: Change not replicated, failing the command "
-		  "(policy=fail): user=%s mailbox=%s: %s",
-		  user->username, mailbox_get_vname(box), reply->detail);
-	/* MAIL_ERROR_TEMP makes LDA/LMTP tempfail; IMAP would call it
-	   [SERVERBUG], while RFC 5530's [UNAVAILABLE] is what it is */
-	mail_storage_set_error(box->storage, MAIL_ERROR_TEMP, t_strdup_printf(
-		"%sChange not yet replicated to a peer (replicator: %s); retry",
-		strcmp(user->service, "imap") == 0 ? "[UNAVAILABLE] " : "",
-		reply->reason));
-	return -1;
-}
-
-static int replicator_sync_mailbox_flush(struct mailbox *box)
+static const struct replicator_sync_settings *
+replicator_sync_box_settings(struct mailbox *box)
 {
 	struct replicator_sync_user *ruser =
 		REPLICATOR_SYNC_USER_CONTEXT_REQUIRE(box->storage->user);
-	struct replicator_sync_request req;
-	struct replicator_sync_reply reply;
 
-	i_zero(&req);
-	if (replicator_sync_mailbox_dirs(box, &req.dirs) < 0) {
-		i_zero(&reply);
-		reply.reason = "mailbox directories unknown";
-		reply.detail = t_strconcat("mailbox_get_path_to() failed: ",
-			mailbox_get_last_internal_error(box, NULL), NULL);
-		return replicator_sync_failed(box, &ruser->set, &reply);
-	}
-	if (req.dirs[0] == NULL)
-		return 0;
-	req.socket_path = ruser->set.socket_path;
-	req.timeout_msecs = ruser->set.timeout_msecs;
-	req.policy = replicator_sync_policy_name(ruser->set.policy);
-	req.username = box->storage->user->username;
+	return &ruser->set;
+}
 
-	replicator_sync_flush(&req, &reply);
-	if (reply.status != REPLICATOR_SYNC_STATUS_OK)
-		return replicator_sync_failed(box, &ruser->set, &reply);
-	replicator_sync_log_flushed(box, &reply);
-	return 0;
+static bool replicator_sync_is_maildir(struct mailbox *box)
+{
+	return strcmp(box->storage->name, "maildir") == 0;
+}
+
+/* maildir applies committed flag and keyword changes to the body file
+   names only in a later sync, which also writes dovecot-keywords when a
+   keyword gets its first letter.  Remember where dovecot-keywords stood
+   now, before this commit's own flush is sent: anything written up to
+   here (an APPEND's keyword letters) travels with that flush. */
+static void
+replicator_sync_arm_keywords(struct mailbox *box,
+			     struct replicator_sync_mailbox *rbox,
+			     const struct mail_transaction_commit_changes *changes)
+{
+	if (rbox->keywords_pending || !replicator_sync_is_maildir(box) ||
+	    (changes->changes_mask & (MAIL_INDEX_TRANSACTION_CHANGE_FLAGS |
+				      MAIL_INDEX_TRANSACTION_CHANGE_KEYWORDS)) == 0)
+		return;
+	rbox->keywords_pending = TRUE;
+	replicator_sync_keywords_id(box, &rbox->keywords_flushed);
 }
 
 static int
@@ -185,17 +127,67 @@ replicator_sync_transaction_commit(struct mailbox_transaction_context *t,
 				   struct mail_transaction_commit_changes *changes_r)
 {
 	struct mailbox *box = t->box;
-	union mailbox_module_context *rbox = REPLICATOR_SYNC_CONTEXT_REQUIRE(box);
+	struct replicator_sync_mailbox *rbox =
+		REPLICATOR_SYNC_CONTEXT_REQUIRE(box);
 	bool changed = replicator_sync_trans_has_changes(t);
 
-	if (rbox->super.transaction_commit(t, changes_r) < 0)
+	if (rbox->module_ctx.super.transaction_commit(t, changes_r) < 0)
 		return -1;
 	/* Committed locally.  If we return -1 now, the caller
 	   (mailbox_transaction_commit_get_changes()) unrefs changes_r->pool
 	   itself, so it is left alone here. */
+	replicator_sync_arm_keywords(box, rbox, changes_r);
 	if (!changed && !replicator_sync_changes_visible(changes_r))
 		return 0;
-	return replicator_sync_mailbox_flush(box);
+	return replicator_sync_mailbox_flush(box, replicator_sync_box_settings(box),
+					     REPLICATOR_SYNC_FLUSH_COMMIT);
+}
+
+/* After a successful sync of a maildir that has a flag or keyword change
+   pending: flush if dovecot-keywords changed since the last flush that
+   covered it.  A sync with MAILBOX_SYNC_FLAG_FAST may have skipped the
+   maildir part, so only a full one ends the watch. */
+static int
+replicator_sync_keywords_after_sync(struct mailbox *box,
+				    struct replicator_sync_mailbox *rbox,
+				    bool full_sync)
+{
+	struct replicator_sync_keywords_id now;
+
+	if (full_sync)
+		rbox->keywords_pending = FALSE;
+	replicator_sync_keywords_id(box, &now);
+	if (replicator_sync_keywords_id_equal(&now, &rbox->keywords_flushed))
+		return 0;
+	rbox->keywords_flushed = now;
+	return replicator_sync_mailbox_flush(box, replicator_sync_box_settings(box),
+					     REPLICATOR_SYNC_FLUSH_SYNC);
+}
+
+static int
+replicator_sync_sync_deinit(struct mailbox_sync_context *ctx,
+			    struct mailbox_sync_status *status_r)
+{
+	struct mailbox *box = ctx->box;
+	struct replicator_sync_mailbox *rbox =
+		REPLICATOR_SYNC_CONTEXT_REQUIRE(box);
+	bool full_sync = (ctx->flags & MAILBOX_SYNC_FLAG_FAST) == 0;
+
+	/* the parent frees ctx */
+	if (rbox->module_ctx.super.sync_deinit(ctx, status_r) < 0) {
+		/* the command reports the sync error; the watch stays on
+		   and the next sync flushes what this one wrote */
+		return -1;
+	}
+	if (!rbox->keywords_pending ||
+	    replicator_sync_keywords_after_sync(box, rbox, full_sync) == 0)
+		return 0;
+	/* The sync itself succeeded: say so, as mailbox_sync_deinit() would
+	   for a 0.  index_storage_get_open_status() asserts it for
+	   MAILBOX_FLAG_DROP_RECENT mailboxes (imap's SELECTed one), and imap
+	   asks for that status right after a failed sync too. */
+	box->synced = TRUE;
+	return -1;
 }
 
 static bool replicator_sync_storage_ignored(const struct mail_storage *storage)
@@ -212,17 +204,18 @@ static bool replicator_sync_storage_ignored(const struct mail_storage *storage)
 static void replicator_sync_mailbox_allocated(struct mailbox *box)
 {
 	struct mailbox_vfuncs *v = box->vlast;
-	union mailbox_module_context *rbox;
+	struct replicator_sync_mailbox *rbox;
 
 	if (REPLICATOR_SYNC_USER_CONTEXT(box->storage->user) == NULL ||
 	    replicator_sync_storage_ignored(box->storage))
 		return;
 
-	rbox = p_new(box->pool, union mailbox_module_context, 1);
-	rbox->super = *v;
-	box->vlast = &rbox->super;
+	rbox = p_new(box->pool, struct replicator_sync_mailbox, 1);
+	rbox->module_ctx.super = *v;
+	box->vlast = &rbox->module_ctx.super;
 	v->transaction_commit = replicator_sync_transaction_commit;
-	MODULE_CONTEXT_SET_SELF(box, replicator_sync_storage_module, rbox);
+	v->sync_deinit = replicator_sync_sync_deinit;
+	MODULE_CONTEXT_SET(box, replicator_sync_storage_module, rbox);
 }
 
 static void replicator_sync_mail_user_created(struct mail_user *user)
