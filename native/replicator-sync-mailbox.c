@@ -73,25 +73,26 @@ static void replicator_sync_log_flushed(struct mailbox *box,
 		reply->peers_acked);
 }
 
-/* policy=fail after a sync: the client may already hold a tagged OK for
-   the change whose keyword names are not on a peer, so this is an error
-   in the log, not a warning. */
+/* policy=fail after a sync: IMAP decided the command's tagged reply before
+   the sync, so the client may hold a tagged OK for a change whose keyword
+   names are not on a peer.  That is an error in the log, not a warning.
+   Callers that check the sync themselves (doveadm) fail the command. */
 static int replicator_sync_sync_failed(struct mailbox *box,
 				       struct event_passthrough *e,
 				       const struct replicator_sync_reply *reply)
 {
 	struct mail_user *user = box->storage->user;
+	bool imap = strcmp(user->service, "imap") == 0;
 
 	e_error(e->set_name("replicator_sync_failed")->event(),
 		"replicator_sync: Keyword names (dovecot-keywords) written by "
 		"a mailbox sync not replicated (policy=fail): user=%s "
-		"mailbox=%s: %s; the command's tagged reply was decided before "
-		"the sync (IMAP sends an untagged NO)",
-		user->username, mailbox_get_vname(box), reply->detail);
+		"mailbox=%s: %s%s", user->username, mailbox_get_vname(box),
+		reply->detail, !imap ? "" : "; the client gets an untagged NO, "
+		"its tagged reply was decided before the sync");
 	mail_storage_set_error(box->storage, MAIL_ERROR_TEMP, t_strdup_printf(
 		"%sKeyword change not yet replicated to a peer (replicator: %s)",
-		strcmp(user->service, "imap") == 0 ? "[UNAVAILABLE] " : "",
-		reply->reason));
+		imap ? "[UNAVAILABLE] " : "", reply->reason));
 	return -1;
 }
 

@@ -12,7 +12,7 @@ enum replicator_sync_flush_point {
 	REPLICATOR_SYNC_FLUSH_COMMIT,
 	/* after a maildir sync rewrote dovecot-keywords: IMAP has fixed its
 	   tagged reply before the sync, so a failure can only be an untagged
-	   NO next to the tagged OK (MOVE and doveadm still fail) */
+	   NO next to the tagged OK (doveadm, which checks, still fails) */
 	REPLICATOR_SYNC_FLUSH_SYNC,
 };
 

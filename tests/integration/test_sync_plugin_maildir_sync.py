@@ -12,6 +12,8 @@ what each FLUSH really covered. Every other command must cost exactly what it co
 from __future__ import annotations
 
 import imaplib
+import os
+import re
 import shutil
 import socket
 import subprocess
@@ -34,6 +36,8 @@ MSG = b"From: a@example.org\r\nTo: u1@example.org\r\nSubject: t\r\n\r\nbody\r\n"
 METRICS = "".join(f"metric {n} {{\n  filter = event={n}\n}}\n"
                   for n in ("replicator_sync_degraded", "replicator_sync_failed"))
 CRASH_MARKERS = ("Panic:", "Fatal:", "killed with signal")
+# REPLICATOR_SYNC_VALGRIND=<dir>: run the imap processes under valgrind, logs in <dir>/vg.<pid>
+VALGRIND_DIR = os.environ.get("REPLICATOR_SYNC_VALGRIND")
 SYNC_ERROR = "Keyword names (dovecot-keywords) written by a mailbox sync not replicated"
 
 
@@ -103,6 +107,7 @@ def rig_factory(tmp_path: Path, plugin_dir: Path) -> Iterator[Callable[..., Rig]
     """One Dovecot with the plugin against a KeywordsProbe; afterwards: no crash, no Error
     line unless the test expects one, and every session still answers."""
     made: list[Rig] = []
+    vg_dir = Path(VALGRIND_DIR) / tmp_path.name if VALGRIND_DIR else None
     sock_dir = Path(tempfile.mkdtemp(prefix="rsync-kw-", dir="/tmp"))  # sun_path is short
     sock_dir.chmod(0o755)
 
@@ -116,7 +121,7 @@ def rig_factory(tmp_path: Path, plugin_dir: Path) -> Iterator[Callable[..., Rig]
             plugin_settings={"replicator_sync_socket": str(sock),
                              "replicator_sync_timeout": "2000",
                              "replicator_sync_policy": policy},
-            extra_config=METRICS)
+            extra_config=METRICS + valgrind_config(vg_dir))
         rig = Rig(inst, KeywordsProbe(sock, fail_reason), expect_errors)
         made.append(rig)
         inst.start()
@@ -137,6 +142,26 @@ def rig_factory(tmp_path: Path, plugin_dir: Path) -> Iterator[Callable[..., Rig]
         log = rig.inst.log_text().splitlines()
         assert [ln for ln in log if any(m in ln for m in CRASH_MARKERS)] == []
         assert rig.expect_errors or rig.inst.error_lines() == []
+    assert valgrind_findings(vg_dir) == []
+
+
+def valgrind_config(log_dir: Path | None) -> str:
+    """Opt-in memcheck of the imap processes (the plugin runs inside them)."""
+    if log_dir is None:
+        return ""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_dir.chmod(0o777)  # the imap process runs as the mail user
+    return ("service imap {\n  executable = /usr/bin/valgrind --vgdb=no --leak-check=full "
+            f"--num-callers=30 --log-file={log_dir}/vg.%p /usr/lib/dovecot/imap\n}}\n")
+
+
+def valgrind_findings(log_dir: Path | None) -> list[str]:
+    """Memcheck errors and definite/indirect leaks reported in log_dir."""
+    if log_dir is None:
+        return []
+    bad = re.compile(r"ERROR SUMMARY: [1-9]|(definitely|indirectly) lost: [1-9]")
+    return [f"{p.name}: {ln}" for p in sorted(log_dir.iterdir())
+            for ln in p.read_text(errors="replace").splitlines() if bad.search(ln)]
 
 
 def selected_with_messages(rig: Rig, count: int = 2) -> imapclient.IMAPClient:
@@ -242,6 +267,8 @@ def test_fail_policy_turns_a_failed_sync_flush_into_an_untagged_no_and_an_error(
                         b"(replicator: quorum 1 not reached)"]
     (line,) = rig.log_lines(SYNC_ERROR)
     assert " Error: " in line and "(policy=fail): user=u1 mailbox=INBOX" in line
+    assert line.endswith("; the client gets an untagged NO, its tagged reply was decided "
+                         "before the sync")
     assert rig.metric("replicator_sync_failed", 1) == 1
     assert len(rig.control.flushes) == 3
     client = rig.imap()
@@ -257,3 +284,20 @@ def test_degrade_policy_answers_ok_and_counts_a_warning_for_a_failed_sync_flush(
     (line,) = rig.log_lines("(policy=degrade): user=u1 mailbox=INBOX")
     assert "quorum 1 not reached" in line
     assert rig.metric("replicator_sync_degraded", 1) == 1
+
+
+@pytest.mark.parametrize(("answer", "exit_code"), [("ok", 0), ("fail", 75)])
+def test_doveadm_flags_add_waits_for_the_mapping_and_tempfails_on_fail(
+        rig_factory: Callable[..., Rig], answer: str, exit_code: int) -> None:
+    """doveadm checks its own mailbox_sync(): there a failed sync-time FLUSH fails the command
+    (EX_TEMPFAIL), with the same storage error IMAP shows untagged."""
+    rig = rig_factory(expect_errors=answer == "fail")
+    selected_with_messages(rig)
+    rig.control.script("ok", answer)  # the commit's FLUSH, then the sync's
+    run = subprocess.run(["doveadm", "-c", str(rig.inst.config_path), "flags", "add", "-u", "u1",
+                          "Work", "mailbox", "INBOX", "uid", "1"],
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert run.returncode == exit_code, run.stderr
+    assert rig.control.keywords_at_flush[-2:] == [None, "0 Work\n"]
+    if answer == "fail":
+        assert "Mailbox sync failed: Keyword change not yet replicated to a peer" in run.stderr
