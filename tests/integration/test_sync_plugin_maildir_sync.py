@@ -36,7 +36,8 @@ MSG = b"From: a@example.org\r\nTo: u1@example.org\r\nSubject: t\r\n\r\nbody\r\n"
 METRICS = "".join(f"metric {n} {{\n  filter = event={n}\n}}\n"
                   for n in ("replicator_sync_degraded", "replicator_sync_failed"))
 CRASH_MARKERS = ("Panic:", "Fatal:", "killed with signal")
-# REPLICATOR_SYNC_VALGRIND=<dir>: run the imap processes under valgrind, logs in <dir>/vg.<pid>
+# REPLICATOR_SYNC_VALGRIND=<dir>: imap runs under memcheck, logs in <dir>/<test>/vg.<pid>; a test
+# fails if they report an error or a definite/indirect leak
 VALGRIND_DIR = os.environ.get("REPLICATOR_SYNC_VALGRIND")
 SYNC_ERROR = "Keyword names (dovecot-keywords) written by a mailbox sync not replicated"
 
