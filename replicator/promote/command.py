@@ -47,6 +47,7 @@ class PromoteResult:
     raised: int = 0
     uid_gap: int = 0
     moved_aside: list[str] = field(default_factory=list)
+    unsynced: list[str] = field(default_factory=list)  # mailboxes Dovecot had not synced yet
     already: bool = False
     seconds: float = 0.0
     steps: dict[str, float] = field(default_factory=dict)
@@ -130,6 +131,7 @@ def _raise_in_replica(replica: Path, roots: list[str], result: PromoteResult) ->
                                   + "; ".join(summary.failures[:5]))
         result.mailboxes += summary.mailboxes
         result.raised += summary.raised
+        result.unsynced += [f"{user}/{rel}" for rel in summary.unsynced]
         for path in summary.touched:
             data = path.read_bytes()
             journal.set(path.relative_to(replica).as_posix(), len(data), digest(data))

@@ -32,6 +32,9 @@ def _print(result: PromoteResult, roots: str) -> None:
     gap = (f"next UIDs raised by {result.uid_gap} in {result.raised} of {result.mailboxes} "
            f"mailboxes" if result.uid_gap else f"{result.mailboxes} mailboxes, no UID gap")
     print(gap)
+    for box in result.unsynced:
+        print(f"not raised (never synced on the origin: Dovecot gives it a new UIDVALIDITY, so "
+              f"no client's UID can be reused): {box}")
     for path in result.moved_aside:
         print(f"moved aside (not deleted): {path}")
     steps = ", ".join(f"{k} {v:.3f} s" for k, v in result.steps.items())

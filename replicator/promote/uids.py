@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from replicator.dovecot.listindex import forget_cached_status
-from replicator.dovecot.nextuid import raise_next_uid
+from replicator.dovecot.logappend import LogLockedError
+from replicator.dovecot.nextuid import NextUidError, raise_next_uid
 from replicator.errors import ReplicatorError
 
 MAILBOX_MARKERS = ("dovecot.index", "dovecot.index.log")
@@ -26,6 +27,7 @@ class RaiseSummary:
     mailboxes: int = 0
     raised: int = 0
     failures: list[str] = field(default_factory=list)
+    unsynced: list[str] = field(default_factory=list)  # no UIDVALIDITY yet: nothing to raise
     touched: list[Path] = field(default_factory=list)  # files the raise rewrote
 
 
@@ -56,7 +58,15 @@ def raise_user(user_roots: Mapping[str, Path], gap: int) -> RaiseSummary:
             continue
         try:
             result = raise_next_uid(index_dir, 1, control_dir=control_dir, gap=gap)
-        except (ReplicatorError, OSError) as exc:  # NextUidError, DovecotFormatError, I/O
+        except LogLockedError as exc:
+            summary.failures.append(f"{rel}: {exc}")
+            continue
+        except NextUidError:
+            # Never synced (UIDVALIDITY 0) or nothing written yet: no client can hold a UID
+            # of it under a UIDVALIDITY it will keep; Dovecot gives it a new UIDVALIDITY.
+            summary.unsynced.append(rel)
+            continue
+        except (ReplicatorError, OSError) as exc:  # DovecotFormatError, I/O
             summary.failures.append(f"{rel}: {exc}")
             continue
         summary.raised += int(result.changed)

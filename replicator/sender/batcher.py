@@ -10,6 +10,7 @@ to what the replicas held before the flush.
 
 from __future__ import annotations
 
+import heapq
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -52,13 +53,18 @@ class BuildResult:
     bytes_read: int = 0
 
 
-def dir_rank(manifest: Manifest, key: DirKey) -> int:
-    """0 for mailbox directories, 1 for maildir control (uidlist), 2 for mdbox storage/."""
+def dir_rank(manifest: Manifest, key: DirKey, top: Path | None = None) -> int:
+    """0 for mailbox directories, 1 for maildir control (uidlist), 2 for mdbox storage/.
+    A directory not yet in the manifest is looked at (`top` is its root's path)."""
     root, reldir = key
     if reldir.rpartition("/")[2] == "storage":
         return 2
     entry = manifest.dir(root, reldir)
-    return 1 if entry is not None and "dovecot-uidlist" in entry.files else 0
+    if entry is not None:
+        return 1 if "dovecot-uidlist" in entry.files else 0
+    if top is not None and os.path.exists(os.path.join(top, reldir, "dovecot-uidlist")):
+        return 1
+    return 0
 
 
 class Batcher:
@@ -88,10 +94,13 @@ class Batcher:
         wanted: dict[DirKey, Forced] = {k: (None if k in untrusted else v) for k, v in
                                         dirty.items()}
         wanted.update({k: None for k in untrusted})
-        queue = sorted(wanted, key=lambda k: (dir_rank(self.manifest, k), k))
+        # A heap, not a list: a directory discovered while scanning (a new user's INBOX, found
+        # after its storage/) must still be read before the directories it depends on.
+        queue = [(dir_rank(self.manifest, k, self.roots[k[0]]), k) for k in wanted]
+        heapq.heapify(queue)
         scans: list[tuple[DirKey, DirScan]] = []
         while queue:
-            key = queue.pop(0)
+            _rank, key = heapq.heappop(queue)
             root, reldir = key
             scan = scan_dir(self.roots[root], reldir, self.manifest.dir(root, reldir), wanted[key])
             result.scanned += 1
@@ -106,7 +115,8 @@ class Batcher:
                 sub_key = (root, join_rel(reldir, sub))
                 if sub_key not in wanted and self.manifest.dir(*sub_key) is None:
                     wanted[sub_key] = None
-                    queue.append(sub_key)
+                    heapq.heappush(queue, (dir_rank(self.manifest, sub_key, self.roots[root]),
+                                           sub_key))
         return self._defer_dependents(scans, wanted, result)
 
     @staticmethod

@@ -19,6 +19,10 @@ from replicator.replica.state import Fences
 from replicator.testing.scenario import TwoNodes
 
 
+class UserNotReplicated(AssertionError):
+    """Nothing of the user had reached b when a died (only possible without sync commit)."""
+
+
 class Failover:
     def __init__(self, nodes: TwoNodes) -> None:
         """b's Dovecot runs throughout (doveadm needs its auth service); each iteration
@@ -41,6 +45,8 @@ class Failover:
             [*(wrap or []), sys.executable, "-m", "replicator", "promote", "--config",
              str(self.nodes.repl_b.config_path), "--origin", "a", "--users", user],
             capture_output=True, text=True, timeout=120)
+        if result.returncode != 0 and "no such user" in result.stderr:
+            raise UserNotReplicated(result.stderr.strip())
         if result.returncode != 0:
             raise AssertionError(f"promote failed ({result.returncode}): {result.stderr}")
         return result.stdout

@@ -1,0 +1,182 @@
+"""From filesystem events to numbered batches: the capture half of the daemon.
+
+Watcher hints mark directories dirty; one flush per loop wakeup reads them and hands the
+resulting drafts to `emit` (the outbox). A directory Dovecot holds a lock on is retried the
+moment the lock is released (LockWaiter) and stays *held* meanwhile, so a sync-commit request
+knows a change in it is still on its way. Periodic rescans, and one after an inotify overflow,
+compare everything with the manifest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from replicator.capture.basecache import BaseCache
+from replicator.capture.inotify import InotifyWatcher
+from replicator.capture.locks import LockWaiter
+from replicator.capture.manifest import Manifest
+from replicator.capture.watcher import Hint, Watcher
+from replicator.sender.batcher import Batcher, BuildResult, DirKey, Draft, Forced
+
+log = logging.getLogger("replicator.capture")
+BUSY_RETRY = 0.001
+RESCAN_SLICE = 256
+
+
+class Capture:
+    def __init__(self, roots: Mapping[str, Path], watcher: str, base_cache_bytes: int,
+                 emit: Callable[[list[Draft]], None], counters: dict[str, int]) -> None:
+        self.roots, self._backend = roots, watcher
+        self.manifest = Manifest()
+        self.batcher = Batcher(roots, self.manifest, BaseCache(base_cache_bytes))
+        self._emit, self.counters = emit, counters
+        self._dirty: dict[DirKey, Forced] = {}
+        self._held: set[DirKey] = set()
+        self._flush_handle: asyncio.Handle | None = None
+        self._watcher: Watcher | InotifyWatcher | None = None
+        self._events_lost = False
+        self._lock_waiter = LockWaiter()
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> BuildResult:
+        """Watch first (a change made during the initial scan is then an event), then learn
+        what exists without shipping it (peers are brought in line by manifest resyncs)."""
+        backend = InotifyWatcher if self._backend == "inotify" else Watcher
+        self._watcher = backend(self.roots, loop, self._on_hints, self._on_overflow)
+        self._watcher.start()
+        return self.batcher.build({(name, ""): None for name in self.roots}, record_only=True)
+
+    def stop(self) -> None:
+        if self._watcher is not None:
+            self._watcher.stop()
+        self.flush()
+
+    # -- dirty directories ------------------------------------------------------------------
+    def _on_hints(self, hints: list[Hint]) -> None:
+        for root, reldir, name in hints:
+            self.mark((root, reldir), {name} if name else set())
+        self._schedule_flush()
+
+    def mark(self, key: DirKey, names: Forced) -> None:
+        if key in self._dirty:
+            known = self._dirty[key]
+            self._dirty[key] = None if known is None or names is None else known | names
+        else:
+            self._dirty[key] = None if names is None else set(names)
+
+    def _schedule_flush(self) -> None:
+        if self._flush_handle is None:
+            self._flush_handle = asyncio.get_running_loop().call_soon(self.flush)
+
+    def _on_overflow(self) -> None:
+        log.warning("filesystem events were lost (inotify queue overflow): full rescan")
+        self._events_lost = True
+        asyncio.get_running_loop().create_task(self.rescan())
+
+    def pending(self, keys: set[DirKey] | frozenset[DirKey] | None = None) -> bool:
+        """Whether a change (in `keys`, or anywhere) is not yet numbered: dirty, or waiting
+        for Dovecot to release a lock (then it is in neither the dirty set nor the outbox)."""
+        if keys is None:
+            return bool(self._dirty or self._held or self._flush_handle is not None)
+        return any(key in self._dirty or key in self._held for key in keys)
+
+    def dirty_among(self, keys: set[DirKey]) -> bool:
+        return any(key in self._dirty for key in keys)
+
+    def catch_up(self, keys: set[DirKey]) -> None:
+        """Make sure every change Dovecot made before asking is marked dirty.
+
+        inotify queues an event inside the very write() or rename() that makes a change, so
+        once Dovecot's commit returned, reading the queue now yields every file it touched:
+        only those are read, no directory is scanned. Without that guarantee (watchdog's
+        threads, or events lost to an overflow) the directories are compared with the
+        manifest instead."""
+        if isinstance(self._watcher, InotifyWatcher) and not self._events_lost:
+            self._watcher.drain()
+            return
+        for key in keys:
+            self.mark(key, set())
+
+    # -- flushing ---------------------------------------------------------------------------
+    def flush(self) -> None:
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        dirty, self._dirty = self._gate(self._dirty)
+        if not dirty:
+            return
+        try:
+            result = self.batcher.build(dirty)
+        except OSError as exc:
+            log.error("reading changes failed (%s); retrying those directories in 1 s", exc)
+            asyncio.get_running_loop().call_later(1.0, self._retry, dirty)
+            return
+        self.counters["flushes"] += 1
+        self.counters["bytes_read"] += result.bytes_read
+        if result.busy:
+            self._retry_when_unlocked(result.busy, result.busy_files)
+        self._emit(result.drafts)
+
+    def _gate(self, dirty: dict[DirKey, Forced]) -> tuple[dict[DirKey, Forced],
+                                                           dict[DirKey, Forced]]:
+        """(what may be flushed now, what must wait). While one directory of a user waits for
+        Dovecot's lock, that user's other directories wait too: mdbox writes the map entry
+        first and keeps the map locked while it writes the mailbox index that refers to it,
+        so shipping the mailbox alone would put a dangling reference on the replica."""
+        if not self._held:
+            return dirty, {}
+        users = {reldir.partition("/")[0] for _root, reldir in self._held}
+        now = {k: v for k, v in dirty.items() if k[1].partition("/")[0] not in users}
+        return now, {k: v for k, v in dirty.items() if k not in now}
+
+    def _retry_when_unlocked(self, busy: dict[DirKey, Forced], files: list[str]) -> None:
+        """Dovecot holds a write lock: retry those directories the moment it lets go (or after
+        BUSY_RETRY when too many waits are under way)."""
+        self.counters["busy_retries"] += 1
+        self._held.update(busy)
+        remaining = [len(files)]
+
+        def released() -> None:
+            remaining[0] -= 1
+            if remaining[0] == 0:
+                self._retry(busy)
+
+        if not all(self._lock_waiter.wait(path, released) for path in files):
+            asyncio.get_running_loop().call_later(BUSY_RETRY, self._retry, busy)
+
+    def _retry(self, dirty: Mapping[DirKey, Forced]) -> None:
+        for key, names in dirty.items():
+            self._held.discard(key)
+            self.mark(key, names)
+        self._schedule_flush()
+
+    async def rescan(self) -> None:
+        """Compare every known directory with the disk (stat; racy files re-read), in slices
+        so the loop keeps serving acks and sync-commit requests meanwhile."""
+        self.counters["rescans"] += 1
+        keys = [(name, "") for name in self.roots]
+        keys += [(root, reldir) for root in self.manifest.roots()
+                 for reldir, _ in self.manifest.dirs(root) if reldir]
+        lost_before = self._events_lost
+        for start in range(0, len(keys), RESCAN_SLICE):
+            for key in keys[start : start + RESCAN_SLICE]:
+                self.mark(key, set())
+            self.flush()
+            await asyncio.sleep(0)
+        if lost_before:
+            self._events_lost = False
+
+    def resync(self, untrusted: Mapping[DirKey, set[str] | None]) -> list[Draft]:
+        """Whole files for `untrusted` directories (retried when Dovecot holds a lock)."""
+        result = self.batcher.build({}, dict(untrusted))
+        for draft in result.drafts:
+            draft.resync = True
+        if result.busy:
+            retry = {k: untrusted[k] for k in result.busy}
+            asyncio.get_running_loop().call_later(BUSY_RETRY * 10, self._resync_later, retry)
+        return result.drafts
+
+    def _resync_later(self, untrusted: Mapping[DirKey, set[str] | None]) -> None:
+        self._emit(self.resync(untrusted))
