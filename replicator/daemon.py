@@ -33,6 +33,7 @@ from replicator.status import build_status
 from replicator.sync_commit import Answer, SyncCommit
 from replicator.traffic import Traffic
 from replicator.transport import tcp
+from replicator.transport.select import choose
 from replicator.verify.runner import verify_replica
 
 log = logging.getLogger("replicator")
@@ -48,6 +49,8 @@ class Daemon(LinkHost):
         self.max_frame_bytes, self.ack_timeout = tuning.max_frame_bytes, tuning.ack_timeout
         self.connect_timeout, self.reconnect_max_delay = 5.0, tuning.reconnect_max_delay
         self.tls = tcp.client_tls(*_tls_files(config)) if config.tls else None
+        for peer in config.peers:
+            choose(peer.transport)  # transport = "rdma" without one: a clear error, exit 2
         for directory in (config.replica_dir, config.state_dir):
             directory.mkdir(parents=True, exist_ok=True)
         self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)

@@ -22,6 +22,7 @@ from replicator.manifest_codec import DirKey
 from replicator.sender.outbox import Outbox
 from replicator.transport import tcp
 from replicator.transport.base import Transport, TransportClosed
+from replicator.transport.select import choose
 from replicator.wire.messages import (
     Ack,
     ErrorMessage,
@@ -103,9 +104,9 @@ class PeerLink:
 
     async def _connection(self) -> None:
         self.state = "connecting"
+        _name, reason = choose(self.peer.transport)
         transport = await tcp.connect(self.peer.address, self.host.tls, self.host.connect_timeout,
-                                      reason="auto: no RDMA device" if self.peer.transport ==
-                                      "auto" else "configured")
+                                      reason=reason)
         self.transport_properties = transport.properties
         session = Session("client", max_frame_bytes=self.host.max_frame_bytes)
         try:
@@ -148,15 +149,15 @@ class PeerLink:
             while True:
                 if position is None:
                     position = await self._manifest_resync(transport, session)
-                position = await self._send_pending(transport, session, position)
+                position = await self._send_pending(transport, session, position, reader)
                 if reader.done():
                     reader.result()
                     return
         finally:
             reader.cancel()
 
-    async def _send_pending(self, transport: Transport, session: Session,
-                            position: int) -> int | None:
+    async def _send_pending(self, transport: Transport, session: Session, position: int,
+                            reader: asyncio.Task[None]) -> int | None:
         batches = self.host.outbox.after(position)
         if batches is None:
             return None
@@ -175,9 +176,11 @@ class PeerLink:
             return position
         self.wake.clear()
         if self.host.outbox.after(position) == []:
-            try:
-                await asyncio.wait_for(self.wake.wait(), KEEPALIVE)
-            except TimeoutError:
+            woken = asyncio.ensure_future(self.wake.wait())
+            done, _ = await asyncio.wait({woken, reader}, timeout=KEEPALIVE,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            woken.cancel()
+            if not done:
                 await self._keepalive(transport, session, position)
         return position
 

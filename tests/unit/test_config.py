@@ -92,3 +92,14 @@ def test_cli_names_a_missing_config_file(tmp_path: Path) -> None:
                           timeout=60)
     assert proc.returncode == 2
     assert "nope.toml does not exist" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_rdma_without_an_rdma_transport_is_one_clear_line(tmp_path: Path) -> None:
+    body = GOOD.replace('address = "127.0.0.1:7802"', 'address = "127.0.0.1:7802"\n'
+                        'transport = "rdma"')
+    proc = subprocess.run([sys.executable, "-m", "replicator", "run", "--config",
+                           str(write(tmp_path, body))], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert 'transport = "rdma" is not available' in proc.stderr
+    assert "Traceback" not in proc.stderr
