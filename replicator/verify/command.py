@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+
+from rich.console import Console
+from rich.progress import Progress
 
 from replicator.config import load_config
 from replicator.control.server import request
@@ -13,12 +19,40 @@ from replicator.errors import ReplicatorError
 from replicator.verify.model import MailboxStatus, VerifyReport
 from replicator.verify.online import verify_online
 from replicator.verify.render import print_json, print_table
-from replicator.verify.runner import verify_offline, verify_replica
+from replicator.verify.runner import Reading, verify_offline, verify_replica
+from replicator.verify.walk import walk
 
 REPAIR_TIMEOUT = 60.0
+PROGRESS_FROM = 2000  # files; below this a bar would only flicker
 
 
 def run_verify(args: argparse.Namespace) -> int:
+    with _progress(args):
+        report = _run(args)
+    print_json(report) if args.json else print_table(report)
+    return report.exit_code
+
+
+@contextlib.contextmanager
+def _progress(args: argparse.Namespace) -> Iterator[None]:
+    """A progress bar on stderr for large trees, when a person is watching."""
+    top = args.replica or (load_config(args.config).replica_root(args.origin)
+                           if args.config and args.origin else None)
+    total = sum(len(names) for _rel, names in walk(str(top))) if top and sys.stderr.isatty() else 0
+    if total < PROGRESS_FROM:
+        yield
+        return
+    with Progress(*Progress.get_default_columns(), console=Console(stderr=True),
+                  transient=True) as bar:
+        task = bar.add_task("verifying", total=total)
+        Reading.on_read = lambda: bar.advance(task)
+        try:
+            yield
+        finally:
+            Reading.on_read = None
+
+
+def _run(args: argparse.Namespace) -> VerifyReport:
     if args.source or args.replica:
         if not (args.source and args.replica):
             raise ReplicatorError("offline verify needs both --source and --replica")
@@ -30,8 +64,7 @@ def run_verify(args: argparse.Namespace) -> int:
                               "(see verify --help)")
     if args.doveadm and not report.errors:
         _add_doveadm_view(args, report)
-    print_json(report) if args.json else print_table(report)
-    return report.exit_code
+    return report
 
 
 def _verify_node(args: argparse.Namespace) -> VerifyReport:

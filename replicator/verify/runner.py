@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from replicator.hashing import digest
@@ -26,7 +26,10 @@ from replicator.verify.walk import files_under as walk_files
 
 
 class Reading:
-    """Reads files once, counting the bytes (verify reports how much it read)."""
+    """Reads files once, counting the bytes (verify reports how much it read); `on_read`
+    (a progress bar's advance) is called once per file read."""
+
+    on_read: Callable[[], None] | None = None
 
     def __init__(self) -> None:
         self.bytes = 0
@@ -39,6 +42,8 @@ class Reading:
             with open(key, "rb") as f:
                 data = f.read()
             self.bytes += len(data)
+            if Reading.on_read is not None:
+                Reading.on_read()
             if len(data) < 1 << 20:
                 self._cache[key] = data
         return data

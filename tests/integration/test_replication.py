@@ -62,6 +62,16 @@ def assert_replicated(dovecot: DovecotInstance, a: ReplicatorNode, b: Replicator
         assert cli.returncode == 0, cli.stdout + cli.stderr
 
 
+def assert_same_metadata(origin: Path, replica: Path) -> None:
+    """Mode, owner and mtime of every shipped file are the origin's."""
+    for path in origin.rglob("*"):
+        if path.is_file() and not is_transient(path.name):
+            copy = replica / path.relative_to(origin)
+            a, b = path.stat(), copy.stat()
+            assert (a.st_mode, a.st_uid, a.st_gid, a.st_mtime_ns) == (
+                b.st_mode, b.st_uid, b.st_gid, b.st_mtime_ns), path
+
+
 def file_inodes(root: Path, name: str) -> dict[Path, int]:
     return {p.relative_to(root): p.stat().st_ino for p in root.rglob(name) if p.is_file()}
 
@@ -83,6 +93,9 @@ def test_workload_replicates_byte_for_byte(nodes: tuple[DovecotInstance, Replica
     assert {"APPEND", "STORE", "EXPUNGE", "COPY", "MOVE", "CREATE", "RENAME", "DELETE",
             "SUBSCRIBE"} <= set(report.counts)
     assert_replicated(dovecot, a, b)
+
+    for name, root in roots_of(dovecot).items():
+        assert_same_metadata(root, b.replica_of("a", name))
 
     # the workload really rotated logs and rewrote indexes and caches, and b has the results
     assert list(index_root.rglob("dovecot.index.log.2")), "no log was rotated"
