@@ -111,10 +111,12 @@ def test_acknowledged_store_and_expunge_survive(tmp_path: Path, mail_format: str
                 client.expunge([target])  # UID EXPUNGE
             failover.crash_a()
             failover.promote(user)
+            seen = failover.flags_on_b(user)
+            where = f"iteration {index}, {user}, UIDs {uids}, target {target}, b has {seen}"
             if index % 2 == 0:
-                assert {"\\Flagged", "Work"} <= failover.flags_on_b(user)[target]
+                assert {"\\Flagged", "Work"} <= seen.get(target, frozenset()), where
             else:
-                assert sorted(failover.bodies_on_b(user)) == sorted(set(uids) - {target})
+                assert sorted(seen) == sorted(set(uids) - {target}), where
             failover.rejoin_a()
 
 
