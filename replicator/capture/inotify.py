@@ -67,14 +67,25 @@ class InotifyWatcher:
         return len(self._paths)
 
     def _watch_tree(self, root: str, reldir: str) -> list[Hint]:
-        """Watch `reldir` and every directory below it; hints for each (whole directory)."""
+        """Watch `reldir` and every directory below it; hints for each (whole directory).
+
+        Each directory is watched *before* it is listed: a subdirectory created after the
+        listing then raises an event, one created before is in the listing. (os.walk lists
+        first; a directory created between its listing and the watch was missed for good.)"""
         hints: list[Hint] = []
-        top = self._roots[root] / reldir if reldir else self._roots[root]
-        for dirpath, _dirs, _files in os.walk(top):
-            rel = os.path.relpath(dirpath, self._roots[root])
-            rel = "" if rel == "." else rel
-            if self._add_watch(root, rel, dirpath):
-                hints.append((root, rel, None))
+        stack = [reldir]
+        while stack:
+            rel = stack.pop()
+            path = os.path.join(self._roots[root], rel) if rel else str(self._roots[root])
+            if not self._add_watch(root, rel, path):
+                continue
+            hints.append((root, rel, None))
+            try:
+                with os.scandir(path) as entries:
+                    stack += [f"{rel}/{e.name}" if rel else e.name for e in entries
+                              if e.is_dir(follow_symlinks=False)]
+            except (FileNotFoundError, NotADirectoryError):
+                continue
         return hints
 
     def _add_watch(self, root: str, rel: str, path: str) -> bool:

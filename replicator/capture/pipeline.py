@@ -89,13 +89,12 @@ class Capture:
         """Make sure every change Dovecot made before asking is marked dirty.
 
         inotify queues an event inside the very write() or rename() that makes a change, so
-        once Dovecot's commit returned, reading the queue now yields every file it touched:
-        only those are read, no directory is scanned. Without that guarantee (watchdog's
-        threads, or events lost to an overflow) the directories are compared with the
-        manifest instead."""
-        if isinstance(self._watcher, InotifyWatcher) and not self._events_lost:
+        once Dovecot's commit returned, reading the queue yields the files it touched (and the
+        directories it created, which get watched and listed). The named directories are
+        also compared with the manifest (a few stat calls): the promise that no UID reaches a
+        client before a peer holds it must not rest on every event having been seen."""
+        if isinstance(self._watcher, InotifyWatcher):
             self._watcher.drain()
-            return
         for key in keys:
             self.mark(key, set())
 
