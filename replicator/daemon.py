@@ -72,6 +72,7 @@ class Daemon(LinkHost):
         self.control = ControlServer(config.control_socket, config.control_socket_mode, self)
         self.started = time.time()
         self._repairs: dict[DirKey, tuple[float, float]] = {}
+        self._repair_pending: set[DirKey] = set()
 
     @property
     def sync_policy(self) -> str:  # type: ignore[override]
@@ -151,16 +152,22 @@ class Daemon(LinkHost):
     def repair_directory(self, key: DirKey) -> None:
         """Resend `key` whole. A peer that refuses the resend too (its disk is full, its copy
         keeps failing) is retried with a delay doubling up to 30 s, not in a tight loop."""
+        if key in self._repair_pending:
+            return  # later batches refused while the resend waits: it covers them
         now = time.monotonic()
         last, delay = self._repairs.get(key, (0.0, 0.0))
         delay = min(30.0, max(0.05, delay * 2)) if now - last < max(5.0, delay * 2) else 0.0
         self._repairs[key] = (now + delay, delay)
         if delay == 0.0:
             self.resync({key: None})
-        else:
-            log.warning("%s/%s refused again: resending it in %.2f s", key[0], key[1] or ".",
-                        delay)
-            asyncio.get_running_loop().call_later(delay, self.resync, {key: None})
+            return
+        log.warning("%s/%s refused again: resending it in %.2f s", key[0], key[1] or ".", delay)
+        self._repair_pending.add(key)
+
+        def resend() -> None:
+            self._repair_pending.discard(key)
+            self.resync({key: None})
+        asyncio.get_running_loop().call_later(delay, resend)
 
     def diff_manifest(self, payload: bytes) -> dict[DirKey, set[str] | None]:
         return dict(diff(origin_entries(self.manifest), decode_entries(payload)))

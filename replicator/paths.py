@@ -71,7 +71,7 @@ def resolve_under(base: Path | str, relpath: str, trusted: set[str] | None = Non
             continue
         try:
             mode = os.lstat(current).st_mode
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             break
         if stat.S_ISLNK(mode):
             raise PathError(f"refusing to follow symlink {current}")

@@ -99,8 +99,7 @@ class BatchApplier:
     def _stage(self, op: Op) -> None:
         if op.code == OpCode.ENSURE_DIR:
             path = self._path(op.path)
-            self._actions.append((f"dir:{op.path}", lambda: fileio.ensure_dir(
-                path, op.meta, may_chown=self.may_chown)))
+            self._actions.append((f"dir:{op.path}", lambda: self._ensure_dir(op, path)))
         elif op.code == OpCode.KEEP_ONLY:
             self._actions.append((f"keep:{op.path}", lambda: self._keep_only(op)))
         elif op.code == OpCode.DELETE and fileio.kind_of(self._path(op.path)) == "dir":
@@ -130,14 +129,16 @@ class BatchApplier:
 
     def _working(self, rel: str) -> WorkingFile:
         if rel not in self._work:
-            self._work[rel] = self._visible(rel)
+            self._work[rel] = self._visible(rel, target=True)
         return self._work[rel]
 
-    def _visible(self, rel: str) -> WorkingFile:
-        """The file as it was before this batch (what a COPY reads, whatever the batch did)."""
+    def _visible(self, rel: str, *, target: bool = False) -> WorkingFile:
+        """The file as it was before this batch (what a COPY reads, whatever the batch did).
+        A directory where a file is to be written counts as no file: the whole content must
+        then come in the batch, and the directory is replaced when it commits."""
         path = self._path(rel)
         kind = fileio.kind_of(path)
-        if kind not in ("file", "missing"):
+        if kind not in ("file", "missing") and not target:
             raise ApplyError(f"{path}: is a {kind}, expected a regular file")
         return WorkingFile(rel, kind == "file", lambda: fileio.read_bytes(path),
                            lambda: self.digests.get(path))
@@ -151,13 +152,25 @@ class BatchApplier:
             return
         state = wf.digest()
         if wf.materialized:
-            fileio.replace_file(path, wf.content(), wf.meta, self.staging,
-                                may_chown=self.may_chown)
+            self._forget(fileio.replace_file(str(self.base), path, wf.content(), wf.meta,
+                                             self.staging, may_chown=self.may_chown))
         elif wf.tails or wf.meta is not None:
             fileio.append_file(path, self.digests.get(path).size, wf.tails, wf.meta,
                                may_chown=self.may_chown)
         self.digests.set(path, state)
         self.journal.set(f"{self.root}/{wf.path}", state.size, state.digest())
+
+    def _ensure_dir(self, op: Op, path: str) -> None:
+        self._forget(fileio.ensure_dir(str(self.base), path, op.meta, may_chown=self.may_chown))
+        if f"{self.root}/{op.path}" in self.journal.files:  # was a file (damage since)
+            self._forget([path])
+
+    def _forget(self, removed: list[str]) -> None:
+        """Drop cached digests and journal entries of things removed to make way."""
+        for path in removed:
+            self.digests.forget_tree(path)
+            rel = path[len(str(self.base)) + 1:]
+            self.journal.remove(f"{self.root}/{rel}")
 
     def _keep_only(self, op: Op) -> None:
         directory = self._path(op.path)

@@ -30,7 +30,7 @@ def kind_of(path: PathLike) -> str:
     """'file', 'dir', 'missing' or 'other' (symlinks and specials count as other)."""
     try:
         mode = os.lstat(path).st_mode
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # the latter: a file where a dir belongs
         return "missing"
     if stat.S_ISREG(mode):
         return "file"
@@ -45,21 +45,45 @@ def apply_meta(fd: int, meta: Meta, *, may_chown: bool) -> None:
         os.utime(fd, ns=(meta.mtime_ns, meta.mtime_ns))
 
 
-def ensure_dir(path: PathLike, meta: Meta | None, *, may_chown: bool) -> None:
-    if kind_of(path) == "other":
-        remove(path)
-    os.makedirs(path, exist_ok=True)
+def make_dirs(base: str, path: str) -> list[str]:
+    """Create directory `path` and its missing parents below `base`, removing whatever
+    non-directory stands in the way (the replica is written by us alone, so such a thing is
+    stale: the origin replaced a file by a directory, or a write was cut short). Returns what
+    was removed, so cached digests of it can be forgotten."""
+    if path != base and not path.startswith(f"{base}/"):
+        raise ApplyError(f"{path}: not under the replica directory {base}")
+    removed: list[str] = []
+    os.makedirs(base, exist_ok=True)
+    current = base
+    for part in path[len(base) + 1:].split("/") if path != base else []:
+        current = f"{current}/{part}"
+        kind = kind_of(current)
+        if kind == "dir":
+            continue
+        if kind != "missing":
+            remove(current)
+            removed.append(current)
+        os.mkdir(current)
+    return removed
+
+
+def ensure_dir(base: str, path: str, meta: Meta | None, *, may_chown: bool) -> list[str]:
+    """Make `path` a directory (see `make_dirs`) with the origin's mode and owner."""
+    removed = [] if kind_of(path) == "dir" else make_dirs(base, path)
     if meta is not None:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
         try:
             apply_meta(fd, Meta(meta.mode, meta.uid, meta.gid, 0), may_chown=may_chown)
         finally:
             os.close(fd)
+    return removed
 
 
-def replace_file(path: PathLike, content: bytes, meta: Meta | None, staging: PathLike,
-                 *, may_chown: bool) -> None:
-    """Atomically make `path` hold `content` (written to `staging` first)."""
+def replace_file(base: str, path: str, content: bytes, meta: Meta | None, staging: PathLike,
+                 *, may_chown: bool) -> list[str]:
+    """Atomically make `path` hold `content` (written to `staging` first); what stood in the
+    way (a directory at `path`, a file where a parent directory belongs) is removed and
+    returned."""
     fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
                  0o600)
     try:
@@ -68,13 +92,16 @@ def replace_file(path: PathLike, content: bytes, meta: Meta | None, staging: Pat
             apply_meta(fd, meta, may_chown=may_chown)
     finally:
         os.close(fd)
+    removed: list[str] = []
     if kind_of(path) == "dir":
         shutil.rmtree(path)
+        removed.append(path)
     try:
         os.rename(staging, path)
-    except FileNotFoundError:  # a new directory: create it (and its parents) once
-        os.makedirs(os.path.dirname(path), exist_ok=True)
+    except (FileNotFoundError, NotADirectoryError):  # a new directory, or a file in the way
+        removed += make_dirs(base, os.path.dirname(path))
         os.rename(staging, path)
+    return removed
 
 
 def append_file(path: PathLike, expected_size: int, tails: list[bytes], meta: Meta | None,

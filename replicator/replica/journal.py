@@ -21,6 +21,7 @@ class DigestJournal:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.files: dict[str, Expected] = {}
+        self._below: dict[str, int] = {}  # directory -> how many files it holds, at any depth
         self.exists = path.exists()
         self._pending: list[str] = []
         self._lines = 0
@@ -38,15 +39,36 @@ class DigestJournal:
                 self._apply(record)
 
     def _apply(self, record: list[object]) -> None:
+        rel = str(record[1])
         if record[0] == "+":
-            self.files[str(record[1])] = (int(str(record[2])), str(record[3]))
+            if rel in self._below:  # a file where a directory was: nothing is below it now
+                self._drop(rel)
+            if rel not in self.files:
+                self._count(rel, 1)
+            self.files[rel] = (int(str(record[2])), str(record[3]))
         else:
-            self._drop(str(record[1]))
+            self._drop(rel)
 
     def _drop(self, rel: str) -> None:
-        prefix = rel + "/"
-        for key in [k for k in self.files if k == rel or k.startswith(prefix)]:
-            del self.files[key]
+        """Forget `rel` and everything below it (a scan of all files only if it is a directory
+        holding some: the common case, one file, costs one lookup)."""
+        if self.files.pop(rel, None) is not None:
+            self._count(rel, -1)
+        if rel in self._below:
+            prefix = rel + "/"
+            for key in [k for k in self.files if k.startswith(prefix)]:
+                del self.files[key]
+                self._count(key, -1)
+
+    def _count(self, rel: str, delta: int) -> None:
+        parent = rel.rpartition("/")[0]
+        while parent:
+            left = self._below.get(parent, 0) + delta
+            if left:
+                self._below[parent] = left
+            else:
+                del self._below[parent]
+            parent = parent.rpartition("/")[0]
 
     def set(self, rel: str, size: int, digest: bytes) -> None:
         record = ["+", rel, size, digest.hex()]

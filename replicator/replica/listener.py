@@ -20,6 +20,7 @@ from replicator.manifest_codec import Entry, encode_entries, tree_entries
 from replicator.replica.store import OriginReplica, ReplicaStore
 from replicator.transport.base import Transport, TransportClosed
 from replicator.wire.messages import (
+    AWAITING_RESYNC,
     Ack,
     Batch,
     ErrorMessage,
@@ -155,8 +156,9 @@ class Listener:
             if outcome.ok:
                 return None, outcome.seq
             stats["nacks"] += 1
-            log.warning("batch %d from %s refused for %s/%s: %s", outcome.seq, hello.node,
-                        outcome.root, outcome.dir or ".", outcome.reason)
+            level = logging.DEBUG if outcome.reason == AWAITING_RESYNC else logging.WARNING
+            log.log(level, "batch %d from %s refused for %s/%s: %s", outcome.seq, hello.node,
+                    outcome.root, outcome.dir or ".", outcome.reason)
             return Nack(outcome.seq, outcome.root, outcome.dir, outcome.reason), 0
         if isinstance(message, Resync):
             replica.resync(message.stream, message.seq, hello.epoch)

@@ -21,7 +21,7 @@ from replicator.paths import check_relpath, check_root_name
 from replicator.replica.apply import ApplyStats, BatchApplier, DigestCache
 from replicator.replica.journal import DigestJournal
 from replicator.replica.state import AppliedState, Fences
-from replicator.wire.messages import Batch
+from replicator.wire.messages import AWAITING_RESYNC, Batch
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ class OriginReplica:
             raise ProtocolError(str(exc)) from None
         key = f"{batch.root}\0{batch.dir}"
         if key in self.state.broken and not batch.resync:
-            return Outcome(batch.seq, False, batch.root, batch.dir, "awaiting resync")
+            return Outcome(batch.seq, False, batch.root, batch.dir, AWAITING_RESYNC)
         applier = BatchApplier(self.base / batch.root, self.staging, self.digests,
                                max_size=self.max_size, may_chown=os.geteuid() == 0,
                                journal=self.journal, root=batch.root)

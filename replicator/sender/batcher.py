@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import heapq
 import os
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,8 +86,9 @@ class Batcher:
         for plan in plans:
             plan.commit()
         ranked = sorted(drafts, key=lambda d: -dir_rank(self.manifest, (d.root, d.reldir)))
-        result.drafts = [d for d in ranked if not d.deletes_only] + [
-            d for d in ranked if d.deletes_only]
+        changes = [d for d in ranked if not d.deletes_only]
+        result.drafts = changes + _deletions_after(changes, [d for d in ranked
+                                                              if d.deletes_only])
         return result
 
     def _scan_all(self, dirty: Mapping[DirKey, Forced], untrusted: Mapping[DirKey, object],
@@ -138,6 +140,20 @@ class Batcher:
 
     def shipped_base(self, root: str, path: str) -> bytes | None:
         return self.bases.get(root, path)
+
+
+def _deletions_after(changes: list[Draft], deletions: list[Draft]) -> list[Draft]:
+    """The deletions to send after `changes`, minus any of a path those changes write or
+    create: a name that changed kind (a directory replaced by a file, or the reverse) is
+    replaced on the replica by the write itself, and deleting it afterwards would lose it."""
+    written = {(d.root, op.path) for d in changes for op in d.ops
+               if op.code not in (OpCode.DELETE, OpCode.KEEP_ONLY)}
+    kept = []
+    for draft in deletions:
+        ops = [op for op in draft.ops if (draft.root, op.path) not in written]
+        if ops:
+            kept.append(Draft(draft.root, draft.reldir, ops, draft.resync))
+    return kept
 
 
 class _DirPlan:
@@ -193,9 +209,22 @@ class _DirPlan:
         if source is None or source == path or self.b.manifest.file(root, source) is None:
             return None
         source_dir = parent_rel(source)
-        if source_dir == reldir or not (self.b.roots[root] / source_dir).is_dir():
+        if source_dir == reldir or self._vanished(root, source_dir):
             return source
         return None
+
+    def _vanished(self, root: str, reldir: str) -> bool:
+        """`reldir` is gone, and no file took the place of it or of a parent (such a file is
+        written in this flush, which removes the copy source on the replica first)."""
+        path, first = reldir, True
+        while path:
+            try:
+                mode = os.lstat(self.b.roots[root] / path).st_mode
+            except (FileNotFoundError, NotADirectoryError):
+                path, first = parent_rel(path), False
+                continue
+            return not first and stat.S_ISDIR(mode)
+        return True
 
     def _file_ops(self, read: FileRead, new: Shipped) -> list[Op]:
         root, reldir = self.key

@@ -24,6 +24,7 @@ from replicator.transport import tcp
 from replicator.transport.base import Transport, TransportClosed
 from replicator.transport.select import choose
 from replicator.wire.messages import (
+    AWAITING_RESYNC,
     Ack,
     ErrorMessage,
     Hello,
@@ -233,8 +234,11 @@ class PeerLink:
 
     def _on_nack(self, nack: Nack) -> None:
         key = (nack.root, nack.dir)
-        log.warning("%s could not apply batch %d (%s/%s): %s; resyncing that directory",
-                    self.peer.id, nack.seq, nack.root, nack.dir or ".", nack.reason)
+        # Once a directory is refused, its later batches are too until the resend arrives:
+        # only the first refusal says why.
+        level = logging.DEBUG if nack.reason == AWAITING_RESYNC else logging.WARNING
+        log.log(level, "%s could not apply batch %d (%s/%s): %s; resyncing that directory",
+                self.peer.id, nack.seq, nack.root, nack.dir or ".", nack.reason)
         if self.host.outbox.nack(self.peer.id, nack.seq, key):
             self.host.repair_directory(key)
 

@@ -12,6 +12,7 @@ the origin does not share.
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -39,8 +40,11 @@ class Reading:
         key = os.fspath(path)
         data = self._cache.get(key)
         if data is None:
-            with open(key, "rb") as f:
-                data = f.read()
+            try:
+                with open(key, "rb") as f:
+                    data = f.read()
+            except NotADirectoryError:  # a file stands where a directory on the way belongs
+                raise FileNotFoundError(errno.ENOENT, "no such file", key) from None
             self.bytes += len(data)
             if Reading.on_read is not None:
                 Reading.on_read()

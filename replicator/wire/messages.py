@@ -109,6 +109,9 @@ class Ack(Message):
     seq: int
 
 
+AWAITING_RESYNC = "awaiting resync"  # Nack reason: an earlier batch for the directory failed
+
+
 @dataclass(frozen=True)
 class Nack(Message):
     """Batch `seq` could not be applied to `root`/`dir`; the origin resyncs that directory."""

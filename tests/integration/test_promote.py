@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -141,6 +142,28 @@ def test_damaged_replica_is_named_refused_and_repaired(nodes: TwoNodes) -> None:
     assert repaired.returncode == 0, repaired.stdout
     assert json.loads(repaired.stdout)["differences"] == []
     assert cli(nodes, "verify", "--local").returncode == 0
+
+
+@pytest.mark.parametrize("mail_format", ["maildir"])
+def test_directory_replaced_by_a_file_in_the_replica_is_put_back(nodes: TwoNodes) -> None:
+    """A file where a mailbox directory belongs (a cut-short write, a stray tool) must not
+    make the replica refuse that mailbox's batches for ever: repair puts the directory back
+    and later changes apply again."""
+    Workload(nodes.dovecot_a, nodes.users, ops=60, seed=4).run()
+    nodes.quiesce()
+    inboxes = sorted((nodes.repl_b.replica_dir / "a" / "index").glob("*/.INBOX"))
+    victim = inboxes[0]
+    shutil.rmtree(victim)
+    victim.write_bytes(b"not a directory")
+
+    assert cli(nodes, "verify", "--local").returncode == 1
+    repaired = cli(nodes, "verify", "--repair", "--json")
+    assert repaired.returncode == 0, repaired.stdout
+    assert victim.is_dir()
+    Workload(nodes.dovecot_a, nodes.users, ops=60, seed=5).run()
+    nodes.quiesce()
+    final = cli(nodes, "verify", "--json")
+    assert final.returncode == 0, final.stdout
 
 
 @pytest.mark.parametrize("mail_format", ["maildir"])

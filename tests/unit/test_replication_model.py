@@ -61,7 +61,13 @@ class Replication(RuleBasedStateMachine):
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     def _path(self, directory: str, name: str) -> Path:
+        """`directory/name` ready to be written as a file (whatever stood in the way, gone)."""
         path = self.origin / directory / name
+        for above in reversed(path.relative_to(self.origin).parents):
+            if (self.origin / above).is_file():
+                (self.origin / above).unlink()
+        if path.is_dir():
+            shutil.rmtree(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         return path
 
@@ -88,7 +94,7 @@ class Replication(RuleBasedStateMachine):
     @rule(directory=st.sampled_from(DIRS))
     def rotate_log(self, directory: str) -> None:
         log = self._path(directory, "dovecot.index.log")
-        if log.exists():
+        if log.is_file():
             old = self._path(directory, "dovecot.index.log.2")
             old.unlink(missing_ok=True)
             os.link(log, old)
@@ -99,7 +105,7 @@ class Replication(RuleBasedStateMachine):
     @rule(directory=st.sampled_from(DIRS))
     def backup_index(self, directory: str) -> None:
         index = self._path(directory, "dovecot.index")
-        if index.exists():
+        if index.is_file():
             backup = self._path(directory, "dovecot.index.backup")
             backup.unlink(missing_ok=True)
             os.link(index, backup)
@@ -109,7 +115,7 @@ class Replication(RuleBasedStateMachine):
         """sdbox/mdbox: unlink the old backup, hard-link the index to it, rename a new index in
         (inode numbers freed by the unlink are often reused at once)."""
         index = self._path(directory, "dovecot.index")
-        if index.exists():
+        if index.is_file():
             backup = self._path(directory, "dovecot.index.backup")
             backup.unlink(missing_ok=True)
             os.link(index, backup)
@@ -119,7 +125,9 @@ class Replication(RuleBasedStateMachine):
 
     @rule(directory=st.sampled_from(DIRS), name=st.sampled_from(NAMES))
     def delete(self, directory: str, name: str) -> None:
-        (self.origin / directory / name).unlink(missing_ok=True)
+        path = self.origin / directory / name
+        if path.is_file():
+            path.unlink()
 
     @rule(directory=st.sampled_from(DIRS[1:]))
     def delete_mailbox(self, directory: str) -> None:
@@ -131,6 +139,22 @@ class Replication(RuleBasedStateMachine):
         target = self.origin / (directory + "-renamed")
         if source.is_dir() and not target.exists():
             os.rename(source, target)
+
+    @rule(directory=st.sampled_from(DIRS), name=st.sampled_from(NAMES))
+    def replace_file_by_directory(self, directory: str, name: str) -> None:
+        """Not something Dovecot does to its own files, but a name may change kind."""
+        path = self._path(directory, name)
+        if path.is_file():
+            path.unlink()
+            (path / "dovecot.index").mkdir(parents=True)
+            (path / "dovecot.index.log").write_bytes(b"log in a directory that was a file")
+
+    @rule(directory=st.sampled_from(DIRS[1:]))
+    def replace_directory_by_file(self, directory: str) -> None:
+        path = self.origin / directory
+        if path.is_dir():
+            shutil.rmtree(path)
+            path.write_bytes(b"file where a directory was")
 
     # -- what can go wrong on the replica ----------------------------------------------------
     @rule()
@@ -147,6 +171,32 @@ class Replication(RuleBasedStateMachine):
             victim.write_bytes(victim.read_bytes() + b"!")
             self.corrupted = True
             self._open_store()  # forget cached digests, as a real restart would
+
+    @precondition(lambda self: not self.corrupted)
+    @rule(index=st.integers(0, 1000))
+    def replace_a_replica_directory_by_a_file(self, index: int) -> None:
+        """What an interrupted or buggy write could leave: the receiver must put the
+        directory back instead of refusing every later batch for it."""
+        top = self.tmp / "replica" / "a" / "index"
+        dirs = sorted(p for p in top.rglob("*") if p.is_dir())
+        if dirs:
+            victim = dirs[index % len(dirs)]
+            shutil.rmtree(victim)
+            victim.write_bytes(b"not a directory")
+            self.corrupted = True
+            self._open_store()
+
+    @precondition(lambda self: not self.corrupted)
+    @rule(index=st.integers(0, 1000))
+    def replace_a_replica_file_by_a_directory(self, index: int) -> None:
+        top = self.tmp / "replica" / "a" / "index"
+        files = sorted(p for p in top.rglob("*") if p.is_file())
+        if files:
+            victim = files[index % len(files)]
+            victim.unlink()
+            (victim / "stray").mkdir(parents=True)
+            self.corrupted = True
+            self._open_store()
 
     # -- shipping ------------------------------------------------------------------------------
     @rule()
