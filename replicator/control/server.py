@@ -105,11 +105,14 @@ async def _send(writer: asyncio.StreamWriter, line: str) -> None:
 
 async def request(path: Path, line: str, timeout: float = 5.0) -> str:
     """One request from a tool (status, tests): connect, handshake, ask, return the reply."""
-    reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(path)), timeout)
+    async with asyncio.timeout(timeout):
+        reader, writer = await asyncio.open_unix_connection(str(path))
     try:
         await _send(writer, protocol.VERSION_LINE)
-        protocol.parse_version(await asyncio.wait_for(_line(reader), timeout))
+        async with asyncio.timeout(timeout):
+            protocol.parse_version(await _line(reader))
         await _send(writer, line)
-        return await asyncio.wait_for(_line(reader), timeout)
+        async with asyncio.timeout(timeout):
+            return await _line(reader)
     finally:
         writer.close()

@@ -35,6 +35,7 @@ from replicator.dovecot.procs import (
     signal_until_gone,
     wait_gone,
 )
+from replicator.testing.lifetime import tied_to_us
 
 if TYPE_CHECKING:
     import imapclient
@@ -138,7 +139,8 @@ class DovecotInstance:
         out = (self.workdir / "dovecot.stdout").open("ab")
         with out:
             self._proc = subprocess.Popen(
-                ["dovecot", "-F", "-c", str(self.config_path)], stdin=subprocess.DEVNULL,
+                tied_to_us(["dovecot", "-F", "-c", str(self.config_path)]),
+                stdin=subprocess.DEVNULL,
                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         self._wait_for_greeting(time.monotonic() + timeout)
 

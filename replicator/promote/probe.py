@@ -28,7 +28,8 @@ async def _probe(config: Config, origin: str) -> str | None:
     try:
         await transport.send(session.send(Hello(config.node_id, "verifier",
                                                 f"dovecot-replicator/{__version__}")))
-        data = await asyncio.wait_for(transport.recv(), PROBE_TIMEOUT)
+        async with asyncio.timeout(PROBE_TIMEOUT):
+            data = await transport.recv()
         for message in session.receive_data(data) if data else []:
             if isinstance(message, Hello):
                 return f"node {message.node} ({message.software}) answers at {peer.address}"

@@ -59,7 +59,8 @@ class Listener:
     async def handle(self, transport: Transport) -> None:
         session = Session("server", max_frame_bytes=self.config.tuning.max_frame_bytes)
         try:
-            hello = await asyncio.wait_for(self._hello(transport, session), HELLO_TIMEOUT)
+            async with asyncio.timeout(HELLO_TIMEOUT):
+                hello = await self._hello(transport, session)
             if hello.role == "origin":
                 await self._serve_origin(transport, session, hello)
             elif hello.role == "verifier":

@@ -198,7 +198,8 @@ class PeerLink:
         self.resyncs += 1
         self._manifest = asyncio.get_running_loop().create_future()
         await transport.send(session.send(ManifestRequest(self.resyncs)))
-        manifest = await asyncio.wait_for(self._manifest, self.host.ack_timeout * 6)
+        async with asyncio.timeout(self.host.ack_timeout * 6):
+            manifest = await self._manifest
         untrusted = self.host.diff_manifest(manifest.payload)
         start = self.host.resync(untrusted)
         cursor = self.host.outbox.cursors[self.peer.id]

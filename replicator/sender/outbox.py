@@ -147,7 +147,8 @@ class Outbox:
         entry = (target, keys, quorum, future)
         self._waiters.append(entry)
         try:
-            return await asyncio.wait_for(future, timeout)
+            async with asyncio.timeout(timeout):
+                return await future
         finally:
             if entry in self._waiters:
                 self._waiters.remove(entry)

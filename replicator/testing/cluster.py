@@ -23,6 +23,7 @@ from typing import Any
 from replicator.control import protocol
 from replicator.control.server import request
 from replicator.dovecot.instance import free_port
+from replicator.testing.lifetime import tied_to_us
 
 
 @dataclass
@@ -92,8 +93,8 @@ class ReplicatorNode:
         self.write_config()
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [*self.wrap, sys.executable, "-m", "replicator", "run", "--config",
-                 str(self.config_path)],
+                tied_to_us([*self.wrap, sys.executable, "-m", "replicator", "run",
+                            "--config", str(self.config_path)]),
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True)
         deadline = time.monotonic() + timeout

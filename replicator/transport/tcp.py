@@ -65,7 +65,8 @@ class TcpTransport:
         self._closed = True
         self._writer.close()
         with contextlib.suppress(ConnectionError, OSError, TimeoutError):
-            await asyncio.wait_for(self._writer.wait_closed(), 2)
+            async with asyncio.timeout(2):
+                await self._writer.wait_closed()
 
     async def _abort(self) -> None:
         self._closed = True
@@ -88,9 +89,9 @@ def server_tls(cert: Path, key: Path, ca: Path) -> ssl.SSLContext:
 
 async def connect(address: Address, tls: ssl.SSLContext | None, timeout: float,
                   reason: str = "configured") -> TcpTransport:
-    reader, writer = await asyncio.wait_for(
-        asyncio.open_connection(address.host, address.port, ssl=tls, limit=READ_CHUNK),
-        timeout)
+    async with asyncio.timeout(timeout):
+        reader, writer = await asyncio.open_connection(address.host, address.port, ssl=tls,
+                                                       limit=READ_CHUNK)
     return TcpTransport(reader, writer, reason)
 
 

@@ -41,7 +41,8 @@ async def origin_manifest(config: Config, origin: str) -> Manifest:
         await transport.send(session.send(Hello(config.node_id, "verifier",
                                                 f"dovecot-replicator/{__version__}")))
         while True:
-            data = await asyncio.wait_for(transport.recv(), 60)
+            async with asyncio.timeout(60):
+                data = await transport.recv()
             if not data:
                 raise TransportClosed(f"{origin} closed the connection")
             for message in session.receive_data(data):

@@ -438,7 +438,8 @@ def test_the_daemons_own_control_server_understands_the_plugin(
 async def _settle() -> None:
     """Waits for the event loop's other tasks (the server's client handlers) to finish."""
     others = asyncio.all_tasks() - {asyncio.current_task()}
-    await asyncio.wait_for(asyncio.gather(*others, return_exceptions=True), 15)
+    async with asyncio.timeout(15):
+        await asyncio.gather(*others, return_exceptions=True)
 
 
 # --- next to Dovecot's own plugins -------------------------------------------------------------
