@@ -82,6 +82,9 @@ class DigestJournal:
 
     def flush(self) -> None:
         if not self._pending:
+            if not self.exists:  # a replica with no files yet is verifiable (and empty)
+                self.path.touch()
+                self.exists = True
             return
         if self._lines + len(self._pending) > 2 * len(self.files) + 1000:
             self._rewrite()
