@@ -56,7 +56,7 @@ unit: bootstrap
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
 integration: bootstrap
-	$(PY) -m pytest tests/integration tests/faults $(PYTEST_ARGS)
+	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
 bench: bootstrap
 	$(PY) -m bench.run
