@@ -13,6 +13,7 @@ their own index and control roots, as the replicator's deployment does.
 from __future__ import annotations
 
 import shutil
+import subprocess
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ import pytest
 
 from replicator.dovecot.instance import DovecotInstance, DovecotLayout, MailFormat
 from replicator.dovecot.instance_conf import MAIL_FORMATS
+from tests.integration.plugin_support import NATIVE
 
 DEFAULT_USERS = ("u1", "u2", "u3")
 
@@ -77,3 +79,10 @@ def dovecot_factory(tmp_path: Path, mail_format: MailFormat) -> Iterator[Dovecot
         yield factory
     finally:
         factory.close()
+
+
+@pytest.fixture(scope="session")
+def plugin_dir() -> Path:
+    """The sync-commit plugin, built once per run (native/Makefile)."""
+    subprocess.run(["make", "-s", "-C", str(NATIVE)], check=True)
+    return NATIVE

@@ -28,14 +28,10 @@ import pytest
 
 from replicator.dovecot.instance import DovecotInstance, DovecotLayout, MailFormat
 from tests.integration.fake_control import FakeControl, Flush, tab_unescape
+from tests.integration.plugin_support import CRASH_MARKERS, METRICS, MSG, stats_count
 
 pytestmark = pytest.mark.integration
 
-NATIVE = Path(__file__).resolve().parents[2] / "native"
-MSG = b"From: a@example.org\r\nTo: u1@example.org\r\nSubject: t\r\n\r\nbody\r\n"
-METRICS = "".join(f"metric {n} {{\n  filter = event={n}\n}}\n"
-                  for n in ("replicator_sync_degraded", "replicator_sync_failed"))
-CRASH_MARKERS = ("Panic:", "Fatal:", "killed with signal")
 # REPLICATOR_SYNC_VALGRIND=<dir>: imap runs under memcheck, logs in <dir>/<test>/vg.<pid>; a test
 # fails if they report an error or a definite/indirect leak
 VALGRIND_DIR = os.environ.get("REPLICATOR_SYNC_VALGRIND")
@@ -87,20 +83,7 @@ class Rig:
         return lines
 
     def metric(self, name: str, expected: int) -> int:
-        """The stats service's count for an event, polled for until it is `expected`."""
-        deadline = time.monotonic() + 10.0
-        while True:
-            rows = [ln.split("\t") for ln in self.inst.doveadm("stats", "dump").splitlines()]
-            count = next(int(r[2]) for r in rows if r[0] == name)
-            if count == expected or time.monotonic() > deadline:
-                return count
-            time.sleep(0.01)
-
-
-@pytest.fixture(scope="session")
-def plugin_dir() -> Path:
-    subprocess.run(["make", "-s", "-C", str(NATIVE)], check=True)
-    return NATIVE
+        return stats_count(self.inst, name, expected)
 
 
 @pytest.fixture

@@ -28,15 +28,11 @@ from replicator.control.server import ControlServer
 from replicator.dovecot.doveadm import mailbox_status
 from replicator.dovecot.instance import DovecotInstance, DovecotLayout, MailFormat
 from tests.integration.fake_control import FakeControl, Flush, dead_socket
+from tests.integration.plugin_support import CRASH_MARKERS, METRICS, MSG, stats_count
 
 pytestmark = pytest.mark.integration
 
-NATIVE = Path(__file__).resolve().parents[2] / "native"
 TIMEOUT_MS = 1000  # the plugin's replicator_sync_timeout here: silent-daemon tests wait this long
-MSG = b"From: a@example.org\r\nTo: u1@example.org\r\nSubject: t\r\n\r\nbody\r\n"
-METRICS = "".join(f"metric {n} {{\n  filter = event={n}\n}}\n"
-                  for n in ("replicator_sync_degraded", "replicator_sync_failed"))
-CRASH_MARKERS = ("Panic:", "Fatal:", "killed with signal")
 
 
 @dataclass
@@ -59,21 +55,7 @@ class Rig:
         return list(self.control.flushes)
 
     def metric(self, name: str, expected: int) -> int:
-        """How many events of that name the stats service counted, polled for until it is
-        `expected` (events reach the stats process asynchronously) or the deadline passes."""
-        deadline = time.monotonic() + 10.0
-        while True:
-            rows = [ln.split("\t") for ln in self.inst.doveadm("stats", "dump").splitlines()]
-            count = next(int(r[2]) for r in rows if r[0] == name)
-            if count == expected or time.monotonic() > deadline:
-                return count
-            time.sleep(0.01)
-
-
-@pytest.fixture(scope="session")
-def plugin_dir() -> Path:
-    subprocess.run(["make", "-s", "-C", str(NATIVE)], check=True)
-    return NATIVE
+        return stats_count(self.inst, name, expected)
 
 
 @pytest.fixture
