@@ -186,7 +186,9 @@ class Daemon(LinkHost):
             return False, 0, f"no replica of {origin!r} here"
         report = await asyncio.to_thread(verify_replica, self.config.replica_root(origin),
                                          sorted(self.config.roots))
-        damaged = [d for d in report.differences if d.check == "journal"]
+        replica = self.store.origin(origin)
+        damaged = [d for d in report.differences
+                   if d.check == "journal" and replica.differs_from_journal(d.file)]
         if damaged or report.errors:
             log.warning("replica of %s: %d damaged file(s) (%s); asking %s to resend them",
                         origin, len(damaged), ", ".join(d.file for d in damaged[:5]), origin)

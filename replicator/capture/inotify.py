@@ -139,8 +139,7 @@ class InotifyWatcher:
             self._event(wd, mask, os.fsdecode(raw), hints)
 
     def _event(self, wd: int, mask: int, name: str, hints: list[Hint]) -> None:
-        if mask & IN_Q_OVERFLOW:
-            log.warning("inotify queue overflowed: events were lost, rescanning everything")
+        if mask & IN_Q_OVERFLOW:  # on_overflow says so in the log and rescans
             self._loop.call_soon(self._on_overflow)
             return
         where = self._paths.get(wd)

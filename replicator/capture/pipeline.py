@@ -37,7 +37,6 @@ class Capture:
         self._held: set[DirKey] = set()
         self._flush_handle: asyncio.Handle | None = None
         self._watcher: Watcher | InotifyWatcher | None = None
-        self._events_lost = False
         self._lock_waiter = LockWaiter()
 
     def start(self, loop: asyncio.AbstractEventLoop) -> BuildResult:
@@ -72,7 +71,6 @@ class Capture:
 
     def _on_overflow(self) -> None:
         log.warning("filesystem events were lost (inotify queue overflow): full rescan")
-        self._events_lost = True
         asyncio.get_running_loop().create_task(self.rescan())
 
     def pending(self, keys: set[DirKey] | frozenset[DirKey] | None = None) -> bool:
@@ -158,14 +156,11 @@ class Capture:
         keys = [(name, "") for name in self.roots]
         keys += [(root, reldir) for root in self.manifest.roots()
                  for reldir, _ in self.manifest.dirs(root) if reldir]
-        lost_before = self._events_lost
         for start in range(0, len(keys), RESCAN_SLICE):
             for key in keys[start : start + RESCAN_SLICE]:
                 self.mark(key, set())
             self.flush()
             await asyncio.sleep(0)
-        if lost_before:
-            self._events_lost = False
 
     def resync(self, untrusted: Mapping[DirKey, set[str] | None]) -> list[Draft]:
         """Whole files for `untrusted` directories (retried when Dovecot holds a lock)."""
@@ -173,7 +168,7 @@ class Capture:
         for draft in result.drafts:
             draft.resync = True
         if result.busy:
-            retry = {k: untrusted[k] for k in result.busy}
+            retry = {k: untrusted.get(k) for k in result.busy}  # found below: all files
             asyncio.get_running_loop().call_later(BUSY_RETRY * 10, self._resync_later, retry)
         return result.drafts
 

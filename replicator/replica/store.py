@@ -17,7 +17,9 @@ from pathlib import Path
 
 from replicator.delta.ops import Op, decode_ops
 from replicator.errors import ApplyError, FencedError, PathError, ProtocolError
+from replicator.hashing import digest
 from replicator.paths import check_relpath, check_root_name
+from replicator.replica import fileio
 from replicator.replica.apply import ApplyStats, BatchApplier, DigestCache
 from replicator.replica.journal import DigestJournal
 from replicator.replica.state import AppliedState, Fences
@@ -92,6 +94,20 @@ class OriginReplica:
         self.state.save(self.state_path)
         self.digests = DigestCache()
         self._parts, self._next_part = [], 0
+
+    def differs_from_journal(self, rel: str) -> bool:
+        """Whether `rel` (root/path) differs from what the journal says it must hold, checked
+        now. Called on the event loop, where no batch is half applied: a verification that ran
+        in a thread beside the applier may have read a file as it was being replaced."""
+        expected = self.journal.files.get(rel)
+        path = self.base / rel
+        try:
+            data = fileio.read_bytes(path) if fileio.kind_of(path) == "file" else None
+        except FileNotFoundError:
+            data = None
+        if data is None or expected is None:
+            return (data is None) != (expected is None)
+        return (len(data), digest(data).hex()) != expected
 
     def save_state(self) -> None:
         """Record how far we got, and the digests of what changed; called before

@@ -12,6 +12,7 @@ commit plugin waits on.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections import deque
 from collections.abc import Iterable
@@ -98,7 +99,7 @@ class Outbox:
             return []
         if not self._batches or self._batches[0].seq > seq + 1:
             return None
-        return [b for b in self._batches if b.seq > seq]
+        return list(itertools.islice(self._batches, seq + 1 - self._batches[0].seq, None))
 
     def last_seq(self, key: DirKey) -> int:
         return self._last_seq.get(key, 0)
@@ -108,12 +109,15 @@ class Outbox:
         if seq <= cursor.acked:
             return
         now = time.monotonic()
-        for batch in self._batches:
-            if cursor.acked < batch.seq <= seq:
-                cursor.lag.append(now - batch.created)
-                if batch.resync and batch.key in cursor.broken and \
-                        cursor.broken[batch.key] < batch.seq:
-                    del cursor.broken[batch.key]
+        # Retained seqs are consecutive: index straight to the newly acknowledged ones (a
+        # peer that is down keeps many batches here; the others' acks must not walk them).
+        first = self._batches[0].seq if self._batches else seq + 1
+        for index in range(max(cursor.acked + 1 - first, 0),
+                           min(seq + 1 - first, len(self._batches))):
+            batch = self._batches[index]
+            cursor.lag.append(now - batch.created)
+            if batch.resync and cursor.broken.get(batch.key, batch.seq) < batch.seq:
+                del cursor.broken[batch.key]
         cursor.acked = seq
         self._trim()
         self._wake_waiters()

@@ -83,11 +83,16 @@ def test_workload_replicates_byte_for_byte(nodes: tuple[DovecotInstance, Replica
     workload = Workload(dovecot, USERS, ops=520, seed=3)
     index_root = dovecot.layout.index_root
     early: dict[str, dict[Path, int]] = {}
+    scrubs = []
     for step in workload.steps():
         if step.index == 120:
             early = {n: file_inodes(index_root, n) for n in ("dovecot.index",
                                                               "dovecot.index.cache")}
+        if step.index % 40 == 0:  # b's scrub, while a's batches keep landing
+            scrubs.append(b.ask("REPAIR\t1\ta"))
     workload.close()
+    # a scrub that reads files as the applier replaces them must not call them damaged
+    assert scrubs and set(scrubs) == {"OK\t1\t0"}, scrubs
     report = workload.report
     assert sum(report.counts.values()) >= 500
     assert {"APPEND", "STORE", "EXPUNGE", "COPY", "MOVE", "CREATE", "RENAME", "DELETE",
