@@ -1,7 +1,9 @@
 """The control socket server: one task per client, one request at a time per connection.
 
 The socket is created with the configured mode (default 0666 so Dovecot's mail processes, which
-run as the mail users, can connect) in a directory created if missing.
+run as the mail users, can connect) in a directory created if missing. Any client may FLUSH and
+ask STATUS; BARRIER, REPAIR and FENCE, which make the daemon do work or drop a link, are
+answered only for root or the daemon's own user (the kernel's SO_PEERCRED says who asks).
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import contextlib
 import json
 import logging
 import os
+import socket
+import struct
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -20,6 +24,7 @@ from replicator.errors import ProtocolError
 log = logging.getLogger(__name__)
 
 Answer = tuple[bool, int, str]  # ok, a count for OK, the reason for FAIL
+ADMIN_VERBS = ("BARRIER", "REPAIR", "FENCE")
 
 
 class ControlHost(Protocol):
@@ -57,11 +62,12 @@ class ControlServer:
             self.path.unlink()
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        admin = _peer_uid(writer) in (0, os.geteuid())
         try:
             protocol.parse_version(await _line(reader))
             await _send(writer, protocol.VERSION_LINE)
             while line := await _line(reader):
-                await _send(writer, await self._request(line))
+                await _send(writer, await self._request(line, admin))
         except ProtocolError as exc:
             log.warning("control client: %s", exc)
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
@@ -69,9 +75,11 @@ class ControlServer:
         finally:
             writer.close()
 
-    async def _request(self, line: str) -> str:
+    async def _request(self, line: str, admin: bool) -> str:
         fields = line.split("\t")
         verb, ident = fields[0], fields[1] if len(fields) > 1 else ""
+        if verb in ADMIN_VERBS and not admin:
+            return protocol.fail(ident, f"{verb} is for root or the daemon's user")
         if verb == "FLUSH":
             request = protocol.parse_flush(fields)
             return _reply(request.id, await self.host.flush_and_wait(request))
@@ -84,6 +92,15 @@ class ControlServer:
         if verb == "STATUS" and len(fields) == 2:
             return f"STATUS\t{ident}\t{protocol.escape(json.dumps(self.host.status()))}"
         raise ProtocolError(f"unknown control request {verb[:40]!r}")
+
+
+def _peer_uid(writer: asyncio.StreamWriter) -> int | None:
+    sock = writer.get_extra_info("socket")
+    if sock is None:
+        return None
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return int(uid)
 
 
 def _reply(ident: str, answer: Answer) -> str:

@@ -4,8 +4,11 @@ directories written by the test."""
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -159,3 +162,33 @@ def test_status_without_a_daemon_is_one_clear_line(tmp_path: Path) -> None:
                           timeout=60)
     assert proc.returncode == 2
     assert "cannot reach the daemon" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_control_socket_serves_mail_users_flush_and_status_but_not_admin_verbs(
+        tmp_path: Path, nodes: list[ReplicatorNode]) -> None:
+    """The socket is world-writable so Dovecot's mail processes reach it; a user who is not
+    root may ask STATUS and FLUSH, never REPAIR, FENCE or BARRIER."""
+    reachable = Path(tempfile.mkdtemp(prefix="ctl-", dir="/tmp"))  # pytest's tmp is 0700
+    reachable.chmod(0o755)
+    a = ReplicatorNode(reachable / "a", "a", roots(tmp_path / "a-roots"), peers=[])
+    nodes.append(a)
+    a.start()
+    script = (
+        "import asyncio, json, os, sys\n"
+        "from replicator.control.server import request\n"
+        "os.setgid(65534); os.setuid(65534)\n"
+        "for line in sys.argv[2:]:\n"
+        "    print(json.dumps(asyncio.run(request(sys.argv[1], line)).split(chr(9))[:3]))\n")
+    lines = ["STATUS\t1", "REPAIR\t2\tb", "FENCE\t3\tb", "BARRIER\t4\t1000",
+             f"FLUSH\t5\t1000\tfail\tu1\t{tmp_path / 'a-roots' / 'index'}"]
+    proc = subprocess.run([sys.executable, "-c", script, str(a.control_socket), *lines],
+                          capture_output=True, text=True, timeout=60, cwd=Path.cwd())
+    assert proc.returncode == 0, proc.stderr
+    replies = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert replies[0][:2] == ["STATUS", "1"]
+    for reply, verb in zip(replies[1:4], ("REPAIR", "FENCE", "BARRIER"), strict=True):
+        assert reply[0] == "FAIL" and f"{verb} is for root" in reply[2]
+    assert replies[4][:2] == ["OK", "5"]  # no peers: nothing to wait for
+    assert a.ask("REPAIR\t6\tb").startswith("FAIL\t6\tno replica of 'b'")  # root may
+    a.stop()
+    shutil.rmtree(reachable)
