@@ -4,7 +4,7 @@ place with a UID safety gap, and say what was done.
 Order matters: nothing is touched before the fence (a higher epoch for the origin, written
 durably) is in place, so no batch of the old origin can change the copy while it is being
 promoted; a copy that fails verification is never promoted; and running promote again does
-not overwrite what this node's Dovecot has done since (a marker records the promote).
+not overwrite what this node's Dovecot has done since (a marker records the users promoted).
 """
 
 from __future__ import annotations
@@ -59,27 +59,42 @@ def marker_path(config: Config, origin: str) -> Path:
 
 def promote(config: Config, origin: str, *, users: list[str] | None = None,
             force: bool = False, uid_gap: int | None = None) -> PromoteResult:
+    """Promote `users` (default: every user of the copy). Users promoted before are left
+    alone unless `force`: Dovecot here may have changed them since. Promoting in several
+    steps (a few users at a time) is fine: each step takes the users not yet done."""
     started = time.monotonic()
     replica = _checked_replica(config, origin)
     state = AppliedState.load(replica / ".applied.json")
     marker = marker_path(config, origin)
-    if marker.exists() and not force:
-        previous = json.loads(marker.read_text())
-        return PromoteResult(origin, int(previous["epoch"]), list(previous["users"]),
-                             already=True)
+    done = set(json.loads(marker.read_text())["users"]) if marker.exists() else set()
+    wanted = _wanted_users(replica, config, origin, users)
+    todo = wanted if force else [u for u in wanted if u not in done]
+    epoch = max(state.epoch, 1) + 1
+    if not todo:
+        return PromoteResult(origin, epoch, wanted, already=True)
     _refuse_if_alive(config, origin, force)
     _refuse_if_damaged(replica, config)
-    epoch = max(state.epoch, 1) + 1
     Fences(config.state_dir / "fences.json").raise_to(origin, epoch)
     tell_daemon_fenced(config, origin)
     gap = uid_gap if uid_gap is not None else (
         0 if state.sync_policy == "fail" else config.tuning.promote_uid_gap)
-    result = PromoteResult(origin, epoch, uid_gap=gap)
-    _materialize(config, replica, users, result)
+    result = PromoteResult(origin, epoch, todo, uid_gap=gap)
+    _materialize(config, replica, result)
     marker.parent.mkdir(parents=True, exist_ok=True)
-    save_json(marker, {**asdict(result), "time": time.time()}, durable=True)
+    save_json(marker, {**asdict(result), "users": sorted(done | set(todo)),
+                       "time": time.time()}, durable=True)
     result.seconds = time.monotonic() - started
     return result
+
+
+def _wanted_users(replica: Path, config: Config, origin: str,
+                  users: list[str] | None) -> list[str]:
+    available = replica_users(replica, config.roots)
+    missing = sorted(set(users or []) - set(available))
+    if missing:
+        raise ReplicatorError(f"no such user(s) in the replica of {origin}: "
+                              f"{', '.join(missing)}")
+    return sorted(users) if users else available
 
 
 def tell_daemon_fenced(config: Config, origin: str) -> None:
@@ -120,12 +135,13 @@ def _raise_in_replica(replica: Path, roots: list[str], result: PromoteResult) ->
     fraction of what they cost on a disk), before it is copied. The fence already stops the
     origin's batches; the digest journal is updated so the copy still verifies, and a mark
     keeps a repeated promote of the same epoch from raising twice."""
-    mark = replica / f".uid-gap-raised-{result.epoch}"
+    mark = replica / f".uid-gap-raised-{result.epoch}.json"
+    raised = set(json.loads(mark.read_text())["users"]) if mark.exists() else set()
     journal = DigestJournal(replica / ".digests")
     for user in result.users:
         summary = raise_user({root: replica / root / user for root in roots
                               if (replica / root / user).is_dir()},
-                             0 if mark.exists() else result.uid_gap)
+                             0 if user in raised else result.uid_gap)
         if summary.failures:
             raise ReplicatorError(f"cannot raise next UIDs of {user}: "
                                   + "; ".join(summary.failures[:5]))
@@ -136,18 +152,11 @@ def _raise_in_replica(replica: Path, roots: list[str], result: PromoteResult) ->
             data = path.read_bytes()
             journal.set(path.relative_to(replica).as_posix(), len(data), digest(data))
     journal.flush()
-    mark.touch()
+    save_json(mark, {"users": sorted(raised | set(result.users))}, durable=False)
 
 
-def _materialize(config: Config, replica: Path, wanted: list[str] | None,
-                 result: PromoteResult) -> None:
+def _materialize(config: Config, replica: Path, result: PromoteResult) -> None:
     targets = dict(config.roots)
-    available = replica_users(replica, targets)
-    missing = sorted(set(wanted or []) - set(available))
-    if missing:
-        raise ReplicatorError(f"no such user(s) in the replica of {result.origin}: "
-                              f"{', '.join(missing)}")
-    result.users = sorted(wanted) if wanted else available
     tick = time.monotonic()
     _raise_in_replica(replica, list(targets), result)
     result.steps["uid_gap"] = time.monotonic() - tick

@@ -24,7 +24,8 @@ def run_promote(args: argparse.Namespace) -> int:
 def _print(result: PromoteResult, roots: str) -> None:
     if result.already:
         print(f"{result.origin} was already promoted here (epoch {result.epoch}, users: "
-              f"{', '.join(result.users)}); nothing to do (--force promotes again)")
+              f"{', '.join(result.users[:10])}{' ...' if len(result.users) > 10 else ''}); "
+              "nothing to do (--force promotes again)")
         return
     print(f"fenced {result.origin} at epoch {result.epoch}: its batches are refused from now on")
     print(f"promoted {len(result.users)} user(s) ({', '.join(result.users[:10])}"

@@ -94,6 +94,31 @@ def test_promote_is_idempotent_and_refuses_a_live_origin(nodes: TwoNodes) -> Non
 
 
 @pytest.mark.parametrize("mail_format", ["maildir"])
+def test_users_promoted_in_steps_all_get_the_gap(nodes: TwoNodes) -> None:
+    """An operator moving users over a few at a time: each step promotes the users not yet
+    done, each with the UID gap, and leaves the earlier ones alone."""
+    Workload(nodes.dovecot_a, nodes.users, ops=120, seed=12).run()
+    nodes.quiesce()
+    before = snapshot(nodes.dovecot_a.config_path, nodes.users)
+    kill_node_a(nodes)
+    first_user, *others = nodes.users
+    first = cli(nodes, "promote", "--uid-gap", str(GAP), "--users", first_user, "--json")
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout)["users"] == [first_user]
+    done = nodes.dovecot_b.layout.index_root / first_user
+    stamp = sorted((p, p.stat().st_mtime_ns) for p in done.rglob("*"))
+    rest = cli(nodes, "promote", "--uid-gap", str(GAP), "--json")
+    assert rest.returncode == 0, rest.stderr
+    assert json.loads(rest.stdout)["users"] == others
+    assert sorted((p, p.stat().st_mtime_ns) for p in done.rglob("*")) == stamp
+    again = cli(nodes, "promote", "--users", others[0])
+    assert again.returncode == 0 and "already promoted" in again.stdout
+    nodes.dovecot_b.start()
+    after = snapshot(nodes.dovecot_b.config_path, nodes.users)
+    assert after == raised(before, GAP), "\n".join(raised(before, GAP).differences(after)[:20])
+
+
+@pytest.mark.parametrize("mail_format", ["maildir"])
 def test_old_epoch_is_refused_after_promote(nodes: TwoNodes) -> None:
     Workload(nodes.dovecot_a, nodes.users, ops=60, seed=8).run()
     nodes.quiesce()
