@@ -87,8 +87,13 @@ def swap_in(user: str, staged: Mapping[str, Path], targets: Mapping[str, Path],
         if destination.exists() or destination.is_symlink():
             backup = targets[root] / backup_name
             backup.mkdir(mode=0o700, exist_ok=True)
-            os.rename(destination, backup / user)
-            moved.append(backup / user)
+            aside = backup / user
+            copies = 1
+            while aside.exists() or aside.is_symlink():  # promoted again with --force
+                copies += 1
+                aside = backup / f"{user}.{copies}"
+            os.rename(destination, aside)
+            moved.append(aside)
         os.rename(source, destination)
     return moved
 

@@ -113,6 +113,12 @@ def test_users_promoted_in_steps_all_get_the_gap(nodes: TwoNodes) -> None:
     assert sorted((p, p.stat().st_mtime_ns) for p in done.rglob("*")) == stamp
     again = cli(nodes, "promote", "--users", others[0])
     assert again.returncode == 0 and "already promoted" in again.stdout
+    aside = []
+    for _ in range(2):  # --force promotes again, moving the current copy aside each time
+        forced = cli(nodes, "promote", "--force", "--users", first_user, "--json")
+        assert forced.returncode == 0, forced.stderr
+        aside += json.loads(forced.stdout)["moved_aside"]
+    assert len(set(aside)) == len(aside) == 2 * len(nodes.repl_b.roots)
     nodes.dovecot_b.start()
     after = snapshot(nodes.dovecot_b.config_path, nodes.users)
     assert after == raised(before, GAP), "\n".join(raised(before, GAP).differences(after)[:20])
