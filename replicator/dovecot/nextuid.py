@@ -34,6 +34,7 @@ from replicator.dovecot.indexfile import NEXT_UID_OFFSET, IndexHeader, parse_ind
 from replicator.dovecot.logappend import LockedLog, locked_log
 from replicator.dovecot.nextuid_files import (
     UIDLIST,
+    NeverSyncedError,
     NextUidError,
     raise_in_index_file,
     raise_uidlist,
@@ -42,7 +43,8 @@ from replicator.dovecot.nextuid_files import (
 from replicator.dovecot.uidlist import peek_next_uid
 from replicator.dovecot.uidstate import UidState, replay_next_uid
 
-__all__ = ["NextUidError", "RaiseResult", "header_update_record", "raise_next_uid"]
+__all__ = ["NeverSyncedError", "NextUidError", "RaiseResult", "header_update_record",
+           "raise_next_uid"]
 
 INDEX, LOG, LOG2 = "dovecot.index", "dovecot.index.log", "dovecot.index.log.2"
 UID_MAX = 0xFFFFFFFF
@@ -136,7 +138,7 @@ def _may_write(state: UidState, box: Path, control_dir: Path | None) -> bool:
         return True
     if control_dir is not None and (control_dir / UIDLIST).exists():
         return False
-    raise NextUidError(f"{box / LOG}: uid_validity is 0 (mailbox never synced); raising "
+    raise NeverSyncedError(f"{box / LOG}: uid_validity is 0 (mailbox never synced); raising "
                        "next_uid would make Dovecot declare the index corrupted")
 
 
@@ -144,11 +146,11 @@ def _without_log(box: Path, index: tuple[IndexHeader, bytes] | None, wanted: int
                  control_dir: Path | None, fsync: bool) -> RaiseResult:
     """No log: patch dovecot.index if there is one; a maildir may have only its uidlist."""
     if index is not None and index[0].uid_validity == 0 and control_dir is None:
-        raise NextUidError(f"{box / INDEX}: uid_validity is 0 (never synced); "
+        raise NeverSyncedError(f"{box / INDEX}: uid_validity is 0 (never synced); "
                            "raising next_uid would make Dovecot declare it corrupted")
     uidlist = raise_uidlist(control_dir, wanted, fsync) if control_dir else None
     if index is None and uidlist is None:
-        raise NextUidError(f"{box}: no {INDEX}, {LOG} or {UIDLIST} to raise")
+        raise NeverSyncedError(f"{box}: no {INDEX}, {LOG} or {UIDLIST} to raise")
     previous = index[0].next_uid if index is not None else 0
     rewritten = (index is not None and index[0].uid_validity != 0
                  and raise_in_index_file(box / INDEX, wanted, fsync))

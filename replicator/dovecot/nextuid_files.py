@@ -19,7 +19,7 @@ from replicator.dovecot.indexfile import NEXT_UID_OFFSET, parse_index
 from replicator.dovecot.uidlist import peek_next_uid, with_next_uid
 from replicator.errors import ReplicatorError
 
-__all__ = ["NextUidError", "raise_in_index_file", "raise_uidlist", "read_file"]
+__all__ = ["NeverSyncedError", "NextUidError", "raise_in_index_file", "raise_uidlist", "read_file"]
 
 UIDLIST = "dovecot-uidlist"
 _U32 = struct.Struct("<I")
@@ -27,6 +27,12 @@ _U32 = struct.Struct("<I")
 
 class NextUidError(ReplicatorError):
     """The next uid cannot be raised safely here (files locked, missing, or never synced)."""
+
+
+class NeverSyncedError(NextUidError):
+    """The mailbox has no UIDVALIDITY yet (or no index at all): no client can hold a UID of
+    it, and Dovecot gives it a new UIDVALIDITY at its first sync, so there is nothing to
+    raise."""
 
 
 def raise_uidlist(control_dir: Path, wanted: int, fsync: bool) -> tuple[int, bool] | None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from replicator.dovecot.listindex import forget_cached_status
 from replicator.dovecot.logappend import LogLockedError
-from replicator.dovecot.nextuid import NextUidError, raise_next_uid
+from replicator.dovecot.nextuid import NeverSyncedError, raise_next_uid
 from replicator.errors import ReplicatorError
 
 MAILBOX_MARKERS = ("dovecot.index", "dovecot.index.log")
@@ -61,12 +61,11 @@ def raise_user(user_roots: Mapping[str, Path], gap: int) -> RaiseSummary:
         except LogLockedError as exc:
             summary.failures.append(f"{rel}: {exc}")
             continue
-        except NextUidError:
-            # Never synced (UIDVALIDITY 0) or nothing written yet: no client can hold a UID
-            # of it under a UIDVALIDITY it will keep; Dovecot gives it a new UIDVALIDITY.
+        except NeverSyncedError:
+            # no client can hold a UID of it under a UIDVALIDITY it will keep
             summary.unsynced.append(rel)
             continue
-        except (ReplicatorError, OSError) as exc:  # DovecotFormatError, I/O
+        except (ReplicatorError, OSError) as exc:  # NextUidError, DovecotFormatError, I/O
             summary.failures.append(f"{rel}: {exc}")
             continue
         summary.raised += int(result.changed)
