@@ -95,13 +95,15 @@ def _parser() -> argparse.ArgumentParser:
                     "journal and Dovecot's rules, copy its users into this node's Dovecot "
                     "roots (per user: stage, sync, rename), raising each mailbox's next UID by "
                     "a safety gap unless the origin ran sync commit with the fail policy. "
-                    "Refuses while the origin still answers, unless --force. Running it again "
-                    "does nothing.",
+                    "Refuses while the origin still answers, unless --force. Users promoted "
+                    "before are left alone, so users can be moved in steps (--users).",
         epilog="example:\n  dovecot-replicator promote --config /etc/dovecot-replicator/"
                "node.toml --origin a\nthen start (or reload) Dovecot for the promoted users.")
     promote.add_argument("--config", type=Path, required=True, help="this node's configuration")
     promote.add_argument("--origin", required=True, help="node id of the dead node")
-    promote.add_argument("--users", nargs="+", metavar="USER", help="only these users")
+    promote.add_argument("--users", nargs="+", metavar="USER",
+                         help="only these users (default: every user of the copy not promoted "
+                              "yet)")
     promote.add_argument("--force", action="store_true",
                          help="promote although the origin answers (it must be fenced off by "
                               "other means), or again after an earlier promote")
