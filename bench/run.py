@@ -35,13 +35,15 @@ def machine() -> dict[str, str]:
 
 
 def micro(quick: bool) -> list[dict[str, Any]]:
-    out = Path(tempfile.mkdtemp()) / "micro.json"
-    args = [sys.executable, "-m", "pytest", str(HERE / "test_micro.py"), "-q",
-            "-p", "no:cacheprovider", f"--benchmark-json={out}", "--benchmark-min-rounds=50"]
-    if quick:
-        args.append("--benchmark-max-time=0.05")
-    subprocess.run(args, check=True, cwd=HERE.parent)
-    data = json.loads(out.read_text())
+    with tempfile.TemporaryDirectory() as scratch:
+        out = Path(scratch) / "micro.json"
+        args = [sys.executable, "-m", "pytest", str(HERE / "test_micro.py"), "-q",
+                "-p", "no:cacheprovider", f"--benchmark-json={out}",
+                "--benchmark-min-rounds=50"]
+        if quick:
+            args.append("--benchmark-max-time=0.05")
+        subprocess.run(args, check=True, cwd=HERE.parent)
+        data = json.loads(out.read_text())
     return [{"name": b["name"], "median_us": b["stats"]["median"] * 1e6,
              "ops": b["stats"]["ops"]} for b in data["benchmarks"]]
 
@@ -64,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     for mode in ("disk", "ram"):
         for fmt in ("maildir", "mdbox"):
             print(f"lag {fmt} {mode} ...", flush=True)
-            results["lag"].append(scenarios.store_lag(fmt, mode, samples))  # type: ignore[arg-type]
+            results["lag"].append(scenarios.store_lag(fmt, mode, samples))
     for fmt in ("maildir", "mdbox"):
         for churn in (False, True):
             print(f"traffic {fmt} churn={churn} ...", flush=True)

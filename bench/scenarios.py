@@ -3,29 +3,26 @@
 from __future__ import annotations
 
 import statistics
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 from replicator.dovecot.instance import MailFormat
 from replicator.testing.demo_steps import measure_lag, peak_rss_mib
-from replicator.testing.scenario import ram_dir, two_nodes
+from replicator.testing.scenario import scratch_dir, two_nodes
 from replicator.testing.workload import Workload
 
 MODES = {
     # disk: Dovecot's roots on the local disk, fdatasync on every transaction (Dovecot default)
-    "disk": {"fsync": "always", "base": lambda: Path(tempfile.mkdtemp(dir="/var/tmp"))},
+    "disk": "always",
     # RAM: Dovecot's roots on tmpfs, no fsync: durability comes from the peer's copy
-    "ram": {"fsync": "never", "base": lambda: ram_dir("bench-ram-")},
+    "ram": "never",
 }
 
 
 def store_lag(mail_format: MailFormat, mode: str, samples: int) -> dict[str, Any]:
     """Flag STORE: origin file changed -> replica file identical."""
-    settings = MODES[mode]
-    base = settings["base"]() / "nodes"  # type: ignore[operator]
-    with two_nodes(mail_format, base=base, mail_fsync=str(settings["fsync"])) as nodes:
+    with scratch_dir(f"bench-{mode}-", ram=mode == "ram") as base, \
+            two_nodes(mail_format, base=base / "nodes", mail_fsync=MODES[mode]) as nodes:
         lags = measure_lag(nodes, samples)
         ack = nodes.repl_a.status()["peers"]["b"]["ack_lag"]
     return {"format": mail_format, "mode": mode, "samples": lags, "ack_lag": ack}

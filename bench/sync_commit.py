@@ -5,7 +5,6 @@ packets (sync_quorum = 1: the first ack suffices, so the lossy link should not s
 from __future__ import annotations
 
 import statistics
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ from typing import Any
 from replicator.dovecot.instance import DovecotInstance, DovecotLayout
 from replicator.testing.cluster import PeerSpec, ReplicatorNode
 from replicator.testing.netns import Star
-from replicator.testing.scenario import ram_dir, sync_commit_settings, two_nodes
+from replicator.testing.scenario import scratch_dir, sync_commit_settings, two_nodes
 
 MESSAGE = b"From: bench@example.org\r\nSubject: append latency\r\n\r\nbody\r\n"
 
@@ -31,17 +30,21 @@ def _append_latencies(instance: DovecotInstance, samples: int) -> list[float]:
 
 def two_node_append(samples: int, mode: str, sync: str | None) -> dict[str, Any]:
     """`mode` disk: roots on disk, fsync always; ram: tmpfs, no fsync."""
-    base = (Path(tempfile.mkdtemp(dir="/var/tmp")) if mode == "disk" else ram_dir("sc-")) / "n"
-    with two_nodes("mdbox", ("u1",), base=base, sync_commit=sync,
-                   mail_fsync="always" if mode == "disk" else "never") as nodes:
+    with scratch_dir("sc-", ram=mode == "ram") as base, \
+            two_nodes("mdbox", ("u1",), base=base / "n", sync_commit=sync,
+                      mail_fsync="always" if mode == "disk" else "never") as nodes:
         return {"mode": mode, "plugin": sync is not None, "links": "1 peer, loopback",
                 "samples": _append_latencies(nodes.dovecot_a, samples)}
 
 
 def lossy_peer_append(samples: int, loss_percent: int) -> dict[str, Any]:
     """a with peers b and c in network namespaces; the a-b link drops `loss_percent` %."""
+    with scratch_dir("sc-loss-", ram=True) as base:
+        return _lossy_peer_append(base, samples, loss_percent)
+
+
+def _lossy_peer_append(base: Path, samples: int, loss_percent: int) -> dict[str, Any]:
     star = Star.create(2)
-    base = ram_dir("sc-loss-")
     nodes: list[ReplicatorNode] = []
     try:
         roots = {n: _roots(base / n) for n in ("a", "b", "c")}

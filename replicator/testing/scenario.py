@@ -27,6 +27,17 @@ def ram_dir(prefix: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=prefix, dir=base))
 
 
+@contextmanager
+def scratch_dir(prefix: str, *, ram: bool) -> Iterator[Path]:
+    """A fresh directory (on tmpfs with `ram`, else on disk under /var/tmp), removed with
+    everything in it on the way out, whatever happened inside."""
+    path = ram_dir(prefix) if ram else Path(tempfile.mkdtemp(prefix=prefix, dir="/var/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 @dataclass
 class TwoNodes:
     base: Path
