@@ -139,6 +139,13 @@ def _append_section(results: dict[str, Any]) -> list[str]:
         if off and on:
             lines.append(f"- {mode}: the plugin adds {on['p50_ms'] - off['p50_ms']:.3f} ms at "
                          f"the median ({on['p50_ms'] / off['p50_ms']:.2f}x)")
+    for r in results["append"]:
+        phases = r.get("phases", {})
+        if r["plugin"] and "netns" not in r["links"] and phases.get("capture", {}).get("p50_ms"):
+            lines.append(f"- {r['mode']}, where a FLUSH waits (daemon's own timing, p50): "
+                         f"reading and numbering the changes {phases['capture']['p50_ms']} ms, "
+                         f"then the peer's round trip (send, apply, ack) "
+                         f"{phases['replicate']['p50_ms']} ms")
     lossy = [summary(r["samples"]) for r in results["append"] if "netns" in r["links"]]
     if len(lossy) == 2:
         lines.append(f"- 2 % loss on one of two peer links: p99 {lossy[1]['p99_ms']:.3f} ms "

@@ -33,8 +33,9 @@ def two_node_append(samples: int, mode: str, sync: str | None) -> dict[str, Any]
     with scratch_dir("sc-", ram=mode == "ram") as base, \
             two_nodes("mdbox", ("u1",), base=base / "n", sync_commit=sync,
                       mail_fsync="always" if mode == "disk" else "never") as nodes:
+        latencies = _append_latencies(nodes.dovecot_a, samples)
         return {"mode": mode, "plugin": sync is not None, "links": "1 peer, loopback",
-                "samples": _append_latencies(nodes.dovecot_a, samples)}
+                "samples": latencies, "phases": nodes.repl_a.status()["sync_commit"]}
 
 
 def lossy_peer_append(samples: int, loss_percent: int) -> dict[str, Any]:

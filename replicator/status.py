@@ -44,6 +44,8 @@ def build_status(daemon: Daemon) -> dict[str, Any]:
         "stream": outbox.stream, "epoch": outbox.epoch, "next_seq": outbox.next_seq,
         "retained_bytes": outbox.retained_bytes, "files": daemon.manifest.file_count(),
         "sync_policy_seen": daemon.sync_policy, "sync_quorum": daemon.config.tuning.sync_quorum,
+        "sync_commit": {"capture": _percentiles(list(daemon.sync.capture_times)),
+                        "replicate": _percentiles(list(daemon.sync.replicate_times))},
         "counters": dict(daemon.counters), "traffic": daemon.traffic.as_dict(),
         "peers": peers, "replicas": replicas,
     }

@@ -48,5 +48,11 @@ def show_status(config: Path | None, socket_path: Path | None, *, as_json: bool)
         print(f"  replica of {origin}: stream {info['stream']} seq {info['seq']} epoch "
               f"{info['epoch']} fence {info['fence']}"
               + (f", broken: {', '.join(info['broken_dirs'])}" if info["broken_dirs"] else ""))
+    sync = data["sync_commit"]
+    if sync["capture"]["p50_ms"] is not None:
+        print(f"  sync commit ({data['sync_policy_seen']} policy, quorum {data['sync_quorum']}): "
+              f"capture p50 {sync['capture']['p50_ms']} ms p99 {sync['capture']['p99_ms']} ms, "
+              f"peers' acks p50 {sync['replicate']['p50_ms']} ms "
+              f"p99 {sync['replicate']['p99_ms']} ms")
     print("  counters: " + ", ".join(f"{k}={v}" for k, v in data["counters"].items()))
     return 0

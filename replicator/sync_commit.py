@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -35,10 +36,15 @@ class SyncCommit:
         self.roots, self.capture, self.outbox = roots, capture, outbox
         self.links, self.quorum, self.counters = links, quorum, counters
         self.policy = "off"  # the last policy a plugin asked with (announced to peers)
+        # Where a confirmed FLUSH spent its time (seconds, recent ones): reading and numbering
+        # the changes, then the peers' round trip (send, apply, ack). STATUS reports both.
+        self.capture_times: deque[float] = deque(maxlen=4096)
+        self.replicate_times: deque[float] = deque(maxlen=4096)
 
     async def flush_and_wait(self, request: FlushRequest) -> Answer:
         """Ship every change in the request's directories now; wait for the quorum's acks."""
         self.policy = request.policy
+        started = time.monotonic()
         margin = min(0.1, request.timeout_ms / 1000 * 0.2)
         deadline = time.monotonic() + request.timeout_ms / 1000 - margin
         keys = self.keys_for(request.dirs)
@@ -48,11 +54,14 @@ class SyncCommit:
         self.capture.catch_up(keys)
         if not await self._numbered(keys, deadline):
             return self._result(False, 0, "files stayed locked by Dovecot", request)
+        numbered = time.monotonic()
         try:
             holders = await self.outbox.wait_replicated(frozenset(keys), self.quorum,
-                                                        max(0.0, deadline - time.monotonic()))
+                                                        max(0.0, deadline - numbered))
         except TimeoutError:
             return self._result(False, 0, self.why_not_replicated(self.quorum), request)
+        self.capture_times.append(numbered - started)
+        self.replicate_times.append(time.monotonic() - numbered)
         return self._result(True, len(holders), "", request)
 
     async def _numbered(self, keys: set[DirKey] | None, deadline: float) -> bool:

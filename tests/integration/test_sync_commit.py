@@ -10,6 +10,8 @@ fail.
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -171,5 +173,13 @@ def test_sync_flush_names_the_directories_dovecot_changed(tmp_path: Path) -> Non
         nodes.repl_b.start()
         nodes.repl_a.barrier()
         client.append("INBOX", body_bytes(USERS[0], 3))
-        assert nodes.repl_a.status()["counters"]["sync_ok"] >= before + 1
+        status = nodes.repl_a.status()
+        assert status["counters"]["sync_ok"] >= before + 1
+        phases = status["sync_commit"]  # only confirmed flushes are timed
+        assert phases["capture"]["p50_ms"] is not None
+        assert phases["replicate"]["p50_ms"] > 0
+        shown = subprocess.run([sys.executable, "-m", "replicator", "status", "--socket",
+                                str(nodes.repl_a.control_socket)], capture_output=True,
+                               text=True, timeout=60, check=True).stdout
+        assert "sync commit (fail policy, quorum 1): capture p50" in shown
         client.logout()
