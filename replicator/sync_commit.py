@@ -44,6 +44,7 @@ class SyncCommit:
     async def flush_and_wait(self, request: FlushRequest) -> Answer:
         """Ship every change in the request's directories now; wait for the quorum's acks."""
         self.policy = request.policy
+        self.capture.expect_flush_requests()
         started = time.monotonic()
         margin = min(0.1, request.timeout_ms / 1000 * 0.2)
         deadline = time.monotonic() + request.timeout_ms / 1000 - margin

@@ -1,6 +1,7 @@
 """From filesystem events to numbered batches: the capture half of the daemon.
 
-Watcher hints mark directories dirty; one flush per loop wakeup reads them and hands the
+Watcher hints mark directories dirty; one flush per loop wakeup (a few ms later while a
+sync-commit plugin is asking: its FLUSH reads the finished commit) reads them and hands the
 resulting drafts to `emit` (the outbox). A directory Dovecot holds a lock on is retried the
 moment the lock is released (LockWaiter) and stays *held* meanwhile, so a sync-commit request
 knows a change in it is still on its way. Periodic rescans, and one after an inotify overflow,
@@ -24,6 +25,13 @@ from replicator.sender.batcher import Batcher, BuildResult, DirKey, Draft, Force
 log = logging.getLogger("replicator.capture")
 BUSY_RETRY = 0.001
 RESCAN_SLICE = 256
+# While a sync-commit plugin is asking (a FLUSH within the last SYNC_COMMIT_SEEN seconds), a
+# watcher event is flushed after HINT_GRACE unless the plugin's FLUSH comes first, which it
+# does right after Dovecot's commit. Flushing at a commit's first event reads the mailbox
+# mid-commit, and the FLUSH then waits behind that read and reads again (measured in bench
+# sync_commit: APPEND p50 about 0.3 ms better, one read per commit instead of ~2.8).
+HINT_GRACE = 0.005
+SYNC_COMMIT_SEEN = 10.0
 
 
 class Capture:
@@ -38,6 +46,8 @@ class Capture:
         self._flush_handle: asyncio.Handle | None = None
         self._watcher: Watcher | InotifyWatcher | None = None
         self._lock_waiter = LockWaiter()
+        self.hint_grace = HINT_GRACE
+        self._flush_requests_until = 0.0  # loop time until which a FLUSH follows each commit
 
     def start(self, loop: asyncio.AbstractEventLoop) -> BuildResult:
         """Watch first (a change made during the initial scan is then an event), then learn
@@ -56,7 +66,7 @@ class Capture:
     def _on_hints(self, hints: list[Hint]) -> None:
         for root, reldir, name in hints:
             self.mark((root, reldir), {name} if name else set())
-        self._schedule_flush()
+        self._schedule_flush(after_commit=True)
 
     def mark(self, key: DirKey, names: Forced) -> None:
         if key in self._dirty:
@@ -65,9 +75,21 @@ class Capture:
         else:
             self._dirty[key] = None if names is None else set(names)
 
-    def _schedule_flush(self) -> None:
-        if self._flush_handle is None:
-            self._flush_handle = asyncio.get_running_loop().call_soon(self.flush)
+    def _schedule_flush(self, *, after_commit: bool = False) -> None:
+        """Flush at the next loop wakeup; or, for watcher events while a sync-commit plugin is
+        asking, shortly after, so that the plugin's FLUSH reads the finished commit once."""
+        loop = asyncio.get_running_loop()
+        graced = after_commit and loop.time() < self._flush_requests_until
+        if self._flush_handle is not None:
+            if graced or not isinstance(self._flush_handle, asyncio.TimerHandle):
+                return  # what is scheduled comes as soon as this wants
+            self._flush_handle.cancel()  # e.g. a lock was released: no reason to wait
+        self._flush_handle = (loop.call_later(self.hint_grace, self.flush) if graced
+                              else loop.call_soon(self.flush))
+
+    def expect_flush_requests(self) -> None:
+        """A sync-commit plugin asked: for a while, Dovecot's commits come with a FLUSH."""
+        self._flush_requests_until = asyncio.get_running_loop().time() + SYNC_COMMIT_SEEN
 
     def _on_overflow(self) -> None:
         log.warning("filesystem events were lost (inotify queue overflow): full rescan")
