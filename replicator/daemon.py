@@ -123,9 +123,15 @@ class Daemon(LinkHost):
 
     @staticmethod
     async def _every(seconds: float, job: Any) -> None:
+        """Run `job` every `seconds`; one failed run is logged and the next one still comes
+        (a periodic rescan or scrub that died silently would leave nothing to catch misses)."""
         while True:
             await asyncio.sleep(seconds)
-            await job()
+            try:
+                await job()
+            except Exception:
+                log.exception("periodic %s failed; trying again in %g s",
+                              getattr(job, "__name__", "job"), seconds)
 
     def _warn_if_not_ram(self) -> None:
         fstype = filesystem_type(self.config.replica_dir)

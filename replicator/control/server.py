@@ -67,13 +67,26 @@ class ControlServer:
             protocol.parse_version(await _line(reader))
             await _send(writer, protocol.VERSION_LINE)
             while line := await _line(reader):
-                await _send(writer, await self._request(line, admin))
+                await _send(writer, await self._answer(line, admin))
         except ProtocolError as exc:
             log.warning("control client: %s", exc)
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
             pass
         finally:
             writer.close()
+
+    async def _answer(self, line: str, admin: bool) -> str:
+        """The reply to one request; a request that failed inside the daemon gets a FAIL
+        naming the error (and the log a traceback), not a closed connection."""
+        try:
+            return await self._request(line, admin)
+        except ProtocolError:
+            raise
+        except Exception as exc:
+            fields = line.split("\t")
+            log.exception("control request %s failed", fields[0][:40])
+            return protocol.fail(fields[1] if len(fields) > 1 else "",
+                                 f"internal error: {type(exc).__name__}: {exc}")
 
     async def _request(self, line: str, admin: bool) -> str:
         fields = line.split("\t")

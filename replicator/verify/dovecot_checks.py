@@ -101,6 +101,8 @@ def _check_uidlist(uidlist: str, index_dir: str, prefix: str, read: Reader,
     name = prefix + "dovecot-uidlist"
     try:
         parsed = parse_uidlist(read(uidlist))
+    except FileNotFoundError:
+        return  # deleted since the walk listed it (a live tree); its presence is checked apart
     except DovecotFormatError as exc:
         problems.append(Difference(name, "format", "a uidlist Dovecot accepts", str(exc),
                                    "dovecot"))
@@ -120,6 +122,8 @@ def _parsed(path: str, prefix: str, parser: Callable[[bytes], T], read: Reader,
             problems: list[Difference]) -> T | None:
     try:
         return parser(read(path))
+    except FileNotFoundError:
+        return None  # deleted since the walk listed it (a live tree)
     except DovecotFormatError as exc:
         problems.append(Difference(prefix + os.path.basename(path), "format",
                                    "a file Dovecot accepts",

@@ -22,7 +22,7 @@ from replicator.replica.state import AppliedState
 from replicator.transport import tcp
 from replicator.transport.base import TransportClosed
 from replicator.verify.model import Difference, VerifyReport
-from replicator.verify.runner import Reading, _dovecot_checks, files_under
+from replicator.verify.runner import Reading, _dovecot_checks, files_under, read_if_there
 from replicator.wire.messages import ErrorMessage, Hello, Manifest, ManifestRequest
 from replicator.wire.session import Session
 
@@ -98,8 +98,11 @@ def _compare(report: VerifyReport, base: Path, entries: list[Entry], read: Readi
                                                  "present" if entry else "absent",
                                                  "present" if rel in on_disk else "absent"))
             continue
+        data = read_if_there(read, base / rel)
+        if data is None:
+            report.differences.append(Difference(rel, "presence", "present", "absent"))
+            continue
         report.files += 1
-        data = read(base / rel)
         if (len(data), digest(data).hex()) != (entry.size, entry.digest):
             report.differences.append(Difference(
                 rel, "xxh3-128", f"{entry.digest} ({entry.size} bytes)",

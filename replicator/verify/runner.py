@@ -53,6 +53,16 @@ class Reading:
         return data
 
 
+def read_if_there(read: Reading, path: Path | str) -> bytes | None:
+    """The file's bytes, or None when it vanished since the tree was listed: a live replica's
+    applier (or Dovecot, in a source tree) may delete a file between the two. That is a
+    presence difference to report, not a reason to give up verifying."""
+    try:
+        return read(path)
+    except FileNotFoundError:
+        return None
+
+
 def files_under(top: Path) -> Iterator[str]:
     """Relative paths of the regular, non-transient files below `top`."""
     return walk_files(os.fspath(top))
@@ -83,8 +93,13 @@ def verify_offline(source: Path, replica: Path) -> VerifyReport:
             report.differences.append(Difference(rel, "presence", _where(rel in mine),
                                                  _where(rel in theirs)))
             continue
+        mine_now, theirs_now = read_if_there(read, source / rel), read_if_there(read, replica / rel)
+        if mine_now is None or theirs_now is None:
+            report.differences.append(Difference(rel, "presence", _where(mine_now is not None),
+                                                 _where(theirs_now is not None)))
+            continue
         report.files += 1
-        report.differences += compare_file(rel, read(source / rel), read(replica / rel))
+        report.differences += compare_file(rel, mine_now, theirs_now)
     _dovecot_checks(report, [("", source, replica)], read)
     report.bytes_read, report.seconds = read.bytes, time.monotonic() - started
     return report
@@ -106,8 +121,12 @@ def verify_replica(base: Path, roots: Iterable[str]) -> VerifyReport:
             report.differences.append(Difference(rel, "presence", _where(expected is not None),
                                                  _where(rel in on_disk), "journal"))
             continue
+        data = read_if_there(read, f"{base}/{rel}")
+        if data is None:
+            report.differences.append(Difference(rel, "presence", _where(True), _where(False),
+                                                 "journal"))
+            continue
         report.files += 1
-        data = read(f"{base}/{rel}")
         found = (len(data), digest(data).hex())
         if found != expected:
             report.differences.append(Difference(rel, "xxh3-128", f"{expected[1]} "
