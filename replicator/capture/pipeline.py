@@ -28,8 +28,9 @@ RESCAN_SLICE = 256
 # While a sync-commit plugin is asking (a FLUSH within the last SYNC_COMMIT_SEEN seconds), a
 # watcher event is flushed after HINT_GRACE unless the plugin's FLUSH comes first, which it
 # does right after Dovecot's commit. Flushing at a commit's first event reads the mailbox
-# mid-commit, and the FLUSH then waits behind that read and reads again (measured in bench
-# sync_commit: APPEND p50 about 0.3 ms better, one read per commit instead of ~2.8).
+# mid-commit, and the FLUSH then waits behind that read and reads again (measured over
+# 3 x 1000 APPENDs with the plugin, before/after interleaved: p50 about 0.2-0.4 ms lower, one
+# read per commit instead of ~2.8, lock retries 1051 -> 4 on disk).
 HINT_GRACE = 0.005
 SYNC_COMMIT_SEEN = 10.0
 
