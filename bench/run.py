@@ -60,8 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     results["floors"] = {
         "tcp_rtt_blocking": baselines.tcp_round_trip_blocking(samples * 2),
         "tcp_rtt_asyncio": baselines.tcp_round_trip_asyncio(samples * 2),
-        "fdatasync_4k_disk": baselines.append_fdatasync(Path("/var/tmp"), samples // 2),
-        "write_4k_tmpfs": baselines.append_only(Path("/dev/shm"), samples * 2),
+        "fdatasync_4k_disk": baselines.timed_appends(Path("/var/tmp"), samples // 2,
+                                                       fdatasync=True),
+        "write_4k_tmpfs": baselines.timed_appends(Path("/dev/shm"), samples * 2,
+                                                    fdatasync=False),
     }
     for mode in ("disk", "ram"):
         for fmt in ("maildir", "mdbox"):
