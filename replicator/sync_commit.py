@@ -47,7 +47,7 @@ class SyncCommit:
         self.capture.expect_flush_requests()
         started = time.monotonic()
         margin = min(0.1, request.timeout_ms / 1000 * 0.2)
-        deadline = time.monotonic() + request.timeout_ms / 1000 - margin
+        deadline = started + request.timeout_ms / 1000 - margin
         keys = self.keys_for(request.dirs)
         if not keys:
             return self._result(False, 0, "no directory of the request is under a replicated "
