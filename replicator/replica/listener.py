@@ -68,7 +68,7 @@ class Listener:
         try:
             try:
                 async with asyncio.timeout_at(admission.deadline):
-                    accepted = await self._hello(transport, session, admission)
+                    accepted = await self._hello(transport, session)
             except TimeoutError:
                 self.refusals.refuse(admission.address, "timeout", "no authenticated HELLO "
                                      f"within {self.config.auth.hello_timeout:g} s")
@@ -99,8 +99,7 @@ class Listener:
             log.warning("replication connection from %s: %s (%s)",
                         transport.properties.get("peer"), exc, whose)
 
-    async def _hello(self, transport: Transport, session: Session,
-                     admission: Admission) -> Accepted | None:
+    async def _hello(self, transport: Transport, session: Session) -> Accepted | None:
         """The peer, authenticated (see transport.handshake), or None once refused."""
         try:
             return await accept(transport, session, self.config, self.credentials)
