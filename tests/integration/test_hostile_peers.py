@@ -167,6 +167,17 @@ def test_a_daemon_with_a_wrong_key_is_refused(tmp_path: Path,
     assert "'a''s proof does not match" in b.log_text()
 
 
+def test_a_node_without_credentials_warns_that_local_users_can_pose_as_peers(
+        tmp_path: Path, nodes: list[ReplicatorNode]) -> None:
+    """Allowed on loopback only (config refuses it elsewhere), and said in one line."""
+    b = b_expecting_a(tmp_path, psk=None)
+    nodes.append(b)
+    b.start()
+    assert "any local user can connect to 127.0.0.1:" in b.log_text()
+    replies = attempt(b.port, Hello("a", "verifier", "x"), [ManifestRequest(1)])
+    assert isinstance(replies[-1], Manifest), "as documented: no credentials, no protection"
+
+
 # -- (c) certificates bound to node ids ----------------------------------------------------------
 
 def tls_pair(tmp_path: Path, cert_a: str, cert_b: str,
