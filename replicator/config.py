@@ -16,7 +16,9 @@ from typing import Any
 from replicator.config_values import (
     Address,
     ConfigReader,
+    is_loopback,
     parse_address,
+    read_psk,
 )
 from replicator.errors import ConfigError
 from replicator.paths import NODE_ID, ROOT_NAME
@@ -38,6 +40,19 @@ class TlsConfig:
     cert: Path
     key: Path
     ca: Path
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """[auth]: how peers prove who they are without TLS, and how long and how many callers
+    may take to do so. `psk` is the key read from `psk_file` (never shown in a repr)."""
+
+    psk_file: Path | None = None
+    psk: bytes | None = field(default=None, repr=False)
+    hello_timeout: float = 5.0
+    max_connections: int = 64
+    max_unauthenticated: int = 32
+    max_unauthenticated_per_address: int = 4
 
 
 @dataclass(frozen=True)
@@ -69,6 +84,7 @@ class Config:
     peers: tuple[PeerConfig, ...]
     tls: TlsConfig | None = None
     tuning: Tuning = field(default_factory=Tuning)
+    auth: AuthConfig = field(default_factory=AuthConfig)
 
     def peer(self, peer_id: str) -> PeerConfig | None:
         return next((p for p in self.peers if p.id == peer_id), None)
@@ -94,7 +110,7 @@ def load_config(path: Path) -> Config:
 def parse_config(raw: Mapping[str, Any], path: Path) -> Config:
     """Validate an already-parsed TOML document."""
     top = ConfigReader(raw, str(path), "")
-    top.only_keys("node", "roots", "peers", "tls", "replication")
+    top.only_keys("node", "roots", "peers", "tls", "replication", "auth")
     node = top.table("node", required=True)
     node.only_keys("id", "listen", "replica_dir", "state_dir", "control_socket",
                    "control_socket_mode")
@@ -111,8 +127,10 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> Config:
         peers=(peers := _peers(top, node_id)),
         tls=_tls(top),
         tuning=_tuning(top, len(peers)),
+        auth=_auth(top),
     )
     _check_layout(config)
+    _check_authentication(config)
     return config
 
 
@@ -157,6 +175,23 @@ def _tls(top: ConfigReader) -> TlsConfig | None:
     return TlsConfig(*(table.abs_path(k, must_exist=True) for k in ("cert", "key", "ca")))
 
 
+def _auth(top: ConfigReader) -> AuthConfig:
+    table = top.table("auth", required=False)
+    defaults = AuthConfig()
+    minimums: dict[str, float] = {"hello_timeout": 0.1, "max_connections": 1,
+                                  "max_unauthenticated": 1, "max_unauthenticated_per_address": 1}
+    table.only_keys("psk_file", *minimums)
+    values: dict[str, Any] = {}
+    for name in table.names():
+        if name in minimums:
+            kind = type(getattr(defaults, name))
+            values[name] = table.number(name, kind, minimum=kind(minimums[name]))
+    if "psk_file" in table.names():
+        values["psk_file"] = table.abs_path("psk_file")
+        values["psk"] = read_psk(values["psk_file"], table.where("psk_file"))
+    return AuthConfig(**values)
+
+
 def _tuning(top: ConfigReader, peer_count: int) -> Tuning:
     table = top.table("replication", required=False)
     defaults = Tuning()
@@ -180,3 +215,12 @@ def _check_layout(config: Config) -> None:
     if config.tuning.sync_quorum > len(config.peers):
         raise ConfigError(f"{config.path}: [replication] sync_quorum = {config.tuning.sync_quorum} "
                           f"but only {len(config.peers)} peer(s) are configured")
+
+
+def _check_authentication(config: Config) -> None:
+    """With neither TLS nor a pre-shared key, anyone who reaches the port could pose as a peer:
+    acceptable on loopback (the daemon warns), refused anywhere else."""
+    if config.tls is None and config.auth.psk is None and not is_loopback(config.listen.host):
+        raise ConfigError(f"{config.path}: [node] listen = \"{config.listen}\" is not a loopback "
+                          "address but neither [tls] nor [auth] psk_file is configured, so any "
+                          "host could pose as a peer: configure one of them")

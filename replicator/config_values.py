@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
+import stat
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +40,44 @@ def parse_address(text: str, where: str) -> Address:
         except ValueError:
             raise ConfigError(f"{where}: {host!r} is not an IPv6 address") from None
     return Address(host, port)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a listen host is a loopback address (`localhost` counts; other names do not,
+    since what they resolve to can change)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+MIN_PSK_BYTES = 32
+
+
+def read_psk(path: Path, where: str) -> bytes:
+    """The pre-shared key in `path`: at least 32 characters (surrounding whitespace ignored),
+    in a regular file that only its owner (this daemon's user, or root) may read."""
+    try:
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(f"{where}: {path} is not a regular file")
+        if info.st_mode & 0o077:
+            raise ConfigError(f"{where}: {path} is accessible by group or others (mode "
+                              f"{stat.S_IMODE(info.st_mode):04o}); run: chmod 600 {path}")
+        if info.st_uid not in (0, os.geteuid()):
+            raise ConfigError(f"{where}: {path} is owned by uid {info.st_uid}, not by root or "
+                              "the user this runs as")
+        key = path.read_bytes().strip()
+    except FileNotFoundError:
+        raise ConfigError(f"{where}: {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read {path}: {exc.strerror}") from None
+    if len(key) < MIN_PSK_BYTES:
+        raise ConfigError(f"{where}: {path} holds {len(key)} bytes, at least {MIN_PSK_BYTES} are "
+                          f"needed (e.g. openssl rand -hex 32 > {path})")
+    return key
 
 
 class ConfigReader:

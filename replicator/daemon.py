@@ -33,6 +33,8 @@ from replicator.status import build_status
 from replicator.sync_commit import Answer, SyncCommit
 from replicator.traffic import Traffic
 from replicator.transport import tcp
+from replicator.transport.gate import ConnectionGate
+from replicator.transport.handshake import Credentials
 from replicator.transport.select import choose
 from replicator.verify.runner import verify_replica
 
@@ -48,7 +50,10 @@ class Daemon(LinkHost):
         self.node_id, self.software = config.node_id, SOFTWARE
         self.max_frame_bytes, self.ack_timeout = tuning.max_frame_bytes, tuning.ack_timeout
         self.connect_timeout, self.reconnect_max_delay = 5.0, tuning.reconnect_max_delay
-        self.tls = tcp.client_tls(*_tls_files(config)) if config.tls else None
+        self.credentials = Credentials.from_config(config, server=True)
+        auth = config.auth
+        self.gate = ConnectionGate(auth.max_connections, auth.max_unauthenticated,
+                                   auth.max_unauthenticated_per_address, auth.hello_timeout)
         for peer in config.peers:
             choose(peer.transport)  # transport = "rdma" without one: a clear error, exit 2
         for directory in (config.replica_dir, config.state_dir):
@@ -65,7 +70,8 @@ class Daemon(LinkHost):
                                   tuning.max_frame_bytes)
         self.listener = Listener(config, self.store, SOFTWARE,
                                  lambda: origin_entries(self.manifest),
-                                 lambda: (self.outbox.stream, self.outbox.next_seq - 1))
+                                 lambda: (self.outbox.stream, self.outbox.next_seq - 1),
+                                 self.credentials, self.gate.refusals)
         self.links = {p.id: PeerLink(self, p) for p in config.peers}
         self.sync = SyncCommit(config.roots, self.capture, self.outbox, self.links,
                                tuning.sync_quorum, self.counters)
@@ -82,14 +88,15 @@ class Daemon(LinkHost):
     # -- life cycle -------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
         self._warn_if_not_ram()
+        self._warn_if_unauthenticated()
         started = time.monotonic()
         result = self.capture.start(asyncio.get_running_loop())
         log.info("node %s: %d files in %d directories under %d roots learned in %.2f s; "
                  "stream %s epoch %d", self.node_id, self.manifest.file_count(), result.scanned,
                  len(self.config.roots), time.monotonic() - started, self.outbox.stream,
                  self.outbox.epoch)
-        tls = tcp.server_tls(*_tls_files(self.config)) if self.config.tls else None
-        server = await tcp.serve(self.config.listen, tls, self.listener.handle)
+        server = await tcp.serve(self.config.listen, self.credentials.server_tls, self.gate,
+                                 self.listener.handle)
         await self.control.start()
         tasks = [asyncio.create_task(link.run(), name=f"link-{peer}")
                  for peer, link in self.links.items()]
@@ -138,6 +145,13 @@ class Daemon(LinkHost):
         if fstype not in ("tmpfs", "ramfs"):
             log.warning("replica_dir %s is on %s, not tmpfs: peers' copies are not held in RAM",
                         self.config.replica_dir, fstype)
+
+    def _warn_if_unauthenticated(self) -> None:
+        """Config refuses this off loopback; on loopback it is allowed (tests, one-host demos)
+        but worth a line: any local user can connect and claim to be a peer."""
+        if self.config.tls is None and self.config.auth.psk is None:
+            log.warning("neither [tls] nor [auth] psk_file is configured: any local user can "
+                        "connect to %s and pose as a peer", self.config.listen)
 
     def _enqueue(self, drafts: list[Draft]) -> None:
         for draft in drafts:
@@ -216,11 +230,6 @@ class Daemon(LinkHost):
 
     def status(self) -> dict[str, Any]:
         return build_status(self)
-
-
-def _tls_files(config: Config) -> tuple[Path, Path, Path]:
-    assert config.tls is not None
-    return config.tls.cert, config.tls.key, config.tls.ca
 
 
 def _load_epoch(state_dir: Path) -> int:

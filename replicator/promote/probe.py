@@ -8,38 +8,32 @@ import asyncio
 from replicator import __version__
 from replicator.config import Config
 from replicator.errors import ProtocolError
-from replicator.transport import tcp
 from replicator.transport.base import TransportClosed
-from replicator.wire.messages import ErrorMessage, Hello
-from replicator.wire.session import Session
+from replicator.transport.handshake import Credentials, PeerRefused, dial
+from replicator.wire.auth import AuthError
+from replicator.wire.messages import Hello
 
 PROBE_TIMEOUT = 2.0
 
 
 async def _probe(config: Config, origin: str) -> str | None:
+    """Who answers on `origin`'s address. Anything that speaks our protocol counts, even if it
+    refuses us or cannot prove it is `origin`: promote must not take over on a guess."""
     peer = config.peer(origin)
     assert peer is not None
-    tls = tcp.client_tls(config.tls.cert, config.tls.key, config.tls.ca) if config.tls else None
+    hello = Hello(config.node_id, "verifier", f"dovecot-replicator/{__version__}")
     try:
-        transport = await tcp.connect(peer.address, tls, PROBE_TIMEOUT)
-    except (OSError, TimeoutError):
-        return None
-    session = Session("client")
-    try:
-        await transport.send(session.send(Hello(config.node_id, "verifier",
-                                                f"dovecot-replicator/{__version__}")))
-        async with asyncio.timeout(PROBE_TIMEOUT):
-            data = await transport.recv()
-        for message in session.receive_data(data) if data else []:
-            if isinstance(message, Hello):
-                return f"node {message.node} ({message.software}) answers at {peer.address}"
-            if isinstance(message, ErrorMessage):
-                return f"a daemon answers at {peer.address}: {message.message}"
-        return None
+        dialled = await dial(peer, Credentials.from_config(config), hello,
+                             timeout=PROBE_TIMEOUT, max_frame_bytes=config.tuning.max_frame_bytes)
+    except PeerRefused as exc:
+        return f"a daemon answers at {peer.address}: {exc}"
+    except AuthError as exc:
+        return f"something answers at {peer.address} but is not {origin}: {exc}"
     except (OSError, TimeoutError, ProtocolError, TransportClosed):
         return None
-    finally:
-        await transport.close()
+    await dialled.transport.close()
+    reply = dialled.hello
+    return f"node {reply.node} ({reply.software}) answers at {peer.address}"
 
 
 def origin_answers(config: Config, origin: str) -> str | None:

@@ -1,7 +1,9 @@
 """Inbound replication connections: one origin per connection, batches applied in order.
 
-The first message decides the role: an `origin` streams batches into its replica here (after
-its node id and epoch are checked); a `verifier` (the `verify` command of a peer) asks for the
+Every connection first proves who it is (transport.handshake: a configured peer, the node id
+its certificate names, the pre-shared key), within the handshake deadline; until then it is
+told nothing. Then its role decides: an `origin` streams batches into its replica here (after
+its epoch is checked); a `verifier` (the `verify` or `promote` command of a peer) asks for the
 manifest of this node's own roots. A newer connection from the same origin replaces an older
 one, so a half-dead socket never blocks a reconnecting peer. Acks are cumulative and sent once
 per chunk of input; a NACK goes out in order, before the ack that covers it.
@@ -19,6 +21,8 @@ from replicator.errors import FencedError, ProtocolError
 from replicator.manifest_codec import Entry, encode_entries, tree_entries
 from replicator.replica.store import OriginReplica, ReplicaStore
 from replicator.transport.base import Transport, TransportClosed
+from replicator.transport.gate import Admission, RefusalLog
+from replicator.transport.handshake import Accepted, Credentials, Refusal, accept
 from replicator.wire.messages import (
     AWAITING_RESYNC,
     Ack,
@@ -36,15 +40,16 @@ from replicator.wire.messages import (
 from replicator.wire.session import Session
 
 log = logging.getLogger(__name__)
-HELLO_TIMEOUT = 10.0
 
 
 class Listener:
     def __init__(self, config: Config, store: ReplicaStore, software: str,
                  own_manifest: Callable[[], Iterable[Entry]],
-                 own_position: Callable[[], tuple[str, int]]) -> None:
+                 own_position: Callable[[], tuple[str, int]], credentials: Credentials,
+                 refusals: RefusalLog) -> None:
         self.config, self.store, self.software = config, store, software
         self.own_manifest, self.own_position = own_manifest, own_position
+        self.credentials, self.refusals = credentials, refusals
         self.active: dict[str, asyncio.Task[Any]] = {}
         self.stats: dict[str, dict[str, int]] = {}
 
@@ -56,47 +61,62 @@ class Listener:
         task.cancel()
         return True
 
-    async def handle(self, transport: Transport) -> None:
+    async def handle(self, transport: Transport, admission: Admission) -> None:
+        """Serve one connection. Whatever happens, only this connection ends: an unexpected
+        exception is logged (with its traceback, once per address and kind) and closes it."""
         session = Session("server", max_frame_bytes=self.config.tuning.max_frame_bytes)
         try:
-            async with asyncio.timeout(HELLO_TIMEOUT):
-                hello = await self._hello(transport, session)
-            if hello.role == "origin":
-                await self._serve_origin(transport, session, hello)
-            elif hello.role == "verifier":
-                await self._serve_verifier(transport, session)
+            try:
+                async with asyncio.timeout_at(admission.deadline):
+                    accepted = await self._hello(transport, session)
+            except TimeoutError:
+                self.refusals.refuse(admission.address, "timeout", "no authenticated HELLO "
+                                     f"within {self.config.auth.hello_timeout:g} s")
+                return
+            if accepted is None:
+                return
+            admission.authenticated()
+            if accepted.hello.role == "origin":
+                await self._serve_origin(transport, session, accepted)
             else:
-                await self._refuse(transport, session, "bad-role", f"unknown role {hello.role!r}")
+                await self._serve_verifier(transport, session, accepted)
         except ProtocolError as exc:
-            log.warning("replication connection from %s: %s (%s)",
-                        transport.properties.get("peer"), exc,
-                        "peer's fault" if exc.remote else "our fault")
+            self._protocol_error(admission, transport, exc)
         except (TransportClosed, TimeoutError, ConnectionError):
             pass
+        except Exception as exc:
+            if self.refusals.refuse(admission.address, f"bug:{type(exc).__name__}",
+                                    f"unexpected {type(exc).__name__} ({exc}); connection "
+                                    "closed, the listener carries on"):
+                log.error("traceback of that failure:", exc_info=exc)
 
-    async def _hello(self, transport: Transport, session: Session) -> Hello:
-        while True:
-            data = await transport.recv()
-            if not data:
-                raise TransportClosed("closed before HELLO")
-            messages = session.receive_data(data)
-            if messages:
-                hello = messages[0]
-                assert isinstance(hello, Hello)
-                return hello
+    def _protocol_error(self, admission: Admission, transport: Transport,
+                        exc: ProtocolError) -> None:
+        whose = "peer's fault" if exc.remote else "our fault"
+        if admission.pending:  # not authenticated: once per address, like every refusal
+            self.refusals.refuse(admission.address, "protocol", f"{exc} ({whose})")
+        else:
+            log.warning("replication connection from %s: %s (%s)",
+                        transport.properties.get("peer"), exc, whose)
+
+    async def _hello(self, transport: Transport, session: Session) -> Accepted | None:
+        """The peer, authenticated (see transport.handshake), or None once refused."""
+        try:
+            return await accept(transport, session, self.config, self.credentials)
+        except Refusal as exc:
+            await self._refuse(transport, session, exc.code, str(exc))
+            return None
 
     async def _refuse(self, transport: Transport, session: Session, code: str,
                       message: str) -> None:
-        log.warning("refusing replication connection from %s: %s",
-                    transport.properties.get("peer"), message)
+        address = str(transport.properties.get("peer", "?")).rsplit(":", 1)[0]
+        self.refusals.refuse(address, code, message)
         await transport.send(session.send(ErrorMessage(code, message)))
 
-    async def _serve_origin(self, transport: Transport, session: Session, hello: Hello) -> None:
+    async def _serve_origin(self, transport: Transport, session: Session,
+                            accepted: Accepted) -> None:
+        hello = accepted.hello
         origin = hello.node
-        if self.config.peer(origin) is None:
-            await self._refuse(transport, session, "unknown-peer",
-                               f"node {origin!r} is not a configured peer of {self.config.node_id}")
-            return
         try:
             self.store.check_epoch(origin, hello.epoch)
         except FencedError as exc:
@@ -110,10 +130,10 @@ class Listener:
             self.active[origin] = current
         replica = self.store.origin(origin)
         replica.note_sync_policy(hello.sync_policy)
-        await transport.send(session.send(Hello(
+        await transport.send(session.send(accepted.auth.sign(Hello(
             self.config.node_id, "replica", self.software, self.store.fences.minimum(origin),
             replica.state.stream, replica.state.seq,
-            max_frame_bytes=self.config.tuning.max_frame_bytes, transports=["tcp"])))
+            max_frame_bytes=self.config.tuning.max_frame_bytes, transports=["tcp"]))))
         log.info("replicating %s into this node (stream %s, epoch %d)", origin, hello.stream,
                  hello.epoch)
         await self._origin_loop(transport, session, hello, replica)
@@ -173,8 +193,11 @@ class Listener:
             raise ProtocolError(f"{hello.node} closed the link: {message.message}")
         return None, 0
 
-    async def _serve_verifier(self, transport: Transport, session: Session) -> None:
-        await transport.send(session.send(Hello(self.config.node_id, "replica", self.software)))
+    async def _serve_verifier(self, transport: Transport, session: Session,
+                              accepted: Accepted) -> None:
+        """A configured peer (authenticated like an origin) asks what this node shipped."""
+        await transport.send(session.send(accepted.auth.sign(
+            Hello(self.config.node_id, "replica", self.software))))
         while data := await transport.recv():
             for message in session.receive_data(data):
                 if isinstance(message, ManifestRequest):

@@ -20,9 +20,10 @@ from replicator.config import PeerConfig
 from replicator.errors import ProtocolError
 from replicator.manifest_codec import DirKey
 from replicator.sender.outbox import Outbox
-from replicator.transport import tcp
 from replicator.transport.base import Transport, TransportClosed
+from replicator.transport.handshake import Credentials, Dialled, dial
 from replicator.transport.select import choose
+from replicator.wire.auth import AuthError
 from replicator.wire.messages import (
     AWAITING_RESYNC,
     Ack,
@@ -54,7 +55,7 @@ class LinkHost:
     connect_timeout: float
     ack_timeout: float
     reconnect_max_delay: float
-    tls: Any
+    credentials: Credentials
 
     def resync(self, untrusted: Mapping[DirKey, set[str] | None]) -> int:
         """Queue resync batches (whole files for the named files, or all when None); returns
@@ -83,6 +84,9 @@ class PeerLink:
         self._last_progress = time.monotonic()
 
     async def run(self) -> None:
+        """Connect, stream, and on any failure back off and reconnect, for ever: whatever
+        goes wrong (a refusal, garbage from the peer, a bug of ours) ends one connection, never
+        the link, and `last_error` says what it was."""
         delay = 0.05
         while True:
             try:
@@ -90,51 +94,46 @@ class PeerLink:
                 delay = 0.05
             except (OSError, TransportClosed, ProtocolError, TimeoutError) as exc:
                 self._failed(exc)
+            except Exception as exc:
+                self._failed(exc, unexpected=True)
             finally:
                 self.host.outbox.cursors[self.peer.id].connected = False
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.host.reconnect_max_delay)
 
-    def _failed(self, exc: BaseException) -> None:
+    def _failed(self, exc: BaseException, *, unexpected: bool = False) -> None:
         message = describe_failure(exc)
         if message != self.last_error:
             log.warning("link to %s at %s: %s (retrying every %.1f s at most)", self.peer.id,
-                        self.peer.address, message, self.host.reconnect_max_delay)
+                        self.peer.address, message, self.host.reconnect_max_delay,
+                        exc_info=exc if unexpected else None)
         self.last_error = message
         self.state = "disconnected"
 
     async def _connection(self) -> None:
         self.state = "connecting"
-        _name, reason = choose(self.peer.transport)
-        transport = await tcp.connect(self.peer.address, self.host.tls, self.host.connect_timeout,
-                                      reason=reason)
-        self.transport_properties = transport.properties
-        session = Session("client", max_frame_bytes=self.host.max_frame_bytes)
+        dialled = await self._handshake()
         try:
-            hello = await self._handshake(transport, session)
-            await self._stream(transport, session, hello)
+            await self._stream(dialled.transport, dialled.session, dialled.hello)
         finally:
-            await transport.close()
+            await dialled.transport.close()
 
-    async def _handshake(self, transport: Transport, session: Session) -> Hello:
+    async def _handshake(self) -> Dialled:
+        """An authenticated connection to the peer (transport.handshake), announcing our stream."""
         outbox = self.host.outbox
-        await transport.send(session.send(Hello(
-            self.host.node_id, "origin", self.host.software, outbox.epoch, outbox.stream,
-            max_frame_bytes=self.host.max_frame_bytes, sync_policy=self.host.sync_policy,
-            transports=["tcp"])))
-        while not (messages := session.receive_data(await _recv(transport))):
-            pass
-        reply = messages[0]
-        if isinstance(reply, ErrorMessage):
-            raise ProtocolError(f"refused by {self.peer.id}: {reply.message} ({reply.code})")
-        assert isinstance(reply, Hello)
-        if reply.node != self.peer.id:
-            raise ProtocolError(f"{self.peer.address} says it is {reply.node!r}, "
-                                f"configured as {self.peer.id!r}")
+        _name, reason = choose(self.peer.transport)
+        hello = Hello(self.host.node_id, "origin", self.host.software, outbox.epoch, outbox.stream,
+                      max_frame_bytes=self.host.max_frame_bytes, sync_policy=self.host.sync_policy,
+                      transports=["tcp"])
+        dialled = await dial(self.peer, self.host.credentials, hello,
+                             timeout=self.host.connect_timeout,
+                             max_frame_bytes=self.host.max_frame_bytes, reason=reason)
+        self.transport_properties = dialled.transport.properties
         self.connects += 1
         log.info("link to %s up over %s; replica at stream %s seq %d", self.peer.id,
-                 self.transport_properties.get("name"), reply.stream or "-", reply.seq)
-        return reply
+                 self.transport_properties.get("name"), dialled.hello.stream or "-",
+                 dialled.hello.seq)
+        return dialled
 
     async def _stream(self, transport: Transport, session: Session, hello: Hello) -> None:
         outbox = self.host.outbox
@@ -246,6 +245,8 @@ class PeerLink:
 
 def describe_failure(exc: BaseException) -> str:
     """A short operator-facing reason for a failed link."""
+    if isinstance(exc, AuthError):
+        return f"authentication failed: {exc}"
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused (is the peer's daemon running and listening there?)"
     if isinstance(exc, TimeoutError):
@@ -254,6 +255,8 @@ def describe_failure(exc: BaseException) -> str:
         return f"TLS failed: {exc.reason or exc}"
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror.lower()
+    if not isinstance(exc, OSError | ProtocolError):
+        return f"unexpected {type(exc).__name__}: {exc}"
     return str(exc) or type(exc).__name__
 
 

@@ -3,6 +3,11 @@
 A `ReplicatorNode` writes its TOML config, starts `python -m replicator run`, and talks to it
 over its control socket (status, and the BARRIER request that makes a test wait for
 replication without sleeping).
+
+Every node authenticates its peers as a real deployment must: by default all nodes made in one
+test process share one pre-shared key (`TEST_PSK`, written 0600 into each node's workdir), so
+nodes may listen on addresses other than loopback (network namespaces). `psk=None` leaves it
+out, another key makes an impostor; `tls` takes the files `testing.certs.TestCA.issue` makes.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -24,6 +30,8 @@ from replicator.control import protocol
 from replicator.control.server import request
 from replicator.dovecot.instance import free_port
 from replicator.testing.lifetime import tied_to_us
+
+TEST_PSK = secrets.token_hex(32).encode()  # shared by every node this process starts
 
 
 @dataclass
@@ -43,6 +51,8 @@ class ReplicatorNode:
     peers: list[PeerSpec] = field(default_factory=list)
     replication: Mapping[str, Any] = field(default_factory=dict)
     tls: Mapping[str, Path] | None = None
+    psk: bytes | None = TEST_PSK
+    auth: Mapping[str, Any] = field(default_factory=dict)  # more [auth] keys (hello_timeout...)
     ram: Path | None = None  # replica_dir somewhere else (tmpfs) than under workdir
     host: str = "127.0.0.1"  # listen address
     wrap: list[str] = field(default_factory=list)  # e.g. ["ip", "netns", "exec", "ns"]
@@ -86,8 +96,26 @@ class ReplicatorNode:
         if self.tls:
             lines.append("[tls]")
             lines += [f'{key} = "{value}"' for key, value in self.tls.items()]
+        lines += self._auth_lines()
         self.config_path.write_text("\n".join(lines) + "\n")
         return self.config_path
+
+    @property
+    def psk_path(self) -> Path:
+        return self.workdir / "psk"
+
+    def _auth_lines(self) -> list[str]:
+        if self.psk is None and not self.auth:
+            return []
+        lines = ["[auth]"]
+        if self.psk is not None:
+            self.psk_path.unlink(missing_ok=True)
+            descriptor = os.open(self.psk_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(descriptor, "wb") as f:
+                f.write(self.psk + b"\n")
+            lines.append(f'psk_file = "{self.psk_path}"')
+        lines += [f"{key} = {json.dumps(value)}" for key, value in self.auth.items()]
+        return lines
 
     def start(self, timeout: float = 30.0) -> None:
         self.write_config()

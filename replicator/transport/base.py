@@ -4,7 +4,10 @@ A transport moves bytes in order between two ends. `send` returns once the bytes
 (backpressure: it waits while the peer is slow); `recv` returns the next bytes, b"" once the peer
 closed; `close` is idempotent. If a `send` or `recv` is cancelled mid-way the transport is closed,
 never left half-used: the next call raises `TransportClosed`. `properties` says what was
-negotiated (name, why it was chosen, peer address, TLS) for `status` and the logs.
+negotiated (name, why it was chosen, peer address, TLS and its version) for `status` and the
+logs, and `peer_names`: the names a verified peer certificate carries (empty without TLS),
+which transport.handshake compares with the node id the peer claims or was dialled as.
+A transport authenticates nobody by itself: every connection goes through transport.handshake.
 """
 
 from __future__ import annotations

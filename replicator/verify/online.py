@@ -19,12 +19,11 @@ from replicator.errors import ProtocolError
 from replicator.hashing import digest
 from replicator.manifest_codec import Entry, decode_entries
 from replicator.replica.state import AppliedState
-from replicator.transport import tcp
 from replicator.transport.base import TransportClosed
+from replicator.transport.handshake import Credentials, dial
 from replicator.verify.model import Difference, VerifyReport
 from replicator.verify.runner import Reading, _dovecot_checks, files_under, read_if_there
 from replicator.wire.messages import ErrorMessage, Hello, Manifest, ManifestRequest
-from replicator.wire.session import Session
 
 CONNECT_TIMEOUT = 5.0
 
@@ -34,12 +33,12 @@ async def origin_manifest(config: Config, origin: str) -> Manifest:
     peer = config.peer(origin)
     if peer is None:
         raise ProtocolError(f"{origin!r} is not a configured peer of {config.node_id}")
-    tls = tcp.client_tls(config.tls.cert, config.tls.key, config.tls.ca) if config.tls else None
-    transport = await tcp.connect(peer.address, tls, CONNECT_TIMEOUT)
-    session = Session("client", max_frame_bytes=config.tuning.max_frame_bytes)
+    hello = Hello(config.node_id, "verifier", f"dovecot-replicator/{__version__}")
+    dialled = await dial(peer, Credentials.from_config(config), hello, timeout=CONNECT_TIMEOUT,
+                         max_frame_bytes=config.tuning.max_frame_bytes)
+    transport, session = dialled.transport, dialled.session
     try:
-        await transport.send(session.send(Hello(config.node_id, "verifier",
-                                                f"dovecot-replicator/{__version__}")))
+        await transport.send(session.send(ManifestRequest(1)))
         while True:
             async with asyncio.timeout(60):
                 data = await transport.recv()
@@ -48,8 +47,6 @@ async def origin_manifest(config: Config, origin: str) -> Manifest:
             for message in session.receive_data(data):
                 if isinstance(message, ErrorMessage):
                     raise ProtocolError(f"{origin} refused: {message.message}")
-                if isinstance(message, Hello):
-                    await transport.send(session.send(ManifestRequest(1)))
                 if isinstance(message, Manifest):
                     return message
     finally:

@@ -44,6 +44,7 @@ class FrameType(IntEnum):
     PONG = 8
     ERROR = 9
     RESYNC = 10
+    AUTH = 11
 
 
 @dataclass(frozen=True)

@@ -85,6 +85,18 @@ class Hello(Message):
     max_frame_bytes: int = 0
     sync_policy: str = "off"       # origin: what its sync-commit plugin does ("fail"/"degrade")
     transports: list[str] = field(default_factory=list)
+    nonce: str = ""                # client: its challenge to the server (see wire.auth)
+    proof: str = ""                # server: its answer to that challenge (see wire.auth)
+
+
+@dataclass(frozen=True)
+class Auth(Message):
+    """The middle of the handshake (see wire.auth): the server's challenge (`nonce`), then the
+    client's answer to it (`proof`)."""
+
+    TYPE: ClassVar[FrameType] = FrameType.AUTH
+    nonce: str = ""
+    proof: str = ""
 
 
 @dataclass(frozen=True)
@@ -176,7 +188,7 @@ class ErrorMessage(Message):
 
 MESSAGE_TYPES: dict[FrameType, type[Message]] = {
     cls.TYPE: cls
-    for cls in (Hello, Batch, Ack, Nack, Resync, ManifestRequest, Manifest, Ping, Pong,
+    for cls in (Hello, Auth, Batch, Ack, Nack, Resync, ManifestRequest, Manifest, Ping, Pong,
                 ErrorMessage)
 }
 

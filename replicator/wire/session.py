@@ -1,9 +1,10 @@
 """The sans-IO protocol session: bytes in, messages out; messages in, bytes out.
 
 It knows nothing of sockets or tasks. Which message may be sent or received in which state is
-one table (`_ALLOWED`); the only transitions are HELLO (opening) and ERROR or a protocol
-violation (closing). A violation by the peer raises a remote ProtocolError, one by us a local
-one, so logs say who broke the protocol.
+one table (`_ALLOWED` for an open session, `_HANDSHAKE` for the four opening messages: HELLO,
+AUTH challenge, AUTH proof, HELLO; see wire.auth for what they prove). ERROR may come at any
+point and closes the session, as does a protocol violation. A violation by the peer raises a
+remote ProtocolError, one by us a local one, so logs say who broke the protocol.
 """
 
 from __future__ import annotations
@@ -19,34 +20,39 @@ Role = Literal["client", "server"]
 
 
 class State(Enum):
-    IDLE = "idle"              # nothing exchanged yet
-    HELLO_SENT = "hello-sent"  # client: waiting for the server's HELLO
-    HELLO_RECEIVED = "hello-received"  # server: must answer HELLO (or ERROR)
+    IDLE = "idle"                      # nothing exchanged yet
+    HELLO_SENT = "hello-sent"          # client: waiting for the server's challenge
+    CHALLENGED = "challenged"          # client: must answer the challenge
+    PROOF_SENT = "proof-sent"          # client: waiting for the server's HELLO
+    HELLO_RECEIVED = "hello-received"  # server: must challenge (or refuse)
+    CHALLENGE_SENT = "challenge-sent"  # server: waiting for the client's proof
+    PROOF_RECEIVED = "proof-received"  # server: must answer HELLO (or refuse)
     OPEN = "open"
     CLOSED = "closed"
 
 
 _T = FrameType
-_CLIENT_OPEN_SEND = {_T.BATCH, _T.RESYNC, _T.MANIFEST_REQ, _T.PING, _T.PONG, _T.ERROR}
-_SERVER_OPEN_SEND = {_T.ACK, _T.NACK, _T.MANIFEST, _T.PING, _T.PONG, _T.ERROR}
+_CLIENT_OPEN_SEND = {_T.BATCH, _T.RESYNC, _T.MANIFEST_REQ, _T.PING, _T.PONG}
+_SERVER_OPEN_SEND = {_T.ACK, _T.NACK, _T.MANIFEST, _T.PING, _T.PONG}
 
-# (role, state, direction) -> frame types allowed
+# (role, state, direction) -> frame types allowed once the session is open (it stays open)
 _ALLOWED: dict[tuple[Role, State, str], set[FrameType]] = {
-    ("client", State.IDLE, "send"): {_T.HELLO},
-    ("client", State.HELLO_SENT, "recv"): {_T.HELLO, _T.ERROR},
     ("client", State.OPEN, "send"): _CLIENT_OPEN_SEND,
     ("client", State.OPEN, "recv"): _SERVER_OPEN_SEND,
-    ("server", State.IDLE, "recv"): {_T.HELLO},
-    ("server", State.HELLO_RECEIVED, "send"): {_T.HELLO, _T.ERROR},
     ("server", State.OPEN, "send"): _SERVER_OPEN_SEND,
     ("server", State.OPEN, "recv"): _CLIENT_OPEN_SEND,
 }
 
-_AFTER_HELLO = {
-    ("client", "send"): State.HELLO_SENT,
-    ("client", "recv"): State.OPEN,
-    ("server", "recv"): State.HELLO_RECEIVED,
-    ("server", "send"): State.OPEN,
+# (role, state, direction, frame type) -> next state: the handshake, one message at a time
+_HANDSHAKE: dict[tuple[Role, State, str, FrameType], State] = {
+    ("client", State.IDLE, "send", _T.HELLO): State.HELLO_SENT,
+    ("client", State.HELLO_SENT, "recv", _T.AUTH): State.CHALLENGED,
+    ("client", State.CHALLENGED, "send", _T.AUTH): State.PROOF_SENT,
+    ("client", State.PROOF_SENT, "recv", _T.HELLO): State.OPEN,
+    ("server", State.IDLE, "recv", _T.HELLO): State.HELLO_RECEIVED,
+    ("server", State.HELLO_RECEIVED, "send", _T.AUTH): State.CHALLENGE_SENT,
+    ("server", State.CHALLENGE_SENT, "recv", _T.AUTH): State.PROOF_RECEIVED,
+    ("server", State.PROOF_RECEIVED, "send", _T.HELLO): State.OPEN,
 }
 
 
@@ -91,16 +97,21 @@ class Session:
         self.state = State.CLOSED
 
     def _check(self, frame_type: FrameType, direction: str, *, remote: bool) -> None:
-        allowed = _ALLOWED.get((self.role, self.state, direction), set())
-        if frame_type not in allowed:
+        if frame_type is _T.ERROR and self.state is not State.CLOSED:
+            return
+        if (self.role, self.state, direction, frame_type) in _HANDSHAKE:
+            return
+        if frame_type not in _ALLOWED.get((self.role, self.state, direction), set()):
             who = "peer" if remote else "we"
             raise ProtocolError(f"{who} {direction} {frame_type.name} in state {self.state.value} "
                                 f"({self.role})", remote=remote)
 
     def _advance(self, message: Message, direction: str) -> None:
-        if isinstance(message, Hello):
-            if direction == "recv":
-                self.peer_hello = message
-            self.state = _AFTER_HELLO[(self.role, direction)]
-        elif isinstance(message, ErrorMessage):
+        if isinstance(message, ErrorMessage):
             self.state = State.CLOSED
+            return
+        following = _HANDSHAKE.get((self.role, self.state, direction, message.TYPE))
+        if following is not None:
+            if isinstance(message, Hello) and direction == "recv":
+                self.peer_hello = message
+            self.state = following

@@ -103,3 +103,71 @@ def test_rdma_without_an_rdma_transport_is_one_clear_line(tmp_path: Path) -> Non
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
     assert 'transport = "rdma" is not available' in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def with_psk(tmp_path: Path, body: str, mode: int = 0o600, key: bytes = b"k" * 64) -> Path:
+    psk = tmp_path / "psk"
+    psk.write_bytes(key + b"\n")
+    psk.chmod(mode)
+    return write(tmp_path, body + f'[auth]\npsk_file = "{psk}"\n')
+
+
+def test_auth_defaults_and_a_psk_file(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, GOOD)).auth.psk is None
+    config = load_config(with_psk(tmp_path, GOOD.replace("127.0.0.1:7801", "10.1.2.3:7801")))
+    assert config.auth.psk == b"k" * 64 and config.auth.psk_file == tmp_path / "psk"
+    assert "k" * 64 not in repr(config), "the key never shows in a repr"
+    assert (config.auth.hello_timeout, config.auth.max_unauthenticated_per_address) == (5.0, 4)
+
+
+def test_auth_limits_are_read(tmp_path: Path) -> None:
+    body = GOOD + ("[auth]\nhello_timeout = 0.5\nmax_connections = 10\nmax_unauthenticated = 3\n"
+                   "max_unauthenticated_per_address = 1\n")
+    auth = load_config(write(tmp_path, body)).auth
+    assert (auth.hello_timeout, auth.max_connections, auth.max_unauthenticated,
+            auth.max_unauthenticated_per_address) == (0.5, 10, 3, 1)
+
+
+@pytest.mark.parametrize(("mode", "key", "message"), [
+    (0o640, b"k" * 64, r"\[auth.psk_file\]: .*psk is accessible by group or others \(mode 0640\)"),
+    (0o604, b"k" * 64, r"accessible by group or others \(mode 0604\); run: chmod 600"),
+    (0o600, b"short", r"holds 5 bytes, at least 32 are needed"),
+])
+def test_a_weak_psk_file_is_one_clear_error(tmp_path: Path, mode: int, key: bytes,
+                                            message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as info:
+        load_config(with_psk(tmp_path, GOOD, mode, key))
+    assert "\n" not in str(info.value)
+
+
+AUTH_BAD = [
+    (GOOD + '[auth]\npsk = "inline"\n', r"\[auth.psk\]: unknown key"),
+    (GOOD + '[auth]\npsk_file = "TMP/none"\n', r"\[auth.psk_file\]: .*none does not exist"),
+    (GOOD + "[auth]\nmax_connections = 0\n", r"\[auth.max_connections\]: must be at least 1"),
+    (GOOD + "[auth]\nhello_timeout = \"5\"\n", r"\[auth.hello_timeout\]: must be a number"),
+    (GOOD.replace("127.0.0.1:7801", "0.0.0.0:7801"),
+     r'listen = "0.0.0.0:7801" is not a loopback address but neither \[tls\] nor \[auth\] '
+     r"psk_file is configured"),
+    (GOOD.replace("127.0.0.1:7801", "mail.example:7801"), r"is not a loopback address"),
+]
+
+
+@pytest.mark.parametrize(("body", "message"), AUTH_BAD)
+def test_bad_auth_config_is_one_clear_error(tmp_path: Path, body: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as info:
+        load_config(write(tmp_path, body))
+    assert "\n" not in str(info.value)
+
+
+def test_loopback_without_credentials_is_allowed(tmp_path: Path) -> None:
+    for host in ("127.0.0.2", "[::1]", "localhost"):
+        load_config(write(tmp_path, GOOD.replace("127.0.0.1:7801", f"{host}:7801")))
+
+
+def test_cli_refuses_a_readable_psk_file_in_one_line(tmp_path: Path) -> None:
+    path = with_psk(tmp_path, GOOD, mode=0o644)
+    proc = subprocess.run([sys.executable, "-m", "replicator", "run", "--config", str(path)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert "accessible by group or others (mode 0644)" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -21,7 +21,7 @@ from replicator.replica.store import ReplicaStore
 from replicator.sender.batcher import Batcher
 from replicator.sender.outbox import Outbox
 from replicator.verify.trees import compare_trees
-from replicator.wire.messages import Batch, Hello
+from replicator.wire.messages import Auth, Batch, Hello
 from replicator.wire.session import Session
 
 DIRS = ["u1", "u1/.Sent", "u1/storage", "u2"]
@@ -53,6 +53,8 @@ class Replication(RuleBasedStateMachine):
         self.server = Session("server")
         self.client = Session("client")
         self.server.receive_data(self.client.send(Hello("a", "origin", "t", 1, "s1")))
+        self.client.receive_data(self.server.send(Auth(nonce="0" * 64)))
+        self.server.receive_data(self.client.send(Auth()))  # no key: see test_auth for proofs
         reply = self.server.send(Hello("b", "replica", "t", 0, self.replica.state.stream,
                                        self.replica.state.seq))
         self.client.receive_data(reply)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from replicator.errors import ProtocolError
-from replicator.wire.messages import Ack, Batch, ErrorMessage, Hello, Ping
+from replicator.wire.messages import Ack, Auth, Batch, ErrorMessage, Hello, Ping
 from replicator.wire.session import Session, State
 
 
@@ -17,6 +17,10 @@ def opened() -> tuple[Session, Session]:
     client, server = Session("client"), Session("server")
     assert server.receive_data(client.send(hello())) == [hello()]
     assert server.state is State.HELLO_RECEIVED
+    assert client.receive_data(server.send(Auth(nonce="n"))) == [Auth(nonce="n")]
+    assert (client.state, server.state) == (State.CHALLENGED, State.CHALLENGE_SENT)
+    assert server.receive_data(client.send(Auth(proof="p"))) == [Auth(proof="p")]
+    assert (client.state, server.state) == (State.PROOF_SENT, State.PROOF_RECEIVED)
     reply = Hello(node="b", role="replica", software="test")
     assert client.receive_data(server.send(reply)) == [reply]
     assert client.state is State.OPEN and server.state is State.OPEN
@@ -84,3 +88,40 @@ def test_missing_field_is_named() -> None:
     with pytest.raises(ProtocolError, match="BATCH message without 'seq'"):
         server.receive_data(data)
     del client
+
+
+@pytest.mark.parametrize("skipped", ["challenge", "proof"])
+def test_no_side_reaches_open_without_the_auth_exchange(skipped: str) -> None:
+    """The server may not answer HELLO with HELLO (no challenge), nor the client skip its
+    proof: the table admits only HELLO, AUTH, AUTH, HELLO (or ERROR)."""
+    client, server = Session("client"), Session("server")
+    server.receive_data(client.send(hello()))
+    if skipped == "challenge":
+        with pytest.raises(ProtocolError, match="we send HELLO in state hello-received"):
+            server.send(Hello(node="b", role="replica", software="test"))
+        with pytest.raises(ProtocolError, match="peer recv HELLO in state hello-sent"):
+            client.receive_data(_raw_hello())  # what a server without the exchange would send
+    else:
+        client.receive_data(server.send(Auth(nonce="n")))
+        with pytest.raises(ProtocolError, match="peer recv BATCH in state challenge-sent"):
+            server.receive_data(_raw_batch())
+
+
+def _raw_hello() -> bytes:
+    from replicator.wire.frames import encode_frame
+
+    return encode_frame(Hello(node="b", role="replica", software="test").to_frame())
+
+
+def _raw_batch() -> bytes:
+    from replicator.wire.frames import encode_frame
+
+    return encode_frame(Batch(1, "s", 1, "index", "").to_frame())
+
+
+def test_error_is_allowed_at_every_handshake_step() -> None:
+    client, server = Session("client"), Session("server")
+    server.receive_data(client.send(hello()))
+    assert client.receive_data(server.send(ErrorMessage("unknown-peer", "no"))) == [
+        ErrorMessage("unknown-peer", "no")]
+    assert client.state is State.CLOSED and server.state is State.CLOSED
