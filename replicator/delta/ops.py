@@ -68,8 +68,8 @@ class Op:
     meta: Meta | None = None
 
 
-# code, flags, codec, path_len, aux_len, offset, data_len, raw_size
-_HEAD = struct.Struct("<BBBxHIQIQ")
+# code, flags, codec, reserved (0), path_len, aux_len, offset, data_len, raw_size
+_HEAD = struct.Struct("<BBBBHIQIQ")
 _RESULT = struct.Struct(f"<Q{DIGEST_SIZE}s")
 _META = struct.Struct("<IIIq")
 _HAS_RESULT = 1
@@ -84,6 +84,7 @@ _INT_LIMIT = 1 << 63
 # be resynced by name and is refused with a clear error.
 MAX_OPS_PER_PART = 1 << 18
 MAX_KEEP_ONLY_NAMES = 1 << 20
+_DATA_OPS = (OpCode.WRITE, OpCode.REPLACE)
 
 
 def encode_ops(ops: list[Op]) -> bytes:
@@ -93,7 +94,7 @@ def encode_ops(ops: list[Op]) -> bytes:
         path = op.path.encode("utf-8", "surrogateescape")
         aux = _aux(op).encode("utf-8", "surrogateescape")
         flags = (_HAS_RESULT if op.result else 0) | (_HAS_META if op.meta else 0)
-        parts.append(_HEAD.pack(op.code, flags, op.codec, len(path), len(aux), op.offset,
+        parts.append(_HEAD.pack(op.code, flags, op.codec, 0, len(path), len(aux), op.offset,
                                 len(op.data), op.raw_size))
         if op.result:
             parts.append(_RESULT.pack(op.result.size, op.result.digest))
@@ -133,8 +134,10 @@ def _take(view: memoryview, pos: int, size: int) -> tuple[memoryview, int]:
 
 def _decode_one(view: memoryview, pos: int) -> tuple[Op, int]:
     head, pos = _take(view, pos, _HEAD.size)
-    code, flags, codec, path_len, aux_len, offset, data_len, raw_size = _HEAD.unpack(head)
-    opcode = _checked_head(code, flags, codec, aux_len, offset, raw_size)
+    code, flags, codec, reserved, path_len, aux_len, offset, data_len, raw_size = _HEAD.unpack(head)
+    if reserved:
+        raise ProtocolError(f"reserved byte {reserved:#x} set in a batch operation")
+    opcode = _checked_head(code, flags, codec, aux_len, offset, raw_size, data_len)
     result = meta = None
     if flags & _HAS_RESULT:
         raw, pos = _take(view, pos, _RESULT.size)
@@ -160,10 +163,11 @@ def _decode_one(view: memoryview, pos: int) -> tuple[Op, int]:
 
 
 def _checked_head(code: int, flags: int, codec: int, aux_len: int, offset: int,
-                  raw_size: int) -> OpCode:
-    """The op's code, once the fixed-size head is known to describe a valid operation."""
+                  raw_size: int, data_len: int) -> OpCode:
+    """The op's code, once the fixed-size head is known to describe a valid operation in its
+    one encoding (so that decoding and re-encoding give the same bytes)."""
     try:
-        opcode, _ = OpCode(code), Codec(codec)
+        opcode, op_codec = OpCode(code), Codec(codec)
     except ValueError:
         raise ProtocolError(f"unknown operation {code} or codec {codec} in batch") from None
     if flags & ~_KNOWN_FLAGS:
@@ -172,6 +176,10 @@ def _checked_head(code: int, flags: int, codec: int, aux_len: int, offset: int,
         raise ProtocolError(f"{opcode.name} offset {offset} or size {raw_size} is not below 2**63")
     if aux_len and opcode not in (OpCode.COPY, OpCode.KEEP_ONLY):
         raise ProtocolError(f"{opcode.name} with {aux_len} bytes of source or names")
+    if opcode not in _DATA_OPS and (data_len or raw_size or op_codec != Codec.RAW):
+        raise ProtocolError(f"{opcode.name} carries data ({data_len} bytes, {op_codec.name})")
+    if offset and opcode not in (OpCode.WRITE, OpCode.TRUNCATE):
+        raise ProtocolError(f"{opcode.name} with an offset ({offset})")
     return opcode
 
 
@@ -183,10 +191,12 @@ def _checked_path(raw: bytes, *, allow_empty: bool) -> str:
 
 
 def _checked_names(aux: str) -> tuple[str, ...]:
+    if not aux:
+        return ()
     if aux.count("\x00") >= MAX_KEEP_ONLY_NAMES:
         raise ProtocolError(f"KEEP_ONLY names more than {MAX_KEEP_ONLY_NAMES} entries")
-    names = tuple(n for n in aux.split("\x00") if n)
+    names = tuple(aux.split("\x00"))
     for name in names:
-        if "/" in name or name in (".", ".."):
+        if not name or "/" in name or name in (".", ".."):
             raise ProtocolError(f"bad name {name!r} in KEEP_ONLY")
     return names
