@@ -45,7 +45,10 @@ def decode_entries(payload: bytes) -> list[Entry]:
     """The entries of a manifest from a peer; ProtocolError for any line that is not exactly
     `[root, path, "f"|"d", size, digest]` with a configured-style root name, a normalized
     relative path, 0 <= size < 2**63 and a hex digest (empty for a directory)."""
-    return [_decode_entry(line) for line in payload.splitlines()]
+    try:
+        return [_decode_entry(line) for line in payload.splitlines()]
+    except MemoryError:
+        raise ProtocolError(f"out of memory decoding a manifest of {len(payload)} bytes") from None
 
 
 def _decode_entry(line: bytes) -> Entry:

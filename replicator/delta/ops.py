@@ -118,11 +118,15 @@ def decode_ops(payload: bytes | memoryview) -> list[Op]:
     view = memoryview(payload)
     ops: list[Op] = []
     pos = 0
-    while pos < len(view):
-        if len(ops) == MAX_OPS_PER_PART:
-            raise ProtocolError(f"batch payload holds more than {MAX_OPS_PER_PART} operations")
-        op, pos = _decode_one(view, pos)
-        ops.append(op)
+    try:
+        while pos < len(view):
+            if len(ops) == MAX_OPS_PER_PART:
+                raise ProtocolError(f"batch payload holds more than {MAX_OPS_PER_PART} "
+                                    "operations")
+            op, pos = _decode_one(view, pos)
+            ops.append(op)
+    except MemoryError:
+        raise ProtocolError(f"out of memory decoding op {len(ops)} of a batch") from None
     return ops
 
 

@@ -87,10 +87,14 @@ class FrameDecoder:
         return len(self._buffer)
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
-        self._buffer += data
         frames: list[Frame] = []
-        while (frame := self._next()) is not None:
-            frames.append(frame)
+        try:
+            self._buffer += data
+            while (frame := self._next()) is not None:
+                frames.append(frame)
+        except MemoryError:
+            raise ProtocolError(f"out of memory decoding a frame ({len(self._buffer)} bytes "
+                                f"buffered)") from None
         return frames
 
     def _next(self) -> Frame | None:

@@ -162,6 +162,7 @@ class Figures:
     inputs: int
     seconds: float
     hwm_mb: float
+    coverage: str  # libFuzzer's final "cov: N ft: N corp: N/size" (atheris only)
     failure: str
 
 
@@ -176,9 +177,11 @@ def run_target(name: str, engine: str, runs: int, rss_limit_mb: int) -> Figures:
     count = re.search(r"(?:Done|stat::number_of_executed_units:)\s+(\d+)", text)
     hwm = re.search(r"VmHWM-MB (\d+(?:\.\d+)?)", text) or re.search(
         r"stat::peak_rss_mb:\s+(\d+)", text)
+    coverage = re.findall(r"(cov: \d+ ft: \d+ corp: \d+/\S+)", text)
     failure = "" if done.returncode == 0 else text[-3000:]
     return Figures(name, engine, int(count.group(1)) if count else 0, seconds,
-                   float(hwm.group(1)) if hwm else 0.0, failure)
+                   float(hwm.group(1)) if hwm else 0.0, coverage[-1] if coverage else "",
+                   failure)
 
 
 def vm_hwm_mb() -> float:
@@ -209,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         figures.append(fig)
         rate = fig.inputs / fig.seconds if fig.seconds else 0.0
         print(f"{name:9} {engine:8} {fig.inputs:>9} inputs {fig.seconds:7.1f} s "
-              f"{rate:8.0f}/s  peak RSS {fig.hwm_mb:.0f} MB  "
+              f"{rate:8.0f}/s  peak RSS {fig.hwm_mb:.0f} MB  {fig.coverage}  "
               f"{'CRASH' if fig.failure else 'ok'}", flush=True)
         if fig.failure:
             print(fig.failure, file=sys.stderr)
@@ -253,13 +256,13 @@ def _write_results(path: Path, figures: list[Figures], rss_limit: int) -> None:
         f"bound {targets.memory_bound()} bytes (tracemalloc, every {SAMPLE_EVERY}th input), "
         f"RSS limit {rss_limit} MB, per-input time bound {PER_INPUT_SECONDS} s.",
         "",
-        "| target | engine | inputs | seconds | inputs/s | peak RSS MB | result |",
-        "|---|---|---:|---:|---:|---:|---|",
+        "| target | engine | inputs | seconds | inputs/s | peak RSS MB | final coverage | result |",
+        "|---|---|---:|---:|---:|---:|---|---|",
     ]
     for f in figures:
         rate = f.inputs / f.seconds if f.seconds else 0.0
         lines.append(f"| {f.target} | {f.engine} | {f.inputs} | {f.seconds:.0f} | {rate:.0f} | "
-                     f"{f.hwm_mb:.0f} | {'crash' if f.failure else 'ok'} |")
+                     f"{f.hwm_mb:.0f} | {f.coverage or '-'} | {'crash' if f.failure else 'ok'} |")
     path.write_text("\n".join(lines) + "\n")
 
 

@@ -9,9 +9,13 @@ timing threshold.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import tracemalloc
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -273,3 +277,29 @@ def test_tampered_golden_ack_never_decodes(position: int) -> None:
 def test_zstd_header_with_a_dictionary_id_is_refused() -> None:
     frame = b"\x28\xb5\x2f\xfd\x03\x58\x01\x00\x00\x00" + raw_block(b"x" * 100)
     refused(lambda: codec.decompress(frame, Codec.ZSTD, 100, base=None))  # regression guard
+
+
+REPO = Path(__file__).resolve().parents[2]
+OUT_OF_MEMORY_SCRIPT = """
+import resource, sys
+from replicator.errors import ProtocolError
+from replicator.wire.frames import FrameDecoder
+from tests.fuzz.inputs import compressed_hello, rle_bomb
+frame = compressed_hello(rle_bomb(400 << 20))
+vm = next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmSize"))
+resource.setrlimit(resource.RLIMIT_AS, (vm + (128 << 20), resource.RLIM_INFINITY))
+try:
+    FrameDecoder(max_frame_bytes=512 << 20).feed(frame)
+except ProtocolError as exc:
+    print("ProtocolError:", exc)
+"""
+
+
+def test_out_of_memory_while_decoding_is_a_protocol_error() -> None:
+    """A frame within a (too generous) max_frame_bytes that the process cannot hold: a
+    refused frame, not a MemoryError that kills the task reading the connection. Run in a
+    child with an address-space limit, so the allocation really fails."""
+    done = subprocess.run([sys.executable, "-c", OUT_OF_MEMORY_SCRIPT], capture_output=True,
+                          text=True, check=False, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith("ProtocolError: frame payload: out of memory")
