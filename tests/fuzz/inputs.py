@@ -151,3 +151,24 @@ def seeds(target: str) -> list[bytes]:
     if target == "control":
         return seed_lines()
     raise ValueError(f"no seeds for fuzz target {target!r}")
+
+
+_JSON_TOKENS = [b"Infinity", b"-Infinity", b"NaN", b"1e999", b"-0", b"9" * 25, b"9" * 5000,
+                b"[" * 64, b"{\"a\":" * 32, b'"\\ud800"', b"\\u0000", b'"../', b"/..", b"\xff",
+                b"\xef\xbb\xbf", b"true", b"null", b'"seq":', b'"node":', b'"epoch":-1']
+TOKENS: dict[str, list[bytes]] = {
+    "frames": [*_JSON_TOKENS, ZSTD_MAGIC, b"DRPL\x01"],
+    "ops": [b"\x00", b"\xff" * 8, b"\x7f" + b"\xff" * 7, b"..", b"/", b"\x00..\x00"],
+    "codec": [ZSTD_MAGIC, b"\xc0", b"\xff" * 8, b"\x50\x2a\x4d\x18"],
+    "manifest": [*_JSON_TOKENS, b"\n", b'"f"', b'"d"'],
+    "control": [b"\t", b"\x01", b"\x010", b"\x01t", "\u00b2".encode(), "\u0661".encode(),
+                b"9" * 19, b"9" * 5000, b"FLUSH\t", b"VERSION\treplicator-control\t",
+                b"\tfail\t", b"\tdegrade\t", b"\n", b"\r", b"\x00"],
+}
+"""Fragments a mutation may insert: what broke these decoders before, and their neighbours."""
+
+
+def libfuzzer_dict(target: str) -> str:
+    """TOKENS[target] in libFuzzer's -dict format (entries of at most 64 bytes)."""
+    return "".join('"' + "".join(f"\\x{b:02x}" for b in token) + '"\n'
+                   for token in TOKENS[target] if len(token) <= 64)

@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 import tracemalloc
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -77,11 +77,12 @@ _INTERESTING = [0, 1, 0x7F, 0x80, 0xFF, 0x7FFF, 0xFFFF, 1 << 20, 0x7FFFFFFF, 0xF
                 1 << 62, (1 << 63) - 1, 1 << 63, (1 << 64) - 1]
 
 
-def mutate(rng: random.Random, data: bytes, corpus: list[bytes]) -> bytes:
-    """One to four stacked random edits of `data`."""
+def mutate(rng: random.Random, data: bytes, corpus: list[bytes],
+           tokens: Sequence[bytes] = ()) -> bytes:
+    """One to four stacked random edits of `data`; `tokens` are fragments worth inserting."""
     out = bytearray(data)
     for _ in range(rng.randint(1, 4)):
-        choice = rng.randrange(8)
+        choice = rng.randrange(9)
         pos = rng.randrange(len(out) + 1)
         if choice == 0 and out:
             out[min(pos, len(out) - 1)] ^= 1 << rng.randrange(8)
@@ -102,6 +103,8 @@ def mutate(rng: random.Random, data: bytes, corpus: list[bytes]) -> bytes:
             other = rng.choice(corpus)
             cut = rng.randrange(len(other) + 1)
             out = out[:pos] + bytearray(other[cut:])
+        elif choice == 7 and tokens:
+            out[pos:pos] = rng.choice(tokens)
         else:
             out = out[: rng.randrange(len(out) + 1)]
     return bytes(out)
@@ -112,9 +115,11 @@ def mutation_fuzz(name: str, runs: int, *, seed: int = 0, sample_every: int = 1)
     is saved under build/fuzz/ and re-raised."""
     inputs, targets = _modules()
     target, corpus, bound = targets.TARGETS[name], inputs.seeds(name), targets.memory_bound()
+    tokens = inputs.TOKENS[name]
     rng = random.Random(seed)
     for index in range(runs):
-        data = corpus[index] if index < len(corpus) else mutate(rng, rng.choice(corpus), corpus)
+        data = (corpus[index] if index < len(corpus)
+                else mutate(rng, rng.choice(corpus), corpus, tokens))
         try:
             checked_call(target, data, measure=index % sample_every == 0, bound=bound)
         except BaseException as exc:
@@ -146,10 +151,13 @@ def atheris_worker(name: str, runs: int, rss_limit_mb: int) -> None:
     corpus = Path(tempfile.mkdtemp(prefix=f"fuzz-{name}-"))
     for index, seed in enumerate(inputs.seeds(name)):
         (corpus / f"seed-{index}").write_bytes(seed)
+    dictionary = corpus.parent / f"{corpus.name}.dict"
+    dictionary.write_text(inputs.libfuzzer_dict(name))
     CRASH_DIR.mkdir(parents=True, exist_ok=True)
     atheris.Setup([sys.argv[0], f"-runs={runs}", f"-timeout={int(PER_INPUT_SECONDS) * 2}",
                    f"-rss_limit_mb={rss_limit_mb}", "-max_len=65536", "-print_final_stats=1",
-                   f"-artifact_prefix={CRASH_DIR}/{name}-", str(corpus)], one_input)
+                   f"-dict={dictionary}", f"-artifact_prefix={CRASH_DIR}/{name}-", str(corpus)],
+                  one_input)
     atheris.Fuzz()
 
 
