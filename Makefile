@@ -14,13 +14,14 @@ DEB_PACKAGES  := dovecot-imapd dovecot-core dovecot-dev python3-pyverbs rdma-cor
 STAMP         := $(VENV)/.bootstrapped
 PYTEST_ARGS   ?=
 
-.PHONY: help bootstrap packages venv native demo test unit integration lint bench clean
+.PHONY: help bootstrap packages venv native demo test unit integration lint bench fuzz fuzz-deps clean
 
 help:
 	@echo "make demo       two real Dovecot nodes + replicators on loopback, workload, promote, verify, figures"
 	@echo "make test       lint, type checks and the whole test suite"
 	@echo "make bootstrap  only install what the project needs (idempotent)"
 	@echo "make bench      benchmarks; writes bench/RESULTS.md and plots"
+	@echo "make fuzz       >= 1 M inputs per decoder fuzz target; writes tests/fuzz/RESULTS.md"
 
 bootstrap: packages $(STAMP) native
 
@@ -60,6 +61,16 @@ integration: bootstrap
 
 bench: bootstrap
 	$(PY) -m bench.run
+
+# FUZZ_RUNS inputs per target (frame parser, op decoder, op codec, manifest, control line),
+# coverage-guided by atheris where it installs, else the harness's own mutation fuzzer.
+FUZZ_RUNS ?= 1000000
+fuzz-deps: bootstrap
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[fuzz]' \
+	    || echo "atheris did not install: fuzzing with the built-in mutation engine"
+
+fuzz: fuzz-deps
+	$(PY) -m tests.fuzz.run --runs $(FUZZ_RUNS) --results tests/fuzz/RESULTS.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis build *.egg-info

@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from replicator.capture.manifest import Manifest
-from replicator.errors import ProtocolError
-from replicator.hashing import digest
-from replicator.paths import check_relpath, join_rel, parent_rel
+from replicator.errors import PathError, ProtocolError
+from replicator.hashing import DIGEST_SIZE, digest
+from replicator.paths import ROOT_NAME, check_relpath, join_rel, parent_rel
+from replicator.wire import strict_json
 
 DirKey = tuple[str, str]
+_HEX = re.compile(r"[0-9a-f]+")
 
 
 @dataclass(frozen=True)
@@ -39,15 +42,36 @@ def encode_entries(entries: Iterable[Entry]) -> bytes:
 
 
 def decode_entries(payload: bytes) -> list[Entry]:
-    entries = []
-    for line in payload.splitlines():
-        try:
-            root, path, kind, size, value = json.loads(line)
-            entries.append(Entry(str(root), check_relpath(str(path), allow_empty=True),
-                                 str(kind), int(size), str(value)))
-        except (ValueError, TypeError) as exc:
-            raise ProtocolError(f"bad manifest entry {line[:80]!r}: {exc}") from None
-    return entries
+    """The entries of a manifest from a peer; ProtocolError for any line that is not exactly
+    `[root, path, "f"|"d", size, digest]` with a configured-style root name, a normalized
+    relative path, 0 <= size < 2**63 and a hex digest (empty for a directory)."""
+    try:
+        return [_decode_entry(line) for line in payload.splitlines()]
+    except MemoryError:
+        raise ProtocolError(f"out of memory decoding a manifest of {len(payload)} bytes") from None
+
+
+def _decode_entry(line: bytes) -> Entry:
+    value = strict_json.loads(line, f"manifest entry {line[:80]!r}")
+    if not isinstance(value, list) or len(value) != 5:
+        raise ProtocolError(f"manifest entry {line[:80]!r} is not a list of 5 fields")
+    root = strict_json.checked_str(value[0], "manifest entry root")
+    path = strict_json.checked_str(value[1], "manifest entry path")
+    kind = strict_json.checked_str(value[2], "manifest entry kind")
+    size = strict_json.checked_int(value[3], "manifest entry size")
+    hexdigest = strict_json.checked_str(value[4], "manifest entry digest")
+    if not ROOT_NAME.fullmatch(root):
+        raise ProtocolError(f"manifest entry root {root[:80]!r} is not a root name")
+    try:
+        check_relpath(path, allow_empty=True)
+    except PathError as exc:
+        raise ProtocolError(f"manifest entry in {root}: {exc}") from None
+    if kind not in ("f", "d"):
+        raise ProtocolError(f"manifest entry kind {kind[:20]!r} (expected f or d)")
+    if not (hexdigest == "" or (len(hexdigest) == 2 * DIGEST_SIZE
+                                and _HEX.fullmatch(hexdigest))):
+        raise ProtocolError(f"manifest entry digest {hexdigest[:80]!r} is not a hex digest")
+    return Entry(root, path, kind, size, hexdigest)
 
 
 def origin_entries(manifest: Manifest) -> Iterator[Entry]:

@@ -11,6 +11,11 @@
                                                  damaged files are being resent
     client: FENCE\t<id>\t<origin>           ->   OK once <origin>'s link is dropped and the
                                                  fence (written by promote) is in force
+
+Parsing is strict and bounded, whatever a local client sends: `decode_line` takes at most
+MAX_LINE bytes ending in a newline, numbers are short ASCII decimals (`decimal`),
+escapes are the five Dovecot ones, and an unescaped user or directory never holds NUL. Every
+malformation is a ProtocolError naming what is wrong.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ NAME = "replicator-control"
 MAJOR, MINOR = 1, 0
 VERSION_LINE = f"VERSION\t{NAME}\t{MAJOR}\t{MINOR}"
 MAX_LINE = 64 * 1024
+MAX_DIGITS = 18  # timeouts: below 10**18 < 2**63, so any later use of them fits
+MAX_ID_DIGITS = 20  # request ids are the plugin's uint64 counter, echoed back as text
 _ESCAPES = {"\x01": "\x011", "\t": "\x01t", "\r": "\x01r", "\n": "\x01n"}
 _UNESCAPES = {"1": "\x01", "t": "\t", "r": "\r", "n": "\n", "0": "\x00"}
 
@@ -39,7 +46,7 @@ def unescape(value: str) -> str:
         if ch == "\x01":
             code = next(chars, "")
             if code not in _UNESCAPES:
-                raise ProtocolError(f"bad escape \\001{code!r} in control line")
+                raise ProtocolError(f"bad escape \\001{code[:1]!r} in control line")
             out.append(_UNESCAPES[code])
         else:
             out.append(ch)
@@ -55,12 +62,30 @@ class FlushRequest:
     dirs: tuple[str, ...]
 
 
+def decode_line(raw: bytes) -> str:
+    """One request line as read from the socket (with its newline) as text without it.
+    Bytes that are not UTF-8 survive as surrogate escapes (directory names are bytes)."""
+    if len(raw) > MAX_LINE:
+        raise ProtocolError(f"control line of {len(raw)} bytes exceeds {MAX_LINE}")
+    if not raw.endswith(b"\n"):
+        raise ProtocolError("control line without end of line")
+    return raw[:-1].decode("utf-8", "surrogateescape")
+
+
+def decimal(text: str, what: str, *, max_digits: int = MAX_DIGITS) -> int:
+    """`text` as a number if it is 1 to `max_digits` ASCII digits (no sign, no spaces)."""
+    if not (0 < len(text) <= max_digits and text.isascii() and text.isdigit()):
+        raise ProtocolError(f"{what} must be a decimal number of at most {max_digits} digits, "
+                            f"got {text[:40]!r}")
+    return int(text)
+
+
 def parse_version(line: str) -> None:
     fields = line.split("\t")
     if len(fields) != 4 or fields[0] != "VERSION" or fields[1] != NAME:
         raise ProtocolError(f"expected a VERSION line, got {line[:80]!r}")
     if fields[2] != str(MAJOR):
-        raise ProtocolError(f"control protocol version {fields[2]} not supported (we speak "
+        raise ProtocolError(f"control protocol version {fields[2][:20]!r} not supported (we speak "
                             f"{MAJOR})")
 
 
@@ -68,12 +93,19 @@ def parse_flush(fields: list[str]) -> FlushRequest:
     if len(fields) < 6:
         raise ProtocolError("FLUSH needs id, timeout_ms, policy, user and at least one dir")
     _, ident, timeout, policy, user, *dirs = fields
-    if not ident.isdigit() or not timeout.isdigit():
-        raise ProtocolError(f"FLUSH id and timeout must be decimal numbers: {ident!r} {timeout!r}")
+    decimal(ident, "FLUSH id", max_digits=MAX_ID_DIGITS)
+    timeout_ms = decimal(timeout, "FLUSH timeout_ms")
     if policy not in ("fail", "degrade"):
-        raise ProtocolError(f"FLUSH policy must be fail or degrade, got {policy!r}")
-    return FlushRequest(ident, int(timeout), policy, unescape(user),
-                        tuple(unescape(d) for d in dirs))
+        raise ProtocolError(f"FLUSH policy must be fail or degrade, got {policy[:40]!r}")
+    return FlushRequest(ident, timeout_ms, policy, _text(user, "FLUSH user"),
+                        tuple(_text(d, "FLUSH dir") for d in dirs))
+
+
+def _text(field: str, what: str) -> str:
+    value = unescape(field)
+    if "\x00" in value:
+        raise ProtocolError(f"{what} {value[:80]!r} contains NUL")
+    return value
 
 
 def ok(ident: str, peers: int) -> str:

@@ -1,7 +1,10 @@
 """zstd for op data: plain, or as a delta with the previous version as raw-content dictionary.
 
-Decompression is always bounded by the size the op announces, which the receiver itself caps,
-so a corrupt or hostile op cannot make it allocate without limit.
+Decompression is bounded by the size the op announces (`raw_size`, which the receiver caps
+before it calls us): the zstd header's declared content size must not exceed it, its window must
+fit it before anything is allocated, and a frame that does not declare its size is decoded into
+a buffer of `raw_size` at most (see replicator.wire.bounded_zstd). So a corrupt or hostile op
+never makes us allocate more than it announced, and fails with a ProtocolError.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import zstandard
 
 from replicator.delta.ops import Codec
 from replicator.errors import ProtocolError
+from replicator.wire.bounded_zstd import decompress_bounded
 
 LEVEL = 3
 MAX_WINDOW = 1 << 31
@@ -54,12 +58,15 @@ def decompress(data: bytes, codec: Codec, raw_size: int, *, base: bytes | None) 
 def _zstd(data: bytes, raw_size: int, base: bytes | None) -> bytes:
     decompressor = _PLAIN_DECOMPRESSOR
     if base is not None:
-        dictionary = zstandard.ZstdCompressionDict(base, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
-        decompressor = zstandard.ZstdDecompressor(dict_data=dictionary, max_window_size=MAX_WINDOW)
-    try:
-        return decompressor.decompress(data, max_output_size=raw_size)
-    except zstandard.ZstdError as exc:
-        raise ProtocolError(f"op data does not decompress: {exc}") from None
+        try:
+            dictionary = zstandard.ZstdCompressionDict(
+                base, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+            decompressor = zstandard.ZstdDecompressor(dict_data=dictionary,
+                                                      max_window_size=MAX_WINDOW)
+        except (zstandard.ZstdError, MemoryError) as exc:
+            raise ProtocolError(f"op delta base of {len(base)} bytes is unusable: {exc}") from None
+    return decompress_bounded(data, raw_size, what="op data", decompressor=decompressor,
+                              history=len(base or b""))
 
 
 def smallest(data: bytes, *, base: bytes | None = None) -> tuple[Codec, bytes]:

@@ -4,6 +4,12 @@ A batch is a list of operations on one directory of one root. File operations ac
 copy of the file; the last operation on a file carries the file's size and xxh3-128 after it
 (`result`), which the receiver checks before anything becomes visible, and its metadata
 (`meta`), which the receiver applies. Paths are relative to the root and checked on decode.
+
+Decoding is bounded so that a small payload cannot become a large Python structure: at most
+MAX_OPS_PER_PART operations per payload (one BATCH frame, one part of a batch) and at most
+MAX_KEEP_ONLY_NAMES names in a KEEP_ONLY; offsets and sizes are below 2**63. Sizes are only
+announced here: the receiver caps them against its file-size limit before it allocates, and
+`codec.decompress` never produces more than the announced size.
 """
 
 from __future__ import annotations
@@ -62,12 +68,23 @@ class Op:
     meta: Meta | None = None
 
 
-# code, flags, codec, path_len, aux_len, offset, data_len, raw_size
-_HEAD = struct.Struct("<BBBxHIQIQ")
+# code, flags, codec, reserved (0), path_len, aux_len, offset, data_len, raw_size
+_HEAD = struct.Struct("<BBBBHIQIQ")
 _RESULT = struct.Struct(f"<Q{DIGEST_SIZE}s")
 _META = struct.Struct("<IIIq")
 _HAS_RESULT = 1
 _HAS_META = 2
+_KNOWN_FLAGS = _HAS_RESULT | _HAS_META
+_INT_LIMIT = 1 << 63
+
+# Ceilings on what one payload may decode to (each op costs ~0.5 KB of Python objects, each
+# name ~60 B). A sender never needs more: a batch is one directory, and the outbox starts a new
+# part long before (it splits at max_frame_bytes/2; these bound payloads of up to 64 MiB made
+# of the smallest possible ops). A directory with more entries than MAX_KEEP_ONLY_NAMES cannot
+# be resynced by name and is refused with a clear error.
+MAX_OPS_PER_PART = 1 << 18
+MAX_KEEP_ONLY_NAMES = 1 << 20
+_DATA_OPS = (OpCode.WRITE, OpCode.REPLACE)
 
 
 def encode_ops(ops: list[Op]) -> bytes:
@@ -77,7 +94,7 @@ def encode_ops(ops: list[Op]) -> bytes:
         path = op.path.encode("utf-8", "surrogateescape")
         aux = _aux(op).encode("utf-8", "surrogateescape")
         flags = (_HAS_RESULT if op.result else 0) | (_HAS_META if op.meta else 0)
-        parts.append(_HEAD.pack(op.code, flags, op.codec, len(path), len(aux), op.offset,
+        parts.append(_HEAD.pack(op.code, flags, op.codec, 0, len(path), len(aux), op.offset,
                                 len(op.data), op.raw_size))
         if op.result:
             parts.append(_RESULT.pack(op.result.size, op.result.digest))
@@ -101,9 +118,15 @@ def decode_ops(payload: bytes | memoryview) -> list[Op]:
     view = memoryview(payload)
     ops: list[Op] = []
     pos = 0
-    while pos < len(view):
-        op, pos = _decode_one(view, pos)
-        ops.append(op)
+    try:
+        while pos < len(view):
+            if len(ops) == MAX_OPS_PER_PART:
+                raise ProtocolError(f"batch payload holds more than {MAX_OPS_PER_PART} "
+                                    "operations")
+            op, pos = _decode_one(view, pos)
+            ops.append(op)
+    except MemoryError:
+        raise ProtocolError(f"out of memory decoding op {len(ops)} of a batch") from None
     return ops
 
 
@@ -115,30 +138,53 @@ def _take(view: memoryview, pos: int, size: int) -> tuple[memoryview, int]:
 
 def _decode_one(view: memoryview, pos: int) -> tuple[Op, int]:
     head, pos = _take(view, pos, _HEAD.size)
-    code, flags, codec, path_len, aux_len, offset, data_len, raw_size = _HEAD.unpack(head)
-    try:
-        opcode, op_codec = OpCode(code), Codec(codec)
-    except ValueError:
-        raise ProtocolError(f"unknown operation {code} or codec {codec} in batch") from None
+    code, flags, codec, reserved, path_len, aux_len, offset, data_len, raw_size = _HEAD.unpack(head)
+    if reserved:
+        raise ProtocolError(f"reserved byte {reserved:#x} set in a batch operation")
+    opcode = _checked_head(code, flags, codec, aux_len, offset, raw_size, data_len)
     result = meta = None
     if flags & _HAS_RESULT:
         raw, pos = _take(view, pos, _RESULT.size)
         result = Result(*_RESULT.unpack(raw))
+        if result.size >= _INT_LIMIT:
+            raise ProtocolError(f"{opcode.name} result size {result.size} is not below 2**63")
     if flags & _HAS_META:
         raw, pos = _take(view, pos, _META.size)
         meta = Meta(*_META.unpack(raw))
+        if meta.mode & ~0o7777:
+            raise ProtocolError(f"{opcode.name} mode {meta.mode:#o} has more than permission bits")
     raw_path, pos = _take(view, pos, path_len)
     raw_aux, pos = _take(view, pos, aux_len)
     data, pos = _take(view, pos, data_len)
     path = _checked_path(bytes(raw_path), allow_empty=opcode in (OpCode.ENSURE_DIR,
                                                                   OpCode.KEEP_ONLY))
-    aux = bytes(raw_aux).decode("utf-8", "surrogateescape")
-    op = Op(opcode, path, offset, bytes(data), op_codec, raw_size, result=result, meta=meta)
+    op = Op(opcode, path, offset, bytes(data), Codec(codec), raw_size, result=result, meta=meta)
     if opcode == OpCode.COPY:
         op = replace(op, source=_checked_path(bytes(raw_aux), allow_empty=False))
     elif opcode == OpCode.KEEP_ONLY:
-        op = replace(op, names=_checked_names(aux))
+        op = replace(op, names=_checked_names(bytes(raw_aux).decode("utf-8", "surrogateescape")))
     return op, pos
+
+
+def _checked_head(code: int, flags: int, codec: int, aux_len: int, offset: int,
+                  raw_size: int, data_len: int) -> OpCode:
+    """The op's code, once the fixed-size head is known to describe a valid operation in its
+    one encoding (so that decoding and re-encoding give the same bytes)."""
+    try:
+        opcode, op_codec = OpCode(code), Codec(codec)
+    except ValueError:
+        raise ProtocolError(f"unknown operation {code} or codec {codec} in batch") from None
+    if flags & ~_KNOWN_FLAGS:
+        raise ProtocolError(f"unknown operation flags {flags:#x} in batch")
+    if offset >= _INT_LIMIT or raw_size >= _INT_LIMIT:
+        raise ProtocolError(f"{opcode.name} offset {offset} or size {raw_size} is not below 2**63")
+    if aux_len and opcode not in (OpCode.COPY, OpCode.KEEP_ONLY):
+        raise ProtocolError(f"{opcode.name} with {aux_len} bytes of source or names")
+    if opcode not in _DATA_OPS and (data_len or raw_size or op_codec != Codec.RAW):
+        raise ProtocolError(f"{opcode.name} carries data ({data_len} bytes, {op_codec.name})")
+    if offset and opcode not in (OpCode.WRITE, OpCode.TRUNCATE):
+        raise ProtocolError(f"{opcode.name} with an offset ({offset})")
+    return opcode
 
 
 def _checked_path(raw: bytes, *, allow_empty: bool) -> str:
@@ -149,8 +195,12 @@ def _checked_path(raw: bytes, *, allow_empty: bool) -> str:
 
 
 def _checked_names(aux: str) -> tuple[str, ...]:
-    names = tuple(n for n in aux.split("\x00") if n)
+    if not aux:
+        return ()
+    if aux.count("\x00") >= MAX_KEEP_ONLY_NAMES:
+        raise ProtocolError(f"KEEP_ONLY names more than {MAX_KEEP_ONLY_NAMES} entries")
+    names = tuple(aux.split("\x00"))
     for name in names:
-        if "/" in name or name in (".", ".."):
+        if not name or "/" in name or name in (".", ".."):
             raise ProtocolError(f"bad name {name!r} in KEEP_ONLY")
     return names

@@ -8,6 +8,11 @@ Layout (little-endian), 24 bytes of prefix, then the header and the payload:
 The header is a UTF-8 JSON object (small, evolvable metadata); the payload is opaque bytes
 (zstd-compressed when FLAG_ZSTD is set). `FrameDecoder` is incremental: feed it any slices of
 the byte stream and it returns whole frames, raising ProtocolError on anything malformed.
+
+Bounds, whatever the peer sends: a frame on the wire is at most `max_frame_bytes` (checked
+from the prefix, before it is buffered), its header at most MAX_HEADER_BYTES of strict JSON
+(`strict_json`), and a compressed payload at most `max_frame_bytes` once decompressed (checked
+from the zstd header before anything is allocated, `bounded_zstd`).
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ import zstandard
 
 from replicator.errors import ProtocolError
 from replicator.hashing import frame_checksum
+from replicator.wire.bounded_zstd import decompress_bounded
+from replicator.wire.strict_json import loads as strict_loads
 
 MAGIC = b"DRPL"
 VERSION = 1
@@ -73,6 +80,7 @@ class FrameDecoder:
     def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
         self.max_frame_bytes = max_frame_bytes
         self._buffer = bytearray()
+        self._decompressor = zstandard.ZstdDecompressor()
 
     @property
     def buffered(self) -> int:
@@ -80,10 +88,14 @@ class FrameDecoder:
         return len(self._buffer)
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
-        self._buffer += data
         frames: list[Frame] = []
-        while (frame := self._next()) is not None:
-            frames.append(frame)
+        try:
+            self._buffer += data
+            while (frame := self._next()) is not None:
+                frames.append(frame)
+        except MemoryError:
+            raise ProtocolError(f"out of memory decoding a frame ({len(self._buffer)} bytes "
+                                f"buffered)") from None
         return frames
 
     def _next(self) -> Frame | None:
@@ -103,7 +115,8 @@ class FrameDecoder:
         del buffer[:total]
         frame_type = _frame_type(ftype)
         if flags & FLAG_ZSTD:
-            payload = _decompress(payload, self.max_frame_bytes)
+            payload = decompress_bounded(payload, self.max_frame_bytes, what="frame payload",
+                                         decompressor=self._decompressor)
         return Frame(frame_type, header, payload)
 
     def _check_prefix(self, magic: bytes, version: int, flags: int, hlen: int, plen: int) -> None:
@@ -129,17 +142,7 @@ def _frame_type(value: int) -> FrameType:
 
 
 def _parse_header(raw: bytes) -> dict[str, Any]:
-    try:
-        header = json.loads(raw) if raw else {}
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ProtocolError(f"frame header is not JSON: {exc}") from None
+    header = strict_loads(raw, "frame header") if raw else {}
     if not isinstance(header, dict):
         raise ProtocolError("frame header is not a JSON object")
     return header
-
-
-def _decompress(payload: bytes, limit: int) -> bytes:
-    try:
-        return zstandard.ZstdDecompressor().decompress(payload, max_output_size=limit)
-    except zstandard.ZstdError as exc:
-        raise ProtocolError(f"frame payload does not decompress: {exc}") from None

@@ -1,18 +1,23 @@
 """Typed protocol messages and their mapping to and from frames.
 
 Each message knows its frame type, writes its fields into the frame header (JSON) and, for
-BATCH and MANIFEST, its payload. Decoding checks every field's presence and type, so a peer
-that sends a malformed message gets a clear remote ProtocolError instead of a KeyError.
+BATCH and MANIFEST, its payload. Decoding checks every field's presence, type and range, so a
+peer that sends a malformed message gets a clear remote ProtocolError instead of a KeyError, and
+nothing later meets a value it cannot use: integers are 0 <= x < 2**63, text is UTF-8 without
+NUL, lists hold only such text. Header fields a message does not know are ignored (a newer
+peer may send more).
 """
 
 from __future__ import annotations
 
 from dataclasses import MISSING, dataclass, field, fields
 from functools import cache
-from typing import Any, ClassVar, TypeVar, get_type_hints
+from types import UnionType
+from typing import Any, ClassVar, TypeVar, Union, get_args, get_origin, get_type_hints
 
 from replicator.errors import ProtocolError
 from replicator.wire.frames import Frame, FrameType
+from replicator.wire.strict_json import checked_int, checked_str
 
 M = TypeVar("M", bound="Message")
 
@@ -51,23 +56,50 @@ def _header_fields(cls: type[Message]) -> tuple[str, ...]:
 
 
 @cache
-def _schema(cls: type[Message]) -> tuple[tuple[str, type, bool], ...]:
-    """(name, runtime type, required) per field, computed once per message class."""
+def _schema(cls: type[Message]) -> tuple[tuple[str, Any, bool], ...]:
+    """(name, type hint, required) per field, computed once per message class."""
     hints = get_type_hints(cls)
     return tuple(
-        (f.name, getattr(hints[f.name], "__origin__", hints[f.name]),
-         f.default is MISSING and f.default_factory is MISSING)
+        (f.name, hints[f.name], f.default is MISSING and f.default_factory is MISSING)
         for f in fields(cls)
     )
 
 
-def _checked(kind: str, name: str, value: Any, expected: type) -> Any:
-    wrong_int = expected is int and isinstance(value, bool)
-    if wrong_int or not isinstance(value, expected):
-        raise ProtocolError(f"{kind}.{name} must be {expected.__name__}, got {value!r}")
-    if isinstance(value, list) and not all(isinstance(v, str) for v in value):
-        raise ProtocolError(f"{kind}.{name} must be a list of strings")
+def _checked(kind: str, name: str, value: Any, hint: Any) -> Any:
+    """`value` if it fits `hint` (int, str, bool, float, list[...] of those); else a
+    ProtocolError naming the field."""
+    what = f"{kind}.{name}"
+    if hint is int:
+        return checked_int(value, what)
+    if hint is str:
+        return checked_str(value, what)
+    if get_origin(hint) is list:
+        if not isinstance(value, list):
+            raise ProtocolError(f"{what} must be a list, got {type(value).__name__}")
+        (item_hint,) = get_args(hint) or (Any,)
+        return [_checked(kind, f"{name}[]", item, item_hint) for item in value]
+    if hint is Any:
+        return value
+    if get_origin(hint) in (Union, UnionType):
+        return _checked_union(kind, name, value, get_args(hint))
+    expected = get_origin(hint) or hint
+    if not isinstance(expected, type) or isinstance(value, bool) != (expected is bool) \
+            or not isinstance(value, expected):
+        raise ProtocolError(f"{what} must be {getattr(expected, '__name__', expected)}, "
+                            f"got {type(value).__name__}")
     return value
+
+
+def _checked_union(kind: str, name: str, value: Any, hints: tuple[Any, ...]) -> Any:
+    if value is None and type(None) in hints:
+        return None
+    errors = []
+    for hint in hints:
+        try:
+            return _checked(kind, name, value, hint)
+        except ProtocolError as exc:
+            errors.append(str(exc))
+    raise ProtocolError(" and ".join(errors) or f"{kind}.{name} has no acceptable type")
 
 
 @dataclass(frozen=True)
@@ -194,4 +226,8 @@ MESSAGE_TYPES: dict[FrameType, type[Message]] = {
 
 
 def decode_message(frame: Frame) -> Message:
-    return MESSAGE_TYPES[frame.type].from_frame(frame)
+    """The message `frame` carries; ProtocolError for any frame that is not a valid one."""
+    cls = MESSAGE_TYPES.get(frame.type)
+    if cls is None:
+        raise ProtocolError(f"no message is carried by a {frame.type.name} frame")
+    return cls.from_frame(frame)
