@@ -5,6 +5,10 @@ one table (`_ALLOWED` for an open session, `_HANDSHAKE` for the four opening mes
 AUTH challenge, AUTH proof, HELLO; see wire.auth for what they prove). ERROR may come at any
 point and closes the session, as does a protocol violation. A violation by the peer raises a
 remote ProtocolError, one by us a local one, so logs say who broke the protocol.
+
+Until the handshake is done, a frame may be no larger than `HANDSHAKE_MAX_FRAME_BYTES`: the
+opening messages carry only small headers, and a caller who has proven nothing must not make us
+buffer (or decompress) a frame of the full `max_frame_bytes` per connection.
 """
 
 from __future__ import annotations
@@ -13,10 +17,18 @@ from enum import Enum
 from typing import Literal
 
 from replicator.errors import ProtocolError
-from replicator.wire.frames import DEFAULT_MAX_FRAME_BYTES, FrameDecoder, FrameType, encode_frame
+from replicator.wire.frames import (
+    DEFAULT_MAX_FRAME_BYTES,
+    MAX_HEADER_BYTES,
+    PREFIX,
+    FrameDecoder,
+    FrameType,
+    encode_frame,
+)
 from replicator.wire.messages import ErrorMessage, Hello, Message, decode_message
 
 Role = Literal["client", "server"]
+HANDSHAKE_MAX_FRAME_BYTES = PREFIX.size + MAX_HEADER_BYTES
 
 
 class State(Enum):
@@ -63,7 +75,8 @@ class Session:
         self.role: Role = role
         self.state = State.IDLE
         self.peer_hello: Hello | None = None
-        self._decoder = FrameDecoder(max_frame_bytes)
+        self._max_frame_bytes = max_frame_bytes
+        self._decoder = FrameDecoder(min(max_frame_bytes, HANDSHAKE_MAX_FRAME_BYTES))
 
     def send(self, message: Message) -> bytes:
         """The bytes to put on the wire for `message`; a local ProtocolError if not allowed now."""
@@ -115,3 +128,5 @@ class Session:
             if isinstance(message, Hello) and direction == "recv":
                 self.peer_hello = message
             self.state = following
+            if following is State.OPEN:
+                self._decoder.max_frame_bytes = self._max_frame_bytes

@@ -6,7 +6,7 @@ import pytest
 
 from replicator.errors import ProtocolError
 from replicator.wire.messages import Ack, Auth, Batch, ErrorMessage, Hello, Ping
-from replicator.wire.session import Session, State
+from replicator.wire.session import HANDSHAKE_MAX_FRAME_BYTES, Session, State
 
 
 def hello(role: str = "origin") -> Hello:
@@ -125,3 +125,15 @@ def test_error_is_allowed_at_every_handshake_step() -> None:
     assert client.receive_data(server.send(ErrorMessage("unknown-peer", "no"))) == [
         ErrorMessage("unknown-peer", "no")]
     assert client.state is State.CLOSED and server.state is State.CLOSED
+
+
+def test_before_the_handshake_a_frame_larger_than_a_header_is_refused_unread() -> None:
+    """An unauthenticated caller may not make us buffer a full-size frame; once the session is
+    open the configured limit applies."""
+    big = Batch(1, "s1", 1, "index", "", payload=b"x" * (HANDSHAKE_MAX_FRAME_BYTES + 1))
+    sender, _ = opened()
+    data = sender.send(big)
+    with pytest.raises(ProtocolError, match="exceeds max_frame_bytes"):
+        Session("server").receive_data(data[:64])  # the prefix alone is enough to refuse it
+    _, server = opened()
+    assert server.receive_data(data) == [big]
