@@ -31,7 +31,7 @@ from replicator.wire.bounded_zstd import decompress_bounded
 from replicator.wire.strict_json import loads as strict_loads
 
 MAGIC = b"DRPL"
-VERSION = 1
+VERSION = 2  # 2: peers authenticate (AUTH frames, HELLO nonce and proof); 1 spoke unauthenticated
 PREFIX = struct.Struct("<4sBBHIIQ")
 FLAG_ZSTD = 0x1
 _KNOWN_FLAGS = FLAG_ZSTD

@@ -235,11 +235,13 @@ def test_good_flush_still_parses() -> None:
 
 # --- golden known-answer frames -----------------------------------------------------------
 
-# Known answers (DESIGN §12): the bytes of v1 frames as written on the wire. If one of these
-# changes, old peers can no longer talk to new ones: bump VERSION instead.
-GOLDEN_ACK = "4452504c010300000b000000000000009e63afa43a5894d37b22736571223a3130307d"
-GOLDEN_HELLO = ("4452504c01010000350000000000000082e556cd6c057f387b226e6f6465223a2261222c22726f6c"
+# Known answers (DESIGN §12): the bytes of v2 frames as written on the wire. If one of these
+# changes, old peers can no longer talk to new ones: bump VERSION instead (v1 -> v2 when peers
+# began to authenticate).
+GOLDEN_ACK = "4452504c020300000b00000000000000a60fb8bcbd03297f7b22736571223a3130307d"
+GOLDEN_HELLO = ("4452504c020100003500000000000000d50e35ea940dc2987b226e6f6465223a2261222c22726f6c"
                 "65223a226f726967696e222c22736f667477617265223a2267222c2265706f6368223a327d")
+GOLDEN_V1_ACK = "4452504c010300000b000000000000009e63afa43a5894d37b22736571223a3130307d"
 
 
 def test_golden_frames_decode_to_what_they_always_meant() -> None:
@@ -247,6 +249,11 @@ def test_golden_frames_decode_to_what_they_always_meant() -> None:
     assert encode_frame(Ack(100).to_frame()).hex() == GOLDEN_ACK
     hello = decode_frames(bytes.fromhex(GOLDEN_HELLO))
     assert hello == [Hello(node="a", role="origin", software="g", epoch=2)]
+
+
+def test_a_v1_peer_is_told_which_version_we_speak() -> None:
+    with pytest.raises(ProtocolError, match=r"unsupported protocol version 1 .*speaks 2"):
+        decode_frames(bytes.fromhex(GOLDEN_V1_ACK))
 
 
 def test_golden_batch_and_compressed_manifest_round_trip() -> None:
