@@ -139,3 +139,28 @@ def test_a_nack_for_a_directory_never_sent_is_ignored() -> None:
     assert outbox.nack("b", 1, ("index", "../x")) is False
     assert outbox.cursors["b"].broken == {}
     assert outbox.nack("b", 1, ("index", "u1")) is True
+
+
+def test_a_tree_deeper_than_the_wire_allows_ships_only_what_a_receiver_accepts(
+        tmp_path: Path) -> None:
+    """Directories nested past MAX_PATH_BYTES (made relative to open descriptors, as a user
+    can): the batches cover the shallow part and none carries a path the receiver refuses."""
+    root = tmp_path / "root"
+    root.mkdir()
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(24):  # 24 x 201 bytes > 4096
+            os.mkdir("d" * 200, dir_fd=fd)
+            child = os.open("d" * 200, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            with open(os.open("dovecot.index", os.O_WRONLY | os.O_CREAT, 0o600, dir_fd=child),
+                      "wb") as index:
+                index.write(b"index")
+            os.close(fd)
+            fd = child
+    finally:
+        os.close(fd)
+    drafts = _capture(root).batcher.build({("index", ""): None}).drafts
+    paths = [op.path for d in drafts for op in d.ops] + [d.reldir for d in drafts]
+    for path in paths:
+        check_relpath(path, allow_empty=True)
+    assert max(len(p) for p in paths) > 3500  # the shallow part did ship
