@@ -24,7 +24,7 @@ from replicator.paths import NODE_ID, ROOT_NAME
 DEFAULT_CONTROL_SOCKET = Path("/run/dovecot-replicator/control.sock")
 TRANSPORTS = ("auto", "rdma", "tcp")
 WATCHERS = ("inotify", "watchdog")
-SYNC_POLICIES = ("off", "degrade", "fail")
+SYNC_POLICIES = ("off", "degrade", "fail")  # weakest first
 _CHOICES = {"watcher": WATCHERS, "sync_policy": SYNC_POLICIES}
 _MINIMUMS = {"control_max_per_uid": 1, "control_max_connections": 1, "control_idle_timeout": 1}
 

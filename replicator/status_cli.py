@@ -42,7 +42,8 @@ def show_status(config: Path | None, socket_path: Path | None, *, as_json: bool)
     for peer, info in data["peers"].items():
         transport = info["transport"] or {}
         lag = info["ack_lag"]
-        print(f"  peer {peer} {info.get('address', '')}: {info['state']} via "
+        where = f" {info['address']}" if "address" in info else ""
+        print(f"  peer {peer}{where}: {info['state']} via "
               f"{transport.get('name', '-')} ({transport.get('reason', '-')}), acked "
               f"{info['acked_seq']} ({info['behind']} behind), lag p50 {lag['p50_ms']} ms "
               f"p99 {lag['p99_ms']} ms" + (f", last error: {info['last_error']}"

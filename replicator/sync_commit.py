@@ -5,6 +5,11 @@ user's list index, mdbox `storage/`) are added. Everything Dovecot changed there
 once (inotify's queue), numbered, and the answer waits until `sync_quorum` peers acknowledged
 the last batch of those directories, or fails shortly before the plugin's own timeout so it
 gets our reason rather than a timeout.
+
+Any local user may send a FLUSH, so nothing in one is trusted: its directories must be proven
+to lie below a root (`paths.wire_path_under`: no `..`, no symlink) or the request is refused
+before anything is read, and the policy it names can only weaken what this node announces to
+its peers (the operator's `sync_policy`), never strengthen it.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from replicator.capture.pipeline import BUSY_RETRY, Capture
+from replicator.config import SYNC_POLICIES
 from replicator.control.limits import OncePerMinute
 from replicator.control.protocol import FlushRequest
 from replicator.errors import PathError
@@ -32,9 +38,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("replicator.sync")
 Answer = tuple[bool, int, str]
-
-
-POLICIES = ("off", "degrade", "fail")  # weakest first
 
 
 class SyncCommit:
@@ -59,11 +62,13 @@ class SyncCommit:
     def policy(self) -> str:
         """The policy announced to peers: the configured one, or a weaker one seen since."""
         seen = [self.weakest_seen] if self.weakest_seen else []
-        return min([self.configured_policy, *seen], key=POLICIES.index)
+        return min([self.configured_policy, *seen], key=SYNC_POLICIES.index)
 
     def _note_policy(self, policy: str) -> None:
-        if policy in POLICIES and (self.weakest_seen is None
-                                   or POLICIES.index(policy) < POLICIES.index(self.weakest_seen)):
+        if policy not in SYNC_POLICIES:
+            return
+        if self.weakest_seen is None or \
+                SYNC_POLICIES.index(policy) < SYNC_POLICIES.index(self.weakest_seen):
             self.weakest_seen = policy
 
     async def flush_and_wait(self, request: FlushRequest) -> Answer:
