@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 Answer = tuple[bool, int, str]  # ok, a count for OK, the reason for FAIL
 ADMIN_VERBS = ("BARRIER", "REPAIR", "FENCE")
 IDLE_TIMEOUT = 60.0
+LINGER = 0.5        # seconds a refused client gets to read the reason before we close
+MAX_LINGERING = 64  # refused clients given that moment at once (the rest: closed at once)
 REPLY_LIMIT = 64 << 20  # what a tool accepts as one reply line (a large STATUS)
 
 
@@ -62,6 +64,7 @@ class ControlServer:
         self.limits = limits or ConnectionLimits()
         self.idle_timeout = idle_timeout
         self.refused = 0
+        self._lingering = 0  # refused clients being given a moment to read why
         self._warn = OncePerMinute(log)
         self._server: asyncio.AbstractServer | None = None
 
@@ -89,13 +92,13 @@ class ControlServer:
             self.refused += 1
             self._warn.warning(("limit", uid), "control connection from uid %s refused: %s",
                                uid, refusal)
-            await _refuse(writer, refusal)
+            await self._refuse(reader, writer, refusal)
             return
         try:
             await self._serve(reader, writer, admin)
         except LineTooLong as exc:
             self._warn.warning(("line", uid), "control client uid %s: %s", uid, exc)
-            await _refuse(writer, str(exc))
+            await self._refuse(reader, writer, str(exc))
         except ProtocolError as exc:
             self._warn.warning(("protocol", uid), "control client uid %s: %s", uid, exc)
         except TimeoutError:
@@ -151,20 +154,44 @@ class ControlServer:
             return f"STATUS\t{ident}\t{protocol.escape(json.dumps(data))}"
         raise ProtocolError(f"unknown control request {verb[:40]!r}")
 
+    async def _refuse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                      reason: str) -> None:
+        """Tell a client why it is being closed (the plugin logs the reply), then close. Up
+        to MAX_LINGERING refused clients are given LINGER seconds to read it; past that a
+        flood of refused connections is closed at once, so it cannot hold descriptors."""
+        await _send_and_shut(writer, protocol.fail("", reason))
+        if self._lingering < MAX_LINGERING:
+            self._lingering += 1
+            try:
+                await _discard_input(reader)
+            finally:
+                self._lingering -= 1
+        writer.close()
+
     def stats(self) -> dict[str, Any]:
         """Connection counts for STATUS (no uids: which users are connected is theirs)."""
         return {"connections": sum(self.limits.held.values()), "admin": self.limits.admins,
-                "refused": self.refused, "max_per_uid": self.limits.per_uid,
-                "max_connections": self.limits.total, "idle_timeout_s": self.idle_timeout}
+                "refused": self.refused, "lingering": self._lingering,
+                "max_per_uid": self.limits.per_uid, "max_connections": self.limits.total,
+                "idle_timeout_s": self.idle_timeout}
 
 
-async def _refuse(writer: asyncio.StreamWriter, reason: str) -> None:
-    """Tell a client why it is being closed (the plugin logs the reply), then close."""
-    with contextlib.suppress(ConnectionError, OSError):
-        writer.write(protocol.fail("", reason).encode() + b"\n")
-        async with asyncio.timeout(1.0):
+async def _send_and_shut(writer: asyncio.StreamWriter, line: str) -> None:
+    with contextlib.suppress(ConnectionError, OSError, TimeoutError):
+        writer.write(line.encode() + b"\n")
+        if writer.can_write_eof():
+            writer.write_eof()
+        async with asyncio.timeout(LINGER):
             await writer.drain()
-    writer.close()
+
+
+async def _discard_input(reader: asyncio.StreamReader) -> None:
+    """Read until the client closes (or LINGER passes). Closing a unix socket with unread
+    input makes the client's next read fail with ECONNRESET before it sees our reply."""
+    with contextlib.suppress(ConnectionError, OSError, TimeoutError):
+        async with asyncio.timeout(LINGER):
+            while await reader.read(1 << 16):
+                pass
 
 
 def _peer_uid(writer: asyncio.StreamWriter) -> int | None:

@@ -243,6 +243,8 @@ def test_idle_connections_of_one_user_cannot_take_the_daemons_descriptors() -> N
             assert attacker.stdout is not None
             answers = json.loads(attacker.stdout.readline() or "{}")
             assert answers == {"VERSION": 256, "FAIL": 844}, answers
+            # Refused clients get a moment to read why (at most 64 at once): wait it out.
+            poll(lambda: a.status()["control"]["lingering"] == 0, "refusals to be closed")
             held = fd_count(a)
             other = run_as(OTHER_UID, "requests", str(a.control_socket),
                            flush(1, "fail", "u1", str(box)))
