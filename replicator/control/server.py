@@ -102,9 +102,12 @@ class ControlServer:
         except ProtocolError as exc:
             self._warn.warning(("protocol", uid), "control client uid %s: %s", uid, exc)
         except TimeoutError:
-            log.debug("control client uid %s idle for %g s: closed", uid, self.idle_timeout)
+            log.debug("control client uid %s silent or not reading for %g s: closed", uid,
+                      self.idle_timeout)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
+        except Exception:  # a bug must cost one connection, never the server
+            log.exception("control client uid %s: unexpected error; connection closed", uid)
         finally:
             self.limits.release(uid, admin)
             writer.close()
@@ -112,9 +115,15 @@ class ControlServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                      admin: bool) -> None:
         protocol.parse_version(await self._next_line(reader))
-        await _send(writer, protocol.VERSION_LINE)
+        await self._reply(writer, protocol.VERSION_LINE)
         while line := await self._next_line(reader):
-            await _send(writer, await self._answer(line, admin))
+            await self._reply(writer, await self._answer(line, admin))
+
+    async def _reply(self, writer: asyncio.StreamWriter, line: str) -> None:
+        """Send a reply; TimeoutError if the client does not read it within `idle_timeout`
+        (a client that asks and never reads would otherwise hold its connection for ever)."""
+        async with asyncio.timeout(self.idle_timeout):
+            await _send(writer, line)
 
     async def _next_line(self, reader: asyncio.StreamReader) -> str:
         """The next request line; TimeoutError if the client stays silent (or dribbles one
