@@ -74,6 +74,7 @@ def dir_rank(manifest: Manifest, key: DirKey, top: Path | None = None) -> int:
 class Batcher:
     def __init__(self, roots: Mapping[str, Path], manifest: Manifest, bases: BaseCache) -> None:
         self.roots, self.manifest, self.bases = roots, manifest, bases
+        self._root_names = frozenset(roots)
 
     def build(self, dirty: Mapping[DirKey, Forced],
               untrusted: Mapping[DirKey, set[str] | None] | None = None,
@@ -147,7 +148,7 @@ class Batcher:
         inotify, rescans, FLUSH requests and peers' NACKs; a bad one is dropped here, before
         anything is read, rather than shipped as a batch every receiver refuses."""
         try:
-            check_root_name(key[0], set(self.roots))
+            check_root_name(key[0], self._root_names)
             check_relpath(key[1], allow_empty=True)
         except PathError as exc:
             log.error("not scanning %s/%s: %s", key[0][:64], key[1][:200], exc)
