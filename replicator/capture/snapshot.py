@@ -172,12 +172,12 @@ def read_file(dir_fd: int, name: str, now_ns: int) -> FileRead | Literal["busy",
             return "gone"
         raise
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return "gone"  # replaced by a fifo or device since the scan: never read one
         if locked and not try_read_lock(fd):
             return "busy"
         for _ in range(READ_ATTEMPTS):
             before = os.fstat(fd)
+            if not stat.S_ISREG(before.st_mode):
+                return "gone"  # replaced by a fifo or device since the scan: never read one
             content = _read_all(fd)
             after = os.fstat(fd)
             if len(content) == after.st_size and stat_key(before) == stat_key(after):
