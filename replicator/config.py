@@ -26,6 +26,9 @@ from replicator.paths import NODE_ID, ROOT_NAME
 DEFAULT_CONTROL_SOCKET = Path("/run/dovecot-replicator/control.sock")
 TRANSPORTS = ("auto", "rdma", "tcp")
 WATCHERS = ("inotify", "watchdog")
+SYNC_POLICIES = ("off", "degrade", "fail")  # weakest first
+_CHOICES = {"watcher": WATCHERS, "sync_policy": SYNC_POLICIES}
+_MINIMUMS = {"control_max_per_uid": 1, "control_max_connections": 1, "control_idle_timeout": 1}
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,13 @@ class Tuning:
     promote_uid_gap: int = 1000
     scrub_interval: float = 600.0  # seconds between checks of replicas against their journals
     watcher: str = "inotify"       # "inotify" (on the event loop) or "watchdog" (threads)
+    # What this node's sync-commit plugin does, as announced to peers: "fail" only when every
+    # Dovecot here runs the plugin with replicator_sync_policy = fail (a promote of this node's
+    # copy then needs no UID gap). FLUSH requests can weaken the announcement, never raise it.
+    sync_policy: str = "off"
+    control_max_per_uid: int = 256      # control connections one non-admin uid may hold
+    control_max_connections: int = 1024  # all non-admin control connections together
+    control_idle_timeout: float = 60.0  # seconds a control client may stay silent
 
 
 @dataclass(frozen=True)
@@ -200,9 +210,10 @@ def _tuning(top: ConfigReader, peer_count: int) -> Tuning:
     for name in table.names():
         default = getattr(defaults, name)
         if isinstance(default, str):
-            values[name] = table.choice(name, WATCHERS, default=default)
+            values[name] = table.choice(name, _CHOICES[name], default=default)
         else:
-            values[name] = table.number(name, type(default), minimum=0)
+            values[name] = table.number(name, type(default),
+                                        minimum=type(default)(_MINIMUMS.get(name, 0)))
     return Tuning(**values)
 
 

@@ -20,6 +20,7 @@ from typing import Any
 from replicator import __version__, sdnotify
 from replicator.capture.pipeline import Capture
 from replicator.config import Config
+from replicator.control.limits import ConnectionLimits
 from replicator.control.protocol import FlushRequest
 from replicator.control.server import ControlServer
 from replicator.manifest_codec import decode_entries, diff, origin_entries
@@ -41,7 +42,7 @@ from replicator.verify.runner import verify_replica
 log = logging.getLogger("replicator")
 SOFTWARE = f"dovecot-replicator/{__version__}"
 COUNTERS = ("flushes", "batches", "resync_batches", "busy_retries", "sync_ok", "sync_failed",
-            "sync_degraded", "rescans", "bytes_read")
+            "sync_degraded", "sync_refused", "rescans", "bytes_read")
 
 
 class Daemon(LinkHost):
@@ -74,15 +75,19 @@ class Daemon(LinkHost):
                                  self.credentials, self.gate.refusals)
         self.links = {p.id: PeerLink(self, p) for p in config.peers}
         self.sync = SyncCommit(config.roots, self.capture, self.outbox, self.links,
-                               tuning.sync_quorum, self.counters)
-        self.control = ControlServer(config.control_socket, config.control_socket_mode, self)
+                               tuning.sync_quorum, self.counters, tuning.sync_policy)
+        self.control = ControlServer(
+            config.control_socket, config.control_socket_mode, self,
+            ConnectionLimits(tuning.control_max_per_uid, tuning.control_max_connections),
+            tuning.control_idle_timeout)
         self.started = time.time()
         self._repairs: dict[DirKey, tuple[float, float]] = {}
         self._repair_pending: set[DirKey] = set()
 
     @property
     def sync_policy(self) -> str:  # type: ignore[override]
-        """What this node's sync-commit plugin does, as announced to peers (0 gap if fail)."""
+        """What this node's sync-commit plugin does, as announced to peers (0 gap if fail):
+        the configured policy, or a weaker one a FLUSH asked with since start."""
         return self.sync.policy
 
     # -- life cycle -------------------------------------------------------------------------
@@ -228,8 +233,8 @@ class Daemon(LinkHost):
         for origin in list(self.store.origins()):
             await self.repair(origin)
 
-    def status(self) -> dict[str, Any]:
-        return build_status(self)
+    def status(self, *, full: bool = True) -> dict[str, Any]:
+        return build_status(self, full=full)
 
 
 def _load_epoch(state_dir: Path) -> int:

@@ -80,11 +80,40 @@ def resolve_under(base: Path | str, relpath: str, trusted: set[str] | None = Non
     return f"{top}/{relpath}" if relpath else top
 
 
-def relative_to_root(root: Path, path: Path) -> str | None:
-    """The relative wire path of `path` under `root`, or None when it lies outside."""
-    try:
-        rel = path.relative_to(root)
-    except ValueError:
+def wire_path_under(root: Path | str, path: str) -> str | None:
+    """The wire path of the absolute `path` below `root`, proven to stay there; None when
+    `path` is elsewhere; PathError when it is malformed or would lead out of `root`.
+
+    The path comes from an unauthenticated local client (a FLUSH), so text is not enough:
+    `..` is refused outright (never resolved lexically: with a symlink `a/..` is not `.`),
+    empty and `.` components are dropped, the remainder must pass `check_relpath`, and no
+    component that exists below `root` may be a symlink (Dovecot never makes one under its
+    INDEX or CONTROL roots; following one would let the client point the root daemon at any
+    directory). Components that do not exist are fine: the directory was removed.
+    """
+    if "\x00" in path:
+        raise PathError(f"path {path[:200]!r} contains NUL")
+    if not path.startswith("/"):
+        raise PathError(f"path {path[:200]!r} is not absolute")
+    parts = [part for part in path.split("/") if part not in ("", ".")]
+    if ".." in parts:
+        raise PathError(f"path {path[:200]!r} has a '..' component")
+    base = [part for part in os.fspath(root).split("/") if part not in ("", ".")]
+    if parts[:len(base)] != base:
         return None
-    text = rel.as_posix()
-    return "" if text == "." else text
+    rel = check_relpath("/".join(parts[len(base):]), allow_empty=True)
+    refuse_symlinks(root, rel)
+    return rel
+
+
+def refuse_symlinks(root: Path | str, rel: str) -> None:
+    """PathError if an existing component of `root/rel` below `root` is a symlink."""
+    current = os.fspath(root)
+    for part in rel.split("/") if rel else []:
+        current = f"{current}/{part}"
+        try:
+            mode = os.lstat(current).st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        if stat.S_ISLNK(mode):
+            raise PathError(f"{current} is a symlink (never followed under a root)")

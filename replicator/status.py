@@ -18,7 +18,35 @@ def _percentiles(samples: list[float]) -> dict[str, float | None]:
             "p99_ms": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000, 3)}
 
 
-def build_status(daemon: Daemon) -> dict[str, Any]:
+def build_status(daemon: Daemon, *, full: bool = True) -> dict[str, Any]:
+    """The whole status (`full`, for root and the daemon's user), or the part any local user
+    may see: counters, positions and link states, but no user or mailbox names (broken
+    directories are counted, not listed), no peer addresses and no error texts (they quote
+    paths)."""
+    status = _full_status(daemon)
+    return status if full else public_view(status)
+
+
+def public_view(status: dict[str, Any]) -> dict[str, Any]:
+    view = {k: v for k, v in status.items() if k not in ("peers", "replicas")}
+    view["peers"] = {peer: _public_peer(info) for peer, info in status["peers"].items()}
+    view["replicas"] = {origin: {**{k: v for k, v in info.items() if k != "broken_dirs"},
+                                 "broken_dirs": len(info["broken_dirs"])}
+                        for origin, info in status["replicas"].items()}
+    view["redacted"] = True
+    return view
+
+
+def _public_peer(info: dict[str, Any]) -> dict[str, Any]:
+    transport = info["transport"] or {}
+    return {**{k: v for k, v in info.items()
+               if k not in ("address", "last_error", "broken_dirs", "transport")},
+            "transport": {k: transport[k] for k in ("name", "tls") if k in transport} or None,
+            "broken_dirs": len(info["broken_dirs"]),
+            "last_error": "(shown to root only)" if info["last_error"] else None}
+
+
+def _full_status(daemon: Daemon) -> dict[str, Any]:
     outbox = daemon.outbox
     peers = {}
     for peer, link in daemon.links.items():
@@ -43,9 +71,13 @@ def build_status(daemon: Daemon) -> dict[str, Any]:
         "uptime_s": round(time.time() - daemon.started, 1),
         "stream": outbox.stream, "epoch": outbox.epoch, "next_seq": outbox.next_seq,
         "retained_bytes": outbox.retained_bytes, "files": daemon.manifest.file_count(),
-        "sync_policy_seen": daemon.sync_policy, "sync_quorum": daemon.config.tuning.sync_quorum,
+        "sync_policy": {"configured": daemon.sync.configured_policy,
+                        "weakest_seen": daemon.sync.weakest_seen,
+                        "announced": daemon.sync_policy},
+        "sync_quorum": daemon.config.tuning.sync_quorum,
+        "control": daemon.control.stats(),
         "sync_commit": {"capture": _percentiles(list(daemon.sync.capture_times)),
                         "replicate": _percentiles(list(daemon.sync.replicate_times))},
         "counters": dict(daemon.counters), "traffic": daemon.traffic.as_dict(),
-        "peers": peers, "replicas": replicas,
+        "peers": peers, "replicas": replicas, "redacted": False,
     }

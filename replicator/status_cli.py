@@ -33,13 +33,17 @@ def show_status(config: Path | None, socket_path: Path | None, *, as_json: bool)
     if as_json:
         print(json.dumps(data, indent=2))
         return 0
+    policy = data["sync_policy"]
     print(f"node {data['node']} ({data['software']}), epoch {data['epoch']}, stream "
           f"{data['stream']}, next seq {data['next_seq']}, {data['files']} files, "
           f"retained {data['retained_bytes']} bytes")
+    if data.get("redacted"):
+        print("  (the view for any local user: run as root for names, addresses and errors)")
     for peer, info in data["peers"].items():
         transport = info["transport"] or {}
         lag = info["ack_lag"]
-        print(f"  peer {peer} {info['address']}: {info['state']} via "
+        where = f" {info['address']}" if "address" in info else ""
+        print(f"  peer {peer}{where}: {info['state']} via "
               f"{transport.get('name', '-')} ({transport.get('reason', '-')}), acked "
               f"{info['acked_seq']} ({info['behind']} behind), lag p50 {lag['p50_ms']} ms "
               f"p99 {lag['p99_ms']} ms" + (f", last error: {info['last_error']}"
@@ -47,12 +51,22 @@ def show_status(config: Path | None, socket_path: Path | None, *, as_json: bool)
     for origin, info in data["replicas"].items():
         print(f"  replica of {origin}: stream {info['stream']} seq {info['seq']} epoch "
               f"{info['epoch']} fence {info['fence']}"
-              + (f", broken: {', '.join(info['broken_dirs'])}" if info["broken_dirs"] else ""))
+              + (f", broken: {_listed(info['broken_dirs'])}" if info["broken_dirs"] else ""))
+    print(f"  sync policy announced to peers: {policy['announced']} (configured "
+          f"{policy['configured']}, weakest asked for by a FLUSH: {policy['weakest_seen'] or '-'})")
     sync = data["sync_commit"]
     if sync["capture"]["p50_ms"] is not None:
-        print(f"  sync commit ({data['sync_policy_seen']} policy, quorum {data['sync_quorum']}): "
+        print(f"  sync commit ({policy['announced']} policy, quorum {data['sync_quorum']}): "
               f"capture p50 {sync['capture']['p50_ms']} ms p99 {sync['capture']['p99_ms']} ms, "
               f"peers' acks p50 {sync['replicate']['p50_ms']} ms "
               f"p99 {sync['replicate']['p99_ms']} ms")
     print("  counters: " + ", ".join(f"{k}={v}" for k, v in data["counters"].items()))
+    control = data["control"]
+    print(f"  control socket: {control['connections']} connections (+{control['admin']} admin), "
+          f"{control['refused']} refused; at most {control['max_per_uid']} per uid, "
+          f"{control['max_connections']} in all, closed after {control['idle_timeout_s']} s idle")
     return 0
+
+
+def _listed(dirs: list[str] | int) -> str:
+    return f"{dirs} directories" if isinstance(dirs, int) else ", ".join(dirs)

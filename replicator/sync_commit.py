@@ -5,12 +5,19 @@ user's list index, mdbox `storage/`) are added. Everything Dovecot changed there
 once (inotify's queue), numbered, and the answer waits until `sync_quorum` peers acknowledged
 the last batch of those directories, or fails shortly before the plugin's own timeout so it
 gets our reason rather than a timeout.
+
+Any local user may send a FLUSH, so nothing in one is trusted: its directories must be proven
+to lie below a root (`paths.wire_path_under`: no `..`, no symlink) or the request is refused
+before anything is read, and the policy it names can only weaken what this node announces to
+its peers (the operator's `sync_policy`), never strengthen it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import stat
 import time
 from collections import deque
 from collections.abc import Mapping
@@ -18,8 +25,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from replicator.capture.pipeline import BUSY_RETRY, Capture
+from replicator.config import SYNC_POLICIES
+from replicator.control.limits import OncePerMinute
 from replicator.control.protocol import FlushRequest
-from replicator.paths import relative_to_root
+from replicator.errors import PathError
+from replicator.paths import wire_path_under
 from replicator.sender.batcher import DirKey
 from replicator.sender.outbox import Outbox
 
@@ -32,26 +42,51 @@ Answer = tuple[bool, int, str]
 
 class SyncCommit:
     def __init__(self, roots: Mapping[str, Path], capture: Capture, outbox: Outbox,
-                 links: Mapping[str, PeerLink], quorum: int, counters: dict[str, int]) -> None:
+                 links: Mapping[str, PeerLink], quorum: int, counters: dict[str, int],
+                 configured_policy: str = "off") -> None:
         self.roots, self.capture, self.outbox = roots, capture, outbox
         self.links, self.quorum, self.counters = links, quorum, counters
-        self.policy = "off"  # the last policy a plugin asked with (announced to peers)
+        # What peers are told this node's plugin does ("fail": a promote may use a UID gap of
+        # 0). It comes from the operator's configuration; a FLUSH, which any local user may
+        # send, can only weaken it (a plugin seen asking with "degrade"), never strengthen it.
+        self.configured_policy = configured_policy
+        self.weakest_seen: str | None = None
+        self._warn = OncePerMinute(log)  # any local user may send FLUSHes: no log flood
+        self._root_paths = {name: _spellings(root) for name, root in roots.items()}
         # Where a confirmed FLUSH spent its time (seconds, recent ones): reading and numbering
         # the changes, then the peers' round trip (send, apply, ack). STATUS reports both.
         self.capture_times: deque[float] = deque(maxlen=4096)
         self.replicate_times: deque[float] = deque(maxlen=4096)
 
+    @property
+    def policy(self) -> str:
+        """The policy announced to peers: the configured one, or a weaker one seen since."""
+        seen = [self.weakest_seen] if self.weakest_seen else []
+        return min([self.configured_policy, *seen], key=SYNC_POLICIES.index)
+
+    def _note_policy(self, policy: str) -> None:
+        if policy not in SYNC_POLICIES:
+            return
+        if self.weakest_seen is None or \
+                SYNC_POLICIES.index(policy) < SYNC_POLICIES.index(self.weakest_seen):
+            self.weakest_seen = policy
+
     async def flush_and_wait(self, request: FlushRequest) -> Answer:
         """Ship every change in the request's directories now; wait for the quorum's acks."""
-        self.policy = request.policy
+        self._note_policy(request.policy)
+        try:
+            keys = self.keys_for(request.dirs)
+        except PathError as exc:
+            self.counters["sync_refused"] += 1
+            self._warn.warning("refused", "FLUSH refused, nothing read: %s", exc)
+            return False, 0, f"refused: {exc}"
+        if not keys:
+            return self._result(False, 0, "no directory of the request is under a replicated "
+                                "root", request)
         self.capture.expect_flush_requests()
         started = time.monotonic()
         margin = min(0.1, request.timeout_ms / 1000 * 0.2)
         deadline = started + request.timeout_ms / 1000 - margin
-        keys = self.keys_for(request.dirs)
-        if not keys:
-            return self._result(False, 0, "no directory of the request is under a replicated "
-                                "root", request)
         self.capture.catch_up(keys)
         if not await self._numbered(keys, deadline):
             return self._result(False, 0, "files stayed locked by Dovecot", request)
@@ -93,15 +128,22 @@ class SyncCommit:
         return True, len(holders), ""
 
     def keys_for(self, dirs: tuple[str, ...]) -> set[DirKey]:
+        """The directories to flush for a FLUSH naming `dirs` (absolute paths), with the
+        user's directories they depend on. Paths outside every root are ignored; one that
+        names a root but is not proven to stay below it (`..`, a symlink) raises PathError,
+        and then nothing of the request is read."""
         keys: set[DirKey] = set()
         for directory in dirs:
-            for name, root in self.roots.items():
-                rel = relative_to_root(root, Path(directory))
-                if rel is not None:
-                    user = rel.partition("/")[0]
-                    keys |= {(name, rel), (name, user)}
-                    if (root / user / "storage").is_dir():
-                        keys.add((name, f"{user}/storage" if user else "storage"))
+            for name, spellings in self._root_paths.items():
+                rel = next((r for root in spellings
+                            if (r := wire_path_under(root, directory)) is not None), None)
+                if rel is None:
+                    continue
+                user = rel.partition("/")[0]
+                keys |= {(name, rel), (name, user)}
+                storage = f"{user}/storage" if user else "storage"
+                if _is_real_dir(self.roots[name] / storage):
+                    keys.add((name, storage))
         return keys
 
     def why_not_replicated(self, quorum: int) -> str:
@@ -118,3 +160,17 @@ class SyncCommit:
             log.warning("sync commit for %s not confirmed (%s policy): %s", request.user,
                         request.policy, reason)
         return ok, peers, reason
+
+
+def _spellings(root: Path) -> list[Path]:
+    """The configured root path, and its resolved form if that differs (Dovecot may name
+    the directory either way)."""
+    resolved = Path(os.path.realpath(root))
+    return [root] if resolved == root else [root, resolved]
+
+
+def _is_real_dir(path: Path) -> bool:
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False

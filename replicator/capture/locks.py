@@ -64,7 +64,9 @@ class LockWaiter:
 
     def _wait(self, path: str, loop: asyncio.AbstractEventLoop) -> None:
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            # O_NONBLOCK: a file swapped for a fifo since it was found busy must not block
+            # this thread in open() for ever (the lock wait itself is what may block).
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
             try:
                 fcntl.fcntl(fd, fcntl.F_OFD_SETLKW, _flock(fcntl.F_RDLCK))
             finally:

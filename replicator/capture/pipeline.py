@@ -20,6 +20,7 @@ from replicator.capture.inotify import InotifyWatcher
 from replicator.capture.locks import LockWaiter
 from replicator.capture.manifest import Manifest
 from replicator.capture.watcher import Hint, Watcher
+from replicator.delta.ops import Op, OpCode
 from replicator.sender.batcher import Batcher, BuildResult, DirKey, Draft, Forced
 
 log = logging.getLogger("replicator.capture")
@@ -186,8 +187,16 @@ class Capture:
             await asyncio.sleep(0)
 
     def resync(self, untrusted: Mapping[DirKey, set[str] | None]) -> list[Draft]:
-        """Whole files for `untrusted` directories (retried when Dovecot holds a lock)."""
+        """Whole files for `untrusted` directories (retried when Dovecot holds a lock). A
+        directory that is gone and unknown still gets a batch (deleting it): only an
+        acknowledged resync batch clears a peer's broken mark, and without one every wait on
+        that directory (and every BARRIER) would fail for good."""
         result = self.batcher.build({}, dict(untrusted))
+        covered = {(d.root, d.reldir) for d in result.drafts} | set(result.busy)
+        result.drafts += [Draft(root, reldir, [Op(OpCode.DELETE, reldir)])
+                          for root, reldir in untrusted
+                          if (root, reldir) not in covered and reldir
+                          and self.batcher.scannable((root, reldir))]
         for draft in result.drafts:
             draft.resync = True
         if result.busy:

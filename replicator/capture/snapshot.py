@@ -10,6 +10,7 @@ event loop never blocks behind Dovecot.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import stat
 import time
@@ -21,8 +22,14 @@ from replicator.capture.locks import try_read_lock
 from replicator.capture.manifest import RACY_NS, DirEntry, StatKey
 from replicator.delta.ops import Meta
 from replicator.dovecot.filekinds import FCNTL_LOCKED, classify, is_transient, read_rank
+from replicator.errors import PathError
+from replicator.paths import check_relpath, join_rel
+
+log = logging.getLogger(__name__)
+_WARNED: set[str] = set()  # paths already logged as unshippable (each is said once)
 
 READ_ATTEMPTS = 3
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 @dataclass(frozen=True)
@@ -62,38 +69,72 @@ def meta_of(st: os.stat_result, *, with_mtime: bool = True) -> Meta:
 def scan_dir(root: Path, reldir: str, known: DirEntry | None,
              forced: set[str] | None) -> DirScan:
     """Scan `root/reldir`; read files that changed since `known`, and all of `forced`
-    (None = every file)."""
-    path = os.path.join(root, reldir) if reldir else os.fspath(root)
+    (None = every file).
+
+    `reldir` must be a wire path (PathError otherwise), and it is opened component by component
+    without following a symlink: one in its place (the mail user owns directories below the
+    roots and may swap one for a link) makes the directory count as gone, so nothing outside
+    the root is ever read. Entries whose wire path a receiver would refuse are left out."""
+    check_relpath(reldir, allow_empty=True)
+    fd = open_dir_beneath(root, reldir)
+    if fd is None:
+        return DirScan(reldir, exists=False)
     try:
-        st = os.lstat(path)
-        entries = list(os.scandir(path))
+        st = os.fstat(fd)
+        with os.scandir(fd) as listing:
+            entries = list(listing)
+        scan = DirScan(reldir, True, meta_of(st, with_mtime=False), st.st_ino)
+        candidates: list[tuple[str, os.stat_result]] = []
+        for entry in entries:
+            _sort_entry(entry, scan, candidates)
+        _read_candidates(fd, scan, candidates, known, forced)
+    finally:
+        os.close(fd)
+    return scan
+
+
+def open_dir_beneath(root: Path, reldir: str) -> int | None:
+    """A descriptor of `root/reldir` reached without following any symlink below `root`,
+    or None if some component is missing, not a directory, or a symlink."""
+    try:
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except (FileNotFoundError, NotADirectoryError):
-        return DirScan(reldir, exists=False)
-    if not stat.S_ISDIR(st.st_mode):
-        return DirScan(reldir, exists=False)
-    scan = DirScan(reldir, True, meta_of(st, with_mtime=False), st.st_ino)
-    candidates: list[tuple[str, os.stat_result]] = []
-    for entry in entries:
-        _sort_entry(entry, scan, candidates)
+        return None
+    for part in reldir.split("/") if reldir else []:
+        try:
+            child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                raise
+            return None
+        finally:
+            os.close(fd)
+        fd = child
+    return fd
+
+
+def _read_candidates(fd: int, scan: DirScan, candidates: list[tuple[str, os.stat_result]],
+                     known: DirEntry | None, forced: set[str] | None) -> None:
     now = time.time_ns()
     for name, est in sorted(candidates, key=lambda c: read_rank(c[0])):
         old = known.files.get(name) if known else None
         unchanged = old is not None and old.stat == stat_key(est) and not old.racy
         if unchanged and (forced is not None and name not in forced):
             continue
-        read = read_file(os.path.join(path, name), name, now)
+        read = read_file(fd, name, now)
         if read == "busy":
             scan.busy.add(name)
         elif read == "gone":
             scan.present.discard(name)
         else:
             scan.reads.append(read)
-    return scan
 
 
 def _sort_entry(entry: os.DirEntry[str], scan: DirScan,
                 candidates: list[tuple[str, os.stat_result]]) -> None:
     name = entry.name
+    if not _shippable(join_rel(scan.reldir, name)):
+        return
     try:
         est = entry.stat(follow_symlinks=False)
     except FileNotFoundError:
@@ -105,11 +146,25 @@ def _sort_entry(entry: os.DirEntry[str], scan: DirScan,
         candidates.append((name, est))
 
 
-def read_file(path: str, name: str, now_ns: int) -> FileRead | Literal["busy", "gone"]:
-    """The file's content and stat, consistent with each other."""
+def _shippable(relpath: str) -> bool:
+    """Whether a receiver accepts `relpath` (a name too long for the wire, say, is not)."""
+    try:
+        check_relpath(relpath)
+    except PathError as exc:
+        if len(_WARNED) < 1000 and relpath not in _WARNED:
+            _WARNED.add(relpath)
+            log.warning("not replicating %s: %s", relpath[:200], exc)
+        return False
+    return True
+
+
+def read_file(dir_fd: int, name: str, now_ns: int) -> FileRead | Literal["busy", "gone"]:
+    """The file `name` in the open directory `dir_fd`: its content and stat, consistent with
+    each other. A symlink is not followed."""
     locked = classify(name) in FCNTL_LOCKED
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
+                     dir_fd=dir_fd)
     except FileNotFoundError:
         return "gone"
     except OSError as exc:
@@ -121,6 +176,8 @@ def read_file(path: str, name: str, now_ns: int) -> FileRead | Literal["busy", "
             return "busy"
         for _ in range(READ_ATTEMPTS):
             before = os.fstat(fd)
+            if not stat.S_ISREG(before.st_mode):
+                return "gone"  # replaced by a fifo or device since the scan: never read one
             content = _read_all(fd)
             after = os.fstat(fd)
             if len(content) == after.st_size and stat_key(before) == stat_key(after):

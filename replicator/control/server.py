@@ -4,6 +4,12 @@ The socket is created with the configured mode (default 0666 so Dovecot's mail p
 run as the mail users, can connect) in a directory created if missing. Any client may FLUSH and
 ask STATUS; BARRIER, REPAIR and FENCE, which make the daemon do work or drop a link, are
 answered only for root or the daemon's own user (the kernel's SO_PEERCRED says who asks).
+
+Because any local user may connect, nothing a client sends can cost more than a bounded
+share: connections are capped per uid and in total (`limits.py`; admins have a reserve), a
+client silent for `idle_timeout` seconds is closed (the plugin notices the close before its
+next request and reconnects), a line longer than `protocol.MAX_LINE` is refused, and STATUS
+for anyone but an admin leaves out user and mailbox names, addresses and error texts.
 """
 
 from __future__ import annotations
@@ -19,12 +25,17 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from replicator.control import protocol
+from replicator.control.limits import ConnectionLimits, OncePerMinute
 from replicator.errors import ProtocolError
 
 log = logging.getLogger(__name__)
 
 Answer = tuple[bool, int, str]  # ok, a count for OK, the reason for FAIL
 ADMIN_VERBS = ("BARRIER", "REPAIR", "FENCE")
+IDLE_TIMEOUT = 60.0
+LINGER = 0.5        # seconds a refused client gets to read the reason before we close
+MAX_LINGERING = 64  # refused clients given that moment at once (the rest: closed at once)
+REPLY_LIMIT = 64 << 20  # what a tool accepts as one reply line (a large STATUS)
 
 
 class ControlHost(Protocol):
@@ -38,15 +49,27 @@ class ControlHost(Protocol):
 
     async def fence(self, origin: str) -> Answer: ...
 
-    def status(self) -> dict[str, Any]: ...
+    def status(self, *, full: bool) -> dict[str, Any]: ...
+
+
+class LineTooLong(ProtocolError):
+    """A control line over protocol.MAX_LINE bytes."""
 
 
 class ControlServer:
-    def __init__(self, path: Path, mode: int, host: ControlHost) -> None:
+    def __init__(self, path: Path, mode: int, host: ControlHost,
+                 limits: ConnectionLimits | None = None,
+                 idle_timeout: float = IDLE_TIMEOUT) -> None:
         self.path, self.mode, self.host = path, mode, host
+        self.limits = limits or ConnectionLimits()
+        self.idle_timeout = idle_timeout
+        self.refused = 0
+        self._lingering = 0  # refused clients being given a moment to read why
+        self._warn = OncePerMinute(log)
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
+        self.limits.fit_descriptors(log)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
@@ -62,18 +85,51 @@ class ControlServer:
             self.path.unlink()
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        admin = _peer_uid(writer) in (0, os.geteuid())
+        uid = _peer_uid(writer)
+        admin = uid in (0, os.geteuid())
+        refusal = self.limits.admit(uid, admin)
+        if refusal is not None:
+            self.refused += 1
+            self._warn.warning(("limit", uid), "control connection from uid %s refused: %s",
+                               uid, refusal)
+            await self._refuse(reader, writer, refusal)
+            return
         try:
-            protocol.parse_version(await _line(reader))
-            await _send(writer, protocol.VERSION_LINE)
-            while line := await _line(reader):
-                await _send(writer, await self._answer(line, admin))
+            await self._serve(reader, writer, admin)
+        except LineTooLong as exc:
+            self._warn.warning(("line", uid), "control client uid %s: %s", uid, exc)
+            await self._refuse(reader, writer, str(exc))
         except ProtocolError as exc:
-            log.warning("control client: %s", exc)
-        except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            self._warn.warning(("protocol", uid), "control client uid %s: %s", uid, exc)
+        except TimeoutError:
+            log.debug("control client uid %s silent or not reading for %g s: closed", uid,
+                      self.idle_timeout)
+        except (ConnectionError, asyncio.IncompleteReadError):
             pass
+        except Exception:  # a bug must cost one connection, never the server
+            log.exception("control client uid %s: unexpected error; connection closed", uid)
         finally:
+            self.limits.release(uid, admin)
             writer.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                     admin: bool) -> None:
+        protocol.parse_version(await self._next_line(reader))
+        await self._reply(writer, protocol.VERSION_LINE)
+        while line := await self._next_line(reader):
+            await self._reply(writer, await self._answer(line, admin))
+
+    async def _reply(self, writer: asyncio.StreamWriter, line: str) -> None:
+        """Send a reply; TimeoutError if the client does not read it within `idle_timeout`
+        (a client that asks and never reads would otherwise hold its connection for ever)."""
+        async with asyncio.timeout(self.idle_timeout):
+            await _send(writer, line)
+
+    async def _next_line(self, reader: asyncio.StreamReader) -> str:
+        """The next request line; TimeoutError if the client stays silent (or dribbles one
+        line) for `idle_timeout` seconds."""
+        async with asyncio.timeout(self.idle_timeout):
+            return await _line(reader)
 
     async def _answer(self, line: str, admin: bool) -> str:
         """The reply to one request; a request that failed inside the daemon gets a FAIL
@@ -103,8 +159,48 @@ class ControlServer:
             handler = self.host.repair if verb == "REPAIR" else self.host.fence
             return _reply(ident, await handler(origin))
         if verb == "STATUS" and len(fields) == 2:
-            return f"STATUS\t{ident}\t{protocol.escape(json.dumps(self.host.status()))}"
+            data = self.host.status(full=admin)
+            return f"STATUS\t{ident}\t{protocol.escape(json.dumps(data))}"
         raise ProtocolError(f"unknown control request {verb[:40]!r}")
+
+    async def _refuse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                      reason: str) -> None:
+        """Tell a client why it is being closed (the plugin logs the reply), then close. Up
+        to MAX_LINGERING refused clients are given LINGER seconds to read it; past that a
+        flood of refused connections is closed at once, so it cannot hold descriptors."""
+        await _send_and_shut(writer, protocol.fail("", reason))
+        if self._lingering < MAX_LINGERING:
+            self._lingering += 1
+            try:
+                await _discard_input(reader)
+            finally:
+                self._lingering -= 1
+        writer.close()
+
+    def stats(self) -> dict[str, Any]:
+        """Connection counts for STATUS (no uids: which users are connected is theirs)."""
+        return {"connections": sum(self.limits.held.values()), "admin": self.limits.admins,
+                "refused": self.refused, "lingering": self._lingering,
+                "max_per_uid": self.limits.per_uid, "max_connections": self.limits.total,
+                "idle_timeout_s": self.idle_timeout}
+
+
+async def _send_and_shut(writer: asyncio.StreamWriter, line: str) -> None:
+    with contextlib.suppress(ConnectionError, OSError, TimeoutError):
+        writer.write(line.encode() + b"\n")
+        if writer.can_write_eof():
+            writer.write_eof()
+        async with asyncio.timeout(LINGER):
+            await writer.drain()
+
+
+async def _discard_input(reader: asyncio.StreamReader) -> None:
+    """Read until the client closes (or LINGER passes). Closing a unix socket with unread
+    input makes the client's next read fail with ECONNRESET before it sees our reply."""
+    with contextlib.suppress(ConnectionError, OSError, TimeoutError):
+        async with asyncio.timeout(LINGER):
+            while await reader.read(1 << 16):
+                pass
 
 
 def _peer_uid(writer: asyncio.StreamWriter) -> int | None:
@@ -122,9 +218,16 @@ def _reply(ident: str, answer: Answer) -> str:
 
 
 async def _line(reader: asyncio.StreamReader) -> str:
-    raw = await reader.readline()
-    if raw and not raw.endswith(b"\n"):
-        raise ProtocolError("control line without end of line")
+    """One line without its newline ('' at end of input). A line over the reader's limit is
+    LineTooLong (StreamReader.readline would raise a bare ValueError)."""
+    try:
+        raw = await reader.readuntil(b"\n")
+    except asyncio.IncompleteReadError as exc:
+        if exc.partial:
+            raise ProtocolError("control line without end of line") from None
+        return ""
+    except asyncio.LimitOverrunError:
+        raise LineTooLong(f"control line longer than {protocol.MAX_LINE} bytes refused") from None
     return raw.decode("utf-8", "surrogateescape").rstrip("\n")
 
 
@@ -136,7 +239,7 @@ async def _send(writer: asyncio.StreamWriter, line: str) -> None:
 async def request(path: Path, line: str, timeout: float = 5.0) -> str:
     """One request from a tool (status, tests): connect, handshake, ask, return the reply."""
     async with asyncio.timeout(timeout):
-        reader, writer = await asyncio.open_unix_connection(str(path))
+        reader, writer = await asyncio.open_unix_connection(str(path), limit=REPLY_LIMIT)
     try:
         await _send(writer, protocol.VERSION_LINE)
         async with asyncio.timeout(timeout):

@@ -11,6 +11,7 @@ to what the replicas held before the flush.
 from __future__ import annotations
 
 import heapq
+import logging
 import os
 import stat
 from collections.abc import Mapping
@@ -24,11 +25,13 @@ from replicator.delta.codec import MAX_DELTA_BASE
 from replicator.delta.encode import Shipped, describe, encode_file, finish_copy
 from replicator.delta.ops import Op, OpCode
 from replicator.dovecot.filekinds import APPEND_MOSTLY, FileKind, classify, visible_rank
-from replicator.paths import join_rel, parent_rel
+from replicator.errors import PathError
+from replicator.paths import check_relpath, check_root_name, join_rel, parent_rel
 
 DirKey = tuple[str, str]            # (root name, relative directory)
 Forced = set[str] | None            # names to read even if their stat is unchanged; None: all
 _UNCACHED_KINDS = frozenset({FileKind.LOG, FileKind.CACHE})
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -71,6 +74,7 @@ def dir_rank(manifest: Manifest, key: DirKey, top: Path | None = None) -> int:
 class Batcher:
     def __init__(self, roots: Mapping[str, Path], manifest: Manifest, bases: BaseCache) -> None:
         self.roots, self.manifest, self.bases = roots, manifest, bases
+        self._root_names = frozenset(roots)
 
     def build(self, dirty: Mapping[DirKey, Forced],
               untrusted: Mapping[DirKey, set[str] | None] | None = None,
@@ -86,6 +90,7 @@ class Batcher:
         for plan in plans:
             plan.commit()
         ranked = sorted(drafts, key=lambda d: -dir_rank(self.manifest, (d.root, d.reldir)))
+        ranked = [d for d in ranked if _wire_safe(d)]
         changes = [d for d in ranked if not d.deletes_only]
         result.drafts = changes + _deletions_after(changes, [d for d in ranked
                                                               if d.deletes_only])
@@ -94,8 +99,8 @@ class Batcher:
     def _scan_all(self, dirty: Mapping[DirKey, Forced], untrusted: Mapping[DirKey, object],
                   result: BuildResult) -> list[tuple[DirKey, DirScan]]:
         wanted: dict[DirKey, Forced] = {k: (None if k in untrusted else v) for k, v in
-                                        dirty.items()}
-        wanted.update({k: None for k in untrusted})
+                                        dirty.items() if self.scannable(k)}
+        wanted.update({k: None for k in untrusted if self.scannable(k)})
         # A heap, not a list: a directory discovered while scanning (a new user's INBOX, found
         # after its storage/) must still be read before the directories it depends on.
         queue = [(dir_rank(self.manifest, k, self.roots[k[0]]), k) for k in wanted]
@@ -138,8 +143,38 @@ class Batcher:
                 kept.append((key, scan))
         return kept
 
+    def scannable(self, key: DirKey) -> bool:
+        """Whether `key` names a directory of a configured root by a wire path. Keys come from
+        inotify, rescans, FLUSH requests and peers' NACKs; a bad one is dropped here, before
+        anything is read, rather than shipped as a batch every receiver refuses."""
+        try:
+            check_root_name(key[0], self._root_names)
+            check_relpath(key[1], allow_empty=True)
+        except PathError as exc:
+            log.error("not scanning %s/%s: %s", key[0][:64], key[1][:200], exc)
+            return False
+        return True
+
     def shipped_base(self, root: str, path: str) -> bytes | None:
         return self.bases.get(root, path)
+
+
+def _wire_safe(draft: Draft) -> bool:
+    """Whether every path of `draft` passes the receiver's checks (the last guard: a batch a
+    receiver refuses would be resent for ever)."""
+    try:
+        check_relpath(draft.reldir, allow_empty=True)
+        for op in draft.ops:
+            check_relpath(op.path, allow_empty=op.code in (OpCode.ENSURE_DIR, OpCode.KEEP_ONLY))
+            if op.code == OpCode.COPY:
+                check_relpath(op.source)
+            for name in op.names:
+                if "/" in check_relpath(name):
+                    raise PathError(f"KEEP_ONLY name {name!r} has a '/'")
+    except PathError as exc:
+        log.error("not shipping a batch of %s/%s: %s", draft.root, draft.reldir[:200], exc)
+        return False
+    return True
 
 
 def _deletions_after(changes: list[Draft], deletions: list[Draft]) -> list[Draft]:

@@ -123,7 +123,11 @@ class Outbox:
         self._wake_waiters()
 
     def nack(self, peer: str, seq: int, key: DirKey) -> bool:
-        """Record a NACK; True if a resync of `key` must be queued (none numbered after it)."""
+        """Record a NACK; True if a resync of `key` must be queued (none numbered after it).
+        A NACK for a directory this stream never sent a batch of is ignored: the peer is
+        confused or hostile, and marking it broken would fail every wait that names it."""
+        if key not in self._last_seq:
+            return False
         cursor = self.cursors[peer]
         cursor.broken[key] = max(seq, cursor.broken.get(key, 0))
         return self._last_resync.get(key, 0) <= seq

@@ -98,7 +98,8 @@ def two_nodes(mail_format: MailFormat = "maildir", users: tuple[str, ...] = ("u1
               sync_timeout_ms: int = 2000, mail_fsync: str = "always",
               start: bool = True, hosts: HostPair | None = None) -> Iterator[TwoNodes]:
     """Node a (serving IMAP) and node b (holding a's copy). With `sync_commit` ("fail" or
-    "degrade"), a's Dovecot loads the sync-commit plugin talking to a's daemon. With `hosts`,
+    "degrade"), a's Dovecot loads the sync-commit plugin talking to a's daemon, and a's daemon
+    is configured with that `sync_policy`. With `hosts`,
     the two daemons run in their own network namespaces, linked by a veth pair the test can
     cut (Dovecot and the test stay on the host's loopback)."""
     made = base is None or not base.exists()
@@ -108,8 +109,11 @@ def two_nodes(mail_format: MailFormat = "maildir", users: tuple[str, ...] = ("u1
     mail = base / "shared-mail"
     layouts = {n: DovecotLayout(mail, base / n / "index", base / n / "control", mail_format)
                for n in ("a", "b")}
+    # The operator's statement that every Dovecot on a runs the plugin with this policy: a
+    # peer is told so (a promote of a's copy uses a UID gap of 0 only under "fail").
+    policy = {"sync_policy": sync_commit} if sync_commit else {}
     repl_a = ReplicatorNode(base / "a" / "replicator", "a", _roots(layouts["a"]),
-                            replication=replication or {})
+                            replication={**policy, **(replication or {})})
     repl_b = ReplicatorNode(base / "b" / "replicator", "b", _roots(layouts["b"]),
                             replication=replication or {}, ram=replicas)
     repl_a.peers, repl_b.peers = [PeerSpec("b", repl_b.port)], [PeerSpec("a", repl_a.port)]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -182,4 +183,24 @@ def test_sync_flush_names_the_directories_dovecot_changed(tmp_path: Path) -> Non
                                 str(nodes.repl_a.control_socket)], capture_output=True,
                                text=True, timeout=60, check=True).stdout
         assert "sync commit (fail policy, quorum 1): capture p50" in shown
+        client.logout()
+
+
+def test_the_plugin_reconnects_after_the_daemon_closed_its_idle_connection(
+        tmp_path: Path) -> None:
+    """The daemon closes a control connection that stayed silent (a bound any local user's
+    connections must have); the plugin notices before its next request and reconnects, so the
+    same IMAP session's next commit is confirmed, not failed."""
+    with two_nodes("maildir", USERS[:1], base=tmp_path / "nodes", sync_commit="fail",
+                   replication={"control_idle_timeout": 1.0}) as nodes:
+        client = nodes.dovecot_a.imap(USERS[0])
+        client.append("INBOX", body_bytes(USERS[0], 1))
+        assert nodes.repl_a.status()["control"]["connections"] == 1  # the plugin's, kept
+        deadline = time.monotonic() + 60
+        while nodes.repl_a.status()["control"]["connections"] > 0:  # the plugin's, closed
+            assert time.monotonic() < deadline, "the idle connection was never closed"
+            time.sleep(0.05)
+        client.append("INBOX", body_bytes(USERS[0], 2))
+        counters = nodes.repl_a.status()["counters"]
+        assert counters["sync_ok"] >= 2 and counters["sync_failed"] == 0, counters
         client.logout()

@@ -394,7 +394,7 @@ def test_the_daemons_own_control_server_understands_the_plugin(
         async def fence(self, origin: str) -> tuple[bool, int, str]:
             return True, 0, ""
 
-        def status(self) -> dict[str, object]:
+        def status(self, *, full: bool) -> dict[str, object]:
             return {}
 
     rig = rig_factory("fail", server=None)

@@ -1,0 +1,166 @@
+"""What the sender reads is proven to lie below a root: the FLUSH path mapping, the directory
+scan, and the batches that leave (a receiver refuses any other, and a refused batch must not
+stall the link)."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from replicator.capture.pipeline import Capture
+from replicator.capture.snapshot import scan_dir
+from replicator.delta.ops import OpCode
+from replicator.errors import PathError
+from replicator.paths import check_relpath, wire_path_under
+from replicator.sender.batcher import Draft
+from replicator.sender.outbox import Outbox
+
+SECRET = b"root-only secret\n"
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """base/root holds real directories and symlinks pointing out of and inside the root;
+    base/outside holds a secret."""
+    base = tmp_path_factory.mktemp("tree")
+    root = base / "root"
+    (root / "u1" / "box").mkdir(parents=True)
+    (root / "u1" / "box" / "dovecot.index.log").write_bytes(b"log")
+    (base / "outside" / "box").mkdir(parents=True)
+    (base / "outside" / "secret").write_bytes(SECRET)
+    (base / "outside" / "box" / "dovecot.index").write_bytes(SECRET)
+    (root / "u1" / "out").symlink_to(base / "outside")
+    (root / "u1" / "loop").symlink_to(root / "u1")
+    (root / "evil").symlink_to(base / "outside")
+    (root / "u1" / "box" / "leak").symlink_to(base / "outside" / "secret")
+    return base
+
+
+COMPONENTS = st.sampled_from(["..", ".", "", "u1", "box", "out", "loop", "evil", "root",
+                              "outside", "secret", "leak", "new"])
+
+
+@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(parts=st.lists(COMPONENTS, max_size=8), anchored=st.booleans())
+def test_a_mapped_flush_path_never_leaves_the_root(tree: Path, parts: list[str],
+                                                   anchored: bool) -> None:
+    root = tree / "root"
+    path = (f"{root}/" if anchored else f"{tree}/") + "/".join(parts)
+    try:
+        rel = wire_path_under(root, path)
+    except PathError:
+        return
+    if rel is None:
+        return
+    assert check_relpath(rel, allow_empty=True) == rel
+    assert ".." not in rel.split("/")
+    resolved = os.path.realpath(os.path.join(root, rel))
+    assert resolved == str(root) or resolved.startswith(f"{root}/"), (path, rel, resolved)
+    current = root
+    for part in rel.split("/") if rel else []:  # no existing component is a symlink
+        current = current / part
+        assert not current.is_symlink(), (path, rel)
+
+
+@pytest.mark.parametrize("path", ["{root}/../outside", "{root}/u1/../../outside/secret",
+                                  "{root}/u1/out", "{root}/u1/out/box", "{root}/evil",
+                                  "{root}/u1/loop/box", "relative/u1", "{root}/u1\x00x"])
+def test_escaping_flush_paths_are_refused(tree: Path, path: str) -> None:
+    with pytest.raises(PathError):
+        wire_path_under(tree / "root", path.format(root=tree / "root"))
+
+
+def test_normal_flush_paths_map_to_their_wire_path(tree: Path) -> None:
+    root = tree / "root"
+    assert wire_path_under(root, f"{root}/u1/box") == "u1/box"
+    assert wire_path_under(root, f"{root}//u1/./box/") == "u1/box"
+    assert wire_path_under(root, f"{root}/u1/gone/later") == "u1/gone/later"
+    assert wire_path_under(root, str(root)) == ""
+    assert wire_path_under(root, f"{tree}/rootless/u1") is None
+    assert wire_path_under(root, "/elsewhere") is None
+
+
+def test_scan_refuses_a_reldir_that_is_not_a_wire_path(tree: Path) -> None:
+    for reldir in ("../outside", "u1/../../outside", "/abs", "u1//box"):
+        with pytest.raises(PathError):
+            scan_dir(tree / "root", reldir, None, None)
+
+
+@pytest.mark.parametrize("reldir", ["evil", "u1/out", "u1/out/box", "u1/loop/box"])
+def test_scan_never_follows_a_symlinked_directory(tree: Path, reldir: str) -> None:
+    scan = scan_dir(tree / "root", reldir, None, None)
+    assert not scan.exists and not scan.reads
+
+
+def test_scan_skips_symlinks_and_fifos_inside_a_directory(tree: Path) -> None:
+    box = tree / "root" / "u1" / "box"
+    fifo = box / "dovecot.index.cache"
+    os.mkfifo(fifo)
+    try:
+        scan = scan_dir(tree / "root", "u1/box", None, None)  # a read of the fifo would hang
+    finally:
+        fifo.unlink()
+    assert [r.name for r in scan.reads] == ["dovecot.index.log"]
+    assert all(SECRET not in r.content for r in scan.reads)
+    assert scan.subdirs == set()
+
+
+def _capture(root: Path) -> Capture:
+    return Capture({"index": root}, "inotify", 1 << 20, lambda drafts: None, Counter())
+
+
+def test_bad_keys_are_dropped_before_anything_is_read(tree: Path) -> None:
+    capture = _capture(tree / "root")
+    result = capture.batcher.build({("index", "../outside"): None, ("index", "u1/out"): None,
+                                    ("other", "u1"): None})
+    assert all(SECRET not in op.data for d in result.drafts for op in d.ops)
+    assert all(d.reldir in ("u1/out",) for d in result.drafts)
+
+
+def test_a_resync_of_a_gone_unknown_directory_still_sends_a_batch(tree: Path) -> None:
+    """Only an acknowledged resync batch clears a peer's broken mark: a directory that is gone
+    (or a symlink) and was never shipped gets one deleting it; a key that is no wire path
+    gets none and raises nothing."""
+    capture = _capture(tree / "root")
+    drafts = capture.resync({("index", "u1/gone"): None, ("index", "evil"): None,
+                             ("index", "../outside"): None})
+    assert sorted((d.reldir, [op.code for op in d.ops], d.resync) for d in drafts) == [
+        ("evil", [OpCode.DELETE], True), ("u1/gone", [OpCode.DELETE], True)]
+
+
+def test_a_nack_for_a_directory_never_sent_is_ignored() -> None:
+    outbox = Outbox("s", 1, ["b"], retain_bytes=1 << 20, max_frame_bytes=1 << 20)
+    outbox.add(Draft("index", "u1", []))
+    assert outbox.nack("b", 1, ("index", "../x")) is False
+    assert outbox.cursors["b"].broken == {}
+    assert outbox.nack("b", 1, ("index", "u1")) is True
+
+
+def test_a_tree_deeper_than_the_wire_allows_ships_only_what_a_receiver_accepts(
+        tmp_path: Path) -> None:
+    """Directories nested past MAX_PATH_BYTES (made relative to open descriptors, as a user
+    can): the batches cover the shallow part and none carries a path the receiver refuses."""
+    root = tmp_path / "root"
+    root.mkdir()
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(24):  # 24 x 201 bytes > 4096
+            os.mkdir("d" * 200, dir_fd=fd)
+            child = os.open("d" * 200, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            with open(os.open("dovecot.index", os.O_WRONLY | os.O_CREAT, 0o600, dir_fd=child),
+                      "wb") as index:
+                index.write(b"index")
+            os.close(fd)
+            fd = child
+    finally:
+        os.close(fd)
+    drafts = _capture(root).batcher.build({("index", ""): None}).drafts
+    paths = [op.path for d in drafts for op in d.ops] + [d.reldir for d in drafts]
+    for path in paths:
+        check_relpath(path, allow_empty=True)
+    assert max(len(p) for p in paths) > 3500  # the shallow part did ship
