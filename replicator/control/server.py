@@ -132,12 +132,14 @@ class ControlServer:
             return await _line(reader)
 
     async def _answer(self, line: str, admin: bool) -> str:
-        """The reply to one request; a request that failed inside the daemon gets a FAIL
-        naming the error (and the log a traceback), not a closed connection."""
+        """The reply to one request: a malformed one gets a FAIL saying what is wrong, one that
+        failed inside the daemon a FAIL naming the error (and the log a traceback); neither
+        closes the connection (the line was read whole, so the next one is in step)."""
         try:
             return await self._request(line, admin)
-        except ProtocolError:
-            raise
+        except ProtocolError as exc:  # the line was whole: refuse it, keep the connection
+            self._warn.warning(("request",), "malformed control request: %s", exc)
+            return protocol.fail(_echoed_id(line), f"malformed request: {exc}")
         except Exception as exc:
             fields = line.split("\t")
             log.exception("control request %s failed", fields[0][:40])
@@ -152,8 +154,9 @@ class ControlServer:
         if verb == "FLUSH":
             request = protocol.parse_flush(fields)
             return _reply(request.id, await self.host.flush_and_wait(request))
-        if verb == "BARRIER" and len(fields) == 3 and fields[2].isdigit():
-            return _reply(ident, await self.host.barrier(int(fields[2]) / 1000))
+        if verb == "BARRIER" and len(fields) == 3:
+            timeout_ms = protocol.decimal(fields[2], "BARRIER timeout_ms")
+            return _reply(ident, await self.host.barrier(timeout_ms / 1000))
         if verb in ("REPAIR", "FENCE") and len(fields) == 3:
             origin = protocol.unescape(fields[2])
             handler = self.host.repair if verb == "REPAIR" else self.host.fence
@@ -201,6 +204,14 @@ async def _discard_input(reader: asyncio.StreamReader) -> None:
         async with asyncio.timeout(LINGER):
             while await reader.read(1 << 16):
                 pass
+
+
+def _echoed_id(line: str) -> str:
+    """The request's id if it is one (a short decimal), else "" (never echo arbitrary text)."""
+    fields = line.split("\t", 2)
+    ident = fields[1] if len(fields) > 1 else ""
+    return ident if 0 < len(ident) <= protocol.MAX_ID_DIGITS and ident.isascii() \
+        and ident.isdigit() else ""
 
 
 def _peer_uid(writer: asyncio.StreamWriter) -> int | None:

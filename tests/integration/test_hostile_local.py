@@ -309,3 +309,14 @@ def test_status_shows_no_user_names_to_an_unprivileged_user(tiny_tmpfs: Path) ->
         shown_b = json.loads(run_as(NOBODY, "requests", str(b.control_socket), "STATUS\t8")[
             "replies"][1].split("\t", 2)[2])
         assert shown_b["replicas"]["a"]["broken_dirs"] >= 1  # counted, not named
+
+
+def test_a_malformed_request_gets_a_fail_saying_why_and_the_connection_goes_on() -> None:
+    with nodes() as (a, _b, _base):
+        answer = run_as(0, "requests", str(a.control_socket), "BARRIER\t7\t1²",
+                        "FLUSH\tnot-a-number\t5\tfail\tu1\t/x", "NOSUCHVERB\t8", "STATUS\t9")
+        barrier, flush_reply, unknown, status = answer["replies"][1:5]
+        assert barrier.startswith("FAIL\t7\tmalformed request: BARRIER timeout_ms"), barrier
+        assert flush_reply.startswith("FAIL\t\tmalformed request: FLUSH"), flush_reply
+        assert unknown.startswith("FAIL\t8\tmalformed request: unknown control request"), unknown
+        assert status.startswith("STATUS\t9\t"), status[:80]
