@@ -9,6 +9,7 @@ without re-reading it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -67,24 +68,46 @@ class BatchApplier:
         self._work: dict[str, WorkingFile] = {}
         self._actions: list[tuple[str, Action]] = []
         self._resolved: dict[str, str] = {}
+        self._targets: dict[str, WorkingFile] = {}  # file -> its working copy at commit
+        self._staged: dict[str, str] = {}  # file -> staging file holding its new content
+        self.changed = False  # whether anything visible has been changed yet
 
     def apply(self, ops: list[Op]) -> ApplyStats:
-        """Verify every op, then commit; ApplyError (nothing visible changed) on any mismatch."""
+        """Verify every op, write every new content to staging files, then make the changes
+        visible in the batch's order. An error before `changed` is set changed nothing a
+        reader can see (a mismatch, or a full filesystem while staging); after it, each file
+        is in its old or its new state (appends are cut back, renames are atomic) but the
+        batch as a whole is half applied."""
         try:
             for op in ops:
                 self._stage(op)
         except ProtocolError as exc:
             raise ApplyError(str(exc)) from None
         last = {key: index for index, (key, _) in enumerate(self._actions)}
+        plan = [(key, action) for index, (key, action) in enumerate(self._actions)
+                if last[key] == index or not key.startswith("file:")]  # a file commits once
         stats = ApplyStats()
-        for index, (key, action) in enumerate(self._actions):
-            if key.startswith("file:"):
-                if last[key] != index:
-                    continue  # a file is committed once, at its last op
-                stats.files += 1
-            action()
+        try:
+            self._write_staging([key[5:] for key, _ in plan if key.startswith("file:")])
+            for key, action in plan:
+                self.changed = True
+                action()
+                stats.files += key.startswith("file:")
+        finally:
+            for staged in self._staged.values():
+                with contextlib.suppress(OSError):
+                    os.unlink(staged)
         stats.bytes_written = sum(op.raw_size for op in ops)
         return stats
+
+    def _write_staging(self, rels: list[str]) -> None:
+        """Every whole new content, written beside the replica before anything is renamed:
+        the step that needs room happens while nothing visible has changed."""
+        for rel in rels:
+            wf = self._targets[rel]
+            if wf.exists and wf.materialized:
+                staged = self._staged[rel] = f"{self.staging}.{len(self._staged)}"
+                fileio.write_staging(staged, wf.content(), wf.meta, may_chown=self.may_chown)
 
     def _path(self, rel: str) -> str:
         path = self._resolved.get(rel)
@@ -113,8 +136,8 @@ class BatchApplier:
         target.apply(op, self.max_size, source)
         if op.result is not None:
             target.check(op.result)
-        key = f"file:{op.path}"
-        self._actions.append((key, lambda: self._commit(target)))
+        self._targets[op.path] = target
+        self._actions.append((f"file:{op.path}", lambda: self._commit(target)))
 
     def _stage_tree_delete(self, rel: str) -> None:
         path = self._path(rel)
@@ -152,8 +175,7 @@ class BatchApplier:
             return
         state = wf.digest()
         if wf.materialized:
-            self._forget(fileio.replace_file(str(self.base), path, wf.content(), wf.meta,
-                                             self.staging, may_chown=self.may_chown))
+            self._forget(fileio.install_file(str(self.base), path, self._staged.pop(wf.path)))
         elif wf.tails or wf.meta is not None:
             fileio.append_file(path, self.digests.get(path).size, wf.tails, wf.meta,
                                may_chown=self.may_chown)

@@ -79,44 +79,58 @@ def ensure_dir(base: str, path: str, meta: Meta | None, *, may_chown: bool) -> l
     return removed
 
 
-def replace_file(base: str, path: str, content: bytes, meta: Meta | None, staging: PathLike,
-                 *, may_chown: bool) -> list[str]:
-    """Atomically make `path` hold `content` (written to `staging` first); what stood in the
-    way (a directory at `path`, a file where a parent directory belongs) is removed and
-    returned."""
+def write_staging(staging: PathLike, content: bytes, meta: Meta | None, *,
+                  may_chown: bool) -> None:
+    """Write `content` (with the origin's metadata) to `staging`, invisible to readers. This is
+    where a full filesystem shows: a failure here has changed nothing a reader can see."""
     fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
                  0o600)
     try:
         _write_all(fd, content, 0)
         if meta is not None:
             apply_meta(fd, meta, may_chown=may_chown)
-    finally:
+    except BaseException:
         os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(staging)
+        raise
+    os.close(fd)
+
+
+def install_file(base: str, path: str, staged: PathLike) -> list[str]:
+    """Atomically rename `staged` over `path`; what stood in the way (a directory at `path`, a
+    file where a parent directory belongs) is removed and returned."""
     removed: list[str] = []
     if kind_of(path) == "dir":
         shutil.rmtree(path)
         removed.append(path)
     try:
-        os.rename(staging, path)
+        os.rename(staged, path)
     except (FileNotFoundError, NotADirectoryError):  # a new directory, or a file in the way
         removed += make_dirs(base, os.path.dirname(path))
-        os.rename(staging, path)
+        os.rename(staged, path)
     return removed
 
 
 def append_file(path: PathLike, expected_size: int, tails: list[bytes], meta: Meta | None,
                 *, may_chown: bool) -> None:
-    """Append `tails` at `expected_size` in place; ApplyError if the file is not that size."""
+    """Append `tails` at `expected_size` in place; ApplyError if the file is not that size. A
+    write that fails part way (a full filesystem) is cut back to the old size: the file is
+    then as it was, never torn."""
     fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         size = os.fstat(fd).st_size
         if size != expected_size:
             raise ApplyError(f"{path}: has {size} bytes, the batch was checked against "
                              f"{expected_size}")
-        offset = size
-        for tail in tails:
-            _write_all(fd, tail, offset)
-            offset += len(tail)
+        try:
+            offset = size
+            for tail in tails:
+                _write_all(fd, tail, offset)
+                offset += len(tail)
+        except OSError:
+            os.ftruncate(fd, size)  # shrinking needs no room
+            raise
         if meta is not None:
             apply_meta(fd, meta, may_chown=may_chown)
     finally:

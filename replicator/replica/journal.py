@@ -10,6 +10,7 @@ resends that directory.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
@@ -89,11 +90,26 @@ class DigestJournal:
         if self._lines + len(self._pending) > 2 * len(self.files) + 1000:
             self._rewrite()
         else:
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write("\n".join(self._pending) + "\n")
+            self._append(("\n".join(self._pending) + "\n").encode())
             self._lines += len(self._pending)
         self._pending = []
         self.exists = True
+
+    def _append(self, data: bytes) -> None:
+        """One write at the end; one that fails part way (a full filesystem) is cut back, so
+        the file never ends in a torn record that a later append would bury."""
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            size = os.fstat(fd).st_size
+            try:
+                written = os.write(fd, data)
+                if written != len(data):
+                    raise OSError(errno.ENOSPC, f"short write to {self.path}")
+            except OSError:
+                os.ftruncate(fd, size)
+                raise
+        finally:
+            os.close(fd)
 
     def _rewrite(self) -> None:
         tmp = self.path.with_name(self.path.name + ".tmp")

@@ -47,18 +47,28 @@ class AppliedState:
     epoch: int = 0
     broken: dict[str, int] = field(default_factory=dict)  # "root\\0dir" -> seq it broke at
     sync_policy: str = "off"  # what the origin's sync-commit plugin last did (fail: gap 0)
+    why: dict[str, str] = field(default_factory=dict)  # "root\\0dir" -> why it broke
 
     @classmethod
     def load(cls, path: Path) -> AppliedState:
         data = load_json(path)
         return cls(str(data.get("stream", "")), int(data.get("seq", 0)),
                    int(data.get("epoch", 0)), dict(data.get("broken", {})),
-                   str(data.get("sync_policy", "off")))
+                   str(data.get("sync_policy", "off")), dict(data.get("why", {})))
+
+    def copy(self) -> AppliedState:
+        return AppliedState(self.stream, self.seq, self.epoch, dict(self.broken),
+                            self.sync_policy, dict(self.why))
 
     def save(self, path: Path) -> None:
         save_json(path, {"stream": self.stream, "seq": self.seq, "epoch": self.epoch,
-                         "broken": self.broken, "sync_policy": self.sync_policy},
-                  durable=False)
+                         "broken": self.broken, "sync_policy": self.sync_policy,
+                         "why": self.why}, durable=False)
+
+    def broken_dirs(self) -> list[tuple[str, str, int, str]]:
+        """(root, dir, seq it broke at, why) of every directory awaiting its origin's resend."""
+        return [(key.partition("\0")[0], key.partition("\0")[2], seq, self.why.get(key, ""))
+                for key, seq in sorted(self.broken.items())]
 
 
 class Fences:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from replicator.delta.ops import Op, decode_ops
@@ -22,6 +22,7 @@ from replicator.paths import check_relpath, check_root_name
 from replicator.replica import fileio
 from replicator.replica.apply import ApplyStats, BatchApplier, DigestCache
 from replicator.replica.journal import DigestJournal
+from replicator.replica.space import SpaceGuard, is_full
 from replicator.replica.state import AppliedState, Fences
 from replicator.wire.messages import AWAITING_RESYNC, Batch
 
@@ -36,18 +37,20 @@ class Outcome:
     dir: str = ""
     reason: str = ""
     stats: ApplyStats | None = None
+    full: bool = False  # refused because replica_dir is full
 
 
 class OriginReplica:
     """replica_dir/<origin>: the copy of one origin's roots."""
 
     def __init__(self, base: Path, origin: str, roots: frozenset[str], staging: Path,
-                 max_size: int) -> None:
+                 max_size: int, space: SpaceGuard) -> None:
         self.base, self.origin, self.roots = base, origin, roots
         self.state_path = base / ".applied.json"
-        self.staging, self.max_size = staging, max_size
+        self.staging, self.max_size, self.space = staging, max_size, space
         base.mkdir(parents=True, exist_ok=True)
         self.state = AppliedState.load(self.state_path)
+        self.persisted = self.state.copy()  # what HELLO may report: on disk, not in memory
         self.journal = DigestJournal(base / ".digests")
         self.digests = DigestCache()
         self._parts: list[Op] = []
@@ -59,7 +62,7 @@ class OriginReplica:
         self.state = AppliedState(stream, seq - 1, epoch, dict(self.state.broken),
                                   self.state.sync_policy)
         self._parts, self._next_part = [], 0
-        self.state.save(self.state_path)
+        self._unsaved = True
 
     def receive(self, batch: Batch) -> Outcome | None:
         """Apply `batch` (or buffer one part of it); None while more parts must follow."""
@@ -92,6 +95,7 @@ class OriginReplica:
         then compares what we hold with what it has and resends what differs."""
         self.state = AppliedState(epoch=self.state.epoch, sync_policy=self.state.sync_policy)
         self.state.save(self.state_path)
+        self.persisted = self.state.copy()
         self.digests = DigestCache()
         self._parts, self._next_part = [], 0
 
@@ -109,13 +113,39 @@ class OriginReplica:
             return (data is None) != (expected is None)
         return (len(data), digest(data).hex()) != expected
 
-    def save_state(self) -> None:
-        """Record how far we got, and the digests of what changed; called before
-        acknowledging (once per chunk of input)."""
+    def save_state(self) -> bool:
+        """Record the digests of what changed, then how far we got; called before
+        acknowledging (once per chunk of input). False if that could not be written: nothing
+        may be acknowledged then, and the position falls back to the one on disk (batches
+        after it are resent; replaying them finds what they already changed, and is refused
+        and repaired)."""
+        try:
+            self._persist()
+        except OSError:
+            try:
+                with self.space.released():
+                    self._persist()
+            except OSError as again:
+                log.error("replica of %s: cannot record its state in %s: %s; acknowledging "
+                          "nothing, the origin resends from seq %d", self.origin, self.base,
+                          again.strerror or again, self.persisted.seq + 1)
+                self.state = replace(self.persisted, broken=self.state.broken,
+                                     why=self.state.why)
+                self._parts, self._next_part = [], 0
+                return False
+        return True
+
+    def _persist(self) -> None:
         self.journal.flush()
         if self._unsaved:
             self.state.save(self.state_path)
             self._unsaved = False
+            self.persisted = self.state.copy()
+
+    def broken_dirs(self) -> list[str]:
+        """`root/dir` of every directory awaiting a resend (what HELLO tells the origin)."""
+        return [f"{root}/{reldir}" if reldir else root
+                for root, reldir, _seq, _why in self.state.broken_dirs()]
 
     def _apply(self, batch: Batch, ops: list[Op]) -> Outcome:
         try:
@@ -132,10 +162,18 @@ class OriginReplica:
         try:
             stats = applier.apply(ops)
         except (ApplyError, OSError) as exc:  # OSError: e.g. the tmpfs is full
-            self.state.broken[key] = batch.seq
+            full = isinstance(exc, OSError) and is_full(exc)
+            if full:
+                self.space.on_full(self.origin)
+            reason = f"replica filesystem full ({self.space.usage()})" if full else str(exc)
+            if applier.changed:
+                reason += "; the batch was applied only in part"
+            self.state.broken[key], self.state.why[key] = batch.seq, reason
             self.digests = DigestCache()  # a partial commit may have left any file changed
-            return Outcome(batch.seq, False, batch.root, batch.dir, str(exc))
+            return Outcome(batch.seq, False, batch.root, batch.dir, reason, full=full)
         self.state.broken.pop(key, None)
+        self.state.why.pop(key, None)
+        self.space.after_success()
         return Outcome(batch.seq, True, stats=stats)
 
 
@@ -149,6 +187,7 @@ class ReplicaStore:
         shutil.rmtree(self.staging, ignore_errors=True)
         self.staging.mkdir(parents=True, exist_ok=True)
         self.fences = Fences(state_dir / "fences.json")
+        self.space = SpaceGuard(replica_dir)
         self._origins: dict[str, OriginReplica] = {}
 
     def origin(self, origin: str) -> OriginReplica:
@@ -156,7 +195,7 @@ class ReplicaStore:
         if replica is None:
             replica = self._origins[origin] = OriginReplica(
                 self.replica_dir / origin, origin, self.roots,
-                self.staging / f"{origin}.tmp", self.max_size)
+                self.staging / f"{origin}.tmp", self.max_size, self.space)
         return replica
 
     def origins(self) -> dict[str, OriginReplica]:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from replicator.hashing import digest
 from replicator.replica.journal import DigestJournal
+from replicator.replica.state import AppliedState
 from replicator.verify.dovecot_checks import check_tree
 from replicator.verify.fields import field_differences
 from replicator.verify.model import Difference, VerifyReport
@@ -114,6 +115,11 @@ def verify_replica(base: Path, roots: Iterable[str]) -> VerifyReport:
         report.errors.append(f"{base} has no digest journal (.digests): it cannot be verified "
                              "without its origin")
         return report
+    for root, reldir, seq, why in AppliedState.load(base / ".applied.json").broken_dirs():
+        report.differences.append(Difference(
+            f"{root}/{reldir}" if reldir else root, "broken", "every batch applied",
+            f"batch {seq} refused: {why or 'unknown reason'}; awaiting the origin's resend",
+            "state"))
     on_disk = {f"{root}/{rel}" for root in roots for rel in files_under(base / root)}
     for rel in sorted(on_disk | set(journal.files)):
         expected = journal.files.get(rel)

@@ -85,6 +85,9 @@ class Hello(Message):
     max_frame_bytes: int = 0
     sync_policy: str = "off"       # origin: what its sync-commit plugin does ("fail"/"degrade")
     transports: list[str] = field(default_factory=list)
+    # replica: `root/dir` of the directories it could not apply (and awaits whole): the origin
+    # resends them and does not count them as held until a resend is acknowledged
+    broken_dirs: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

