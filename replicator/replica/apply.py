@@ -11,19 +11,21 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable
+import signal
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from replicator.delta.apply import WorkingFile
 from replicator.delta.ops import Op, OpCode
 from replicator.errors import ApplyError, PathError, ProtocolError
-from replicator.hashing import StreamingDigest
-from replicator.paths import resolve_under
+from replicator.hashing import StreamingDigest, digest
+from replicator.paths import join_rel, resolve_under
 from replicator.replica import fileio
-from replicator.replica.journal import DigestJournal
+from replicator.replica.journal import Change, DigestJournal, Expected
 
 Action = Callable[[], None]
+CRASH_AT = "REPLICATOR_TEST_CRASH_AT"
 
 
 @dataclass
@@ -70,6 +72,7 @@ class BatchApplier:
         self._resolved: dict[str, str] = {}
         self._targets: dict[str, WorkingFile] = {}  # file -> its working copy at commit
         self._staged: dict[str, str] = {}  # file -> staging file holding its new content
+        self._keep: dict[str, set[str]] = {}  # KEEP_ONLY directory -> the names it keeps
         self.changed = False  # whether anything visible has been changed yet
 
     def apply(self, ops: list[Op]) -> ApplyStats:
@@ -89,10 +92,18 @@ class BatchApplier:
         stats = ApplyStats()
         try:
             self._write_staging([key[5:] for key, _ in plan if key.startswith("file:")])
-            for key, action in plan:
-                self.changed = True
-                action()
-                stats.files += key.startswith("file:")
+            batch = self.journal.begin(self._changes(plan))
+            crash_point("before-renames", self._targets)
+            try:
+                for key, action in plan:
+                    self.changed = True
+                    action()
+                    stats.files += key.startswith("file:")
+            except BaseException:
+                self.journal.settle(self._holds)  # what each file holds now: old or new
+                raise
+            crash_point("before-commit-mark", self._targets)
+            self.journal.commit(batch)
         finally:
             for staged in self._staged.values():
                 with contextlib.suppress(OSError):
@@ -109,6 +120,31 @@ class BatchApplier:
                 staged = self._staged[rel] = f"{self.staging}.{len(self._staged)}"
                 fileio.write_staging(staged, wf.content(), wf.meta, may_chown=self.may_chown)
 
+    def _changes(self, plan: list[tuple[str, Action]]) -> list[Change]:
+        """What the journal must expect of each file the plan changes (None: removed)."""
+        changes: list[Change] = []
+        for key, _ in plan:
+            kind, _, rel = key.partition(":")
+            if kind == "file":
+                wf = self._targets[rel]
+                state = wf.digest() if wf.exists else None
+                changes.append((f"{self.root}/{rel}",
+                                (state.size, state.digest().hex()) if state else None))
+            elif kind == "tree":
+                changes.append((f"{self.root}/{rel}", None))
+            elif kind == "keep":
+                changes += [(f"{self.root}/{join_rel(rel, name)}", None)
+                            for name in self._keep_only_victims(rel)]
+        return changes
+
+    def _holds(self, rel: str) -> Expected | None:
+        """What the visible file `rel` (root/path, as the journal names it) holds now."""
+        path = self._path(rel.partition("/")[2])
+        if fileio.kind_of(path) != "file":
+            return None
+        data = fileio.read_bytes(path)
+        return len(data), digest(data).hex()
+
     def _path(self, rel: str) -> str:
         path = self._resolved.get(rel)
         if path is None:
@@ -124,6 +160,7 @@ class BatchApplier:
             path = self._path(op.path)
             self._actions.append((f"dir:{op.path}", lambda: self._ensure_dir(op, path)))
         elif op.code == OpCode.KEEP_ONLY:
+            self._keep[op.path] = set(op.names)
             self._actions.append((f"keep:{op.path}", lambda: self._keep_only(op)))
         elif op.code == OpCode.DELETE and fileio.kind_of(self._path(op.path)) == "dir":
             self._stage_tree_delete(op.path)
@@ -147,7 +184,6 @@ class BatchApplier:
         def delete_tree() -> None:
             fileio.remove(path)
             self.digests.forget_tree(path)
-            self.journal.remove(f"{self.root}/{rel}")
         self._actions.append((f"tree:{rel}", delete_tree))
 
     def _working(self, rel: str) -> WorkingFile:
@@ -167,20 +203,20 @@ class BatchApplier:
                            lambda: self.digests.get(path))
 
     def _commit(self, wf: WorkingFile) -> None:
-        path = self._path(wf.path)
+        path = self._path(wf.path)  # the journal already expects this (`begin`)
         if not wf.exists:
             fileio.remove(path)
             self.digests.forget_tree(path)
-            self.journal.remove(f"{self.root}/{wf.path}")
             return
         state = wf.digest()
         if wf.materialized:
-            self._forget(fileio.install_file(str(self.base), path, self._staged.pop(wf.path)))
+            removed = fileio.install_file(str(self.base), path, self._staged.pop(wf.path))
+            self.digests.forget_tree(path)
+            self._forget([r for r in removed if r != path])  # parents that were files
         elif wf.tails or wf.meta is not None:
             fileio.append_file(path, self.digests.get(path).size, wf.tails, wf.meta,
                                may_chown=self.may_chown)
         self.digests.set(path, state)
-        self.journal.set(f"{self.root}/{wf.path}", state.size, state.digest())
 
     def _ensure_dir(self, op: Op, path: str) -> None:
         self._forget(fileio.ensure_dir(str(self.base), path, op.meta, may_chown=self.may_chown))
@@ -188,19 +224,35 @@ class BatchApplier:
             self._forget([path])
 
     def _forget(self, removed: list[str]) -> None:
-        """Drop cached digests and journal entries of things removed to make way."""
+        """Drop cached digests and journal entries of files removed to make way for a
+        directory (what the batch puts below it, the journal already expects)."""
         for path in removed:
             self.digests.forget_tree(path)
-            rel = path[len(str(self.base)) + 1:]
-            self.journal.remove(f"{self.root}/{rel}")
+            self.journal.forget_file(f"{self.root}/{path[len(str(self.base)) + 1:]}")
+
+    def _keep_only_victims(self, rel: str) -> list[str]:
+        """Names in directory `rel` that a KEEP_ONLY of it removes (listed before the batch's
+        changes become visible, for the journal; nothing else writes the replica)."""
+        directory = self._path(rel)
+        if fileio.kind_of(directory) != "dir":
+            return []
+        keep = self._keep[rel]
+        return sorted(name for name in os.listdir(directory) if name not in keep)
 
     def _keep_only(self, op: Op) -> None:
         directory = self._path(op.path)
-        keep = set(op.names)
-        for name in os.listdir(directory):
-            if name not in keep:
-                victim = f"{directory}/{name}"
-                fileio.remove(victim)
-                self.digests.forget_tree(victim)
-                self.journal.remove(f"{self.root}/{op.path}/{name}" if op.path
-                                    else f"{self.root}/{name}")
+        for name in self._keep_only_victims(op.path):
+            victim = f"{directory}/{name}"
+            fileio.remove(victim)
+            self.digests.forget_tree(victim)
+
+
+def crash_point(name: str, rels: Iterable[str]) -> None:
+    """Tests only: kill this process (SIGKILL, no clean-up) at the named point of a batch
+    that touches a file whose path contains the armed text, e.g.
+    `REPLICATOR_TEST_CRASH_AT=before-renames:crash-me`. Inert unless a test sets it."""
+    armed = os.environ.get(CRASH_AT)
+    if armed:
+        point, _, text = armed.partition(":")
+        if point == name and any(text in rel for rel in rels):
+            os.kill(os.getpid(), signal.SIGKILL)

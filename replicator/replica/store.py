@@ -51,11 +51,29 @@ class OriginReplica:
         base.mkdir(parents=True, exist_ok=True)
         self.state = AppliedState.load(self.state_path)
         self.persisted = self.state.copy()  # what HELLO may report: on disk, not in memory
-        self.journal = DigestJournal(base / ".digests")
+        self.journal = DigestJournal(base / ".digests", repair=True)
+        if self.journal.uncertain:
+            self._settle_after_crash()
         self.digests = DigestCache()
         self._parts: list[Op] = []
         self._next_part = 0
         self._unsaved = False
+
+    def _settle_after_crash(self) -> None:
+        """The receiver died between a batch's journal record and its commit mark: record
+        what each of its files holds (its old or its new state); a file holding neither is
+        damage, which verify reports and the origin's resend repairs."""
+        def holds(rel: str) -> tuple[int, str] | None:
+            path = self.base / rel
+            if fileio.kind_of(path) != "file":
+                return None
+            data = fileio.read_bytes(path)
+            return len(data), digest(data).hex()
+        damaged = self.journal.settle(holds)
+        self.journal.flush()
+        log.warning("replica of %s: settled a batch cut short by a crash%s", self.origin,
+                    f"; damaged: {', '.join(damaged[:10])}" if damaged else
+                    " (every file holds its old or its new content)")
 
     def resync(self, stream: str, seq: int, epoch: int) -> None:
         """The origin restarts our view of its stream: the next batch is `seq`."""

@@ -119,3 +119,37 @@ def test_full_replica_tmpfs_is_never_acknowledged(tmp_path: Path, small_tmpfs: P
     assert not compare_trees(roots_a["index"], b.replica_of("a", "index")).differences
     final = verify_local(b, "a")
     assert final["exit_code"] == 0, json.dumps(final)
+
+
+@pytest.mark.parametrize("point", ["before-renames", "before-commit-mark"])
+def test_receiver_killed_mid_batch_leaves_a_promotable_copy(
+        tmp_path: Path, nodes: list[ReplicatorNode], monkeypatch: pytest.MonkeyPatch,
+        point: str) -> None:
+    roots_a, roots_b = roots(tmp_path / "a-roots"), roots(tmp_path / "b-roots")
+    a, b = pair(tmp_path, roots_a, roots_b)
+    nodes += [a, b]
+    box = roots_a["index"] / "u1" / "box"
+    box.mkdir(parents=True)
+    (box / "log.bin").write_bytes(b"first record\n")
+    (box / "cache.bin").write_bytes(os.urandom(3000))
+    monkeypatch.setenv("REPLICATOR_TEST_CRASH_AT", f"{point}:crash-me")  # b only
+    b.start()
+    monkeypatch.delenv("REPLICATOR_TEST_CRASH_AT")
+    a.start()
+    a.barrier()
+    # One batch: an append, a rewrite, a new file. b is killed (SIGKILL) inside it.
+    with (box / "log.bin").open("ab") as f:
+        f.write(b"second record\n")
+    (box / "cache.bin").write_bytes(os.urandom(3000))
+    (box / "crash-me.bin").write_bytes(b"new file")
+    assert not flush(a, box).startswith("OK")
+    assert b.process is not None and b.process.wait(10) == -9
+    report = verify_local(b, "a")
+    assert report["exit_code"] == 0, json.dumps(report)
+    a.kill9()
+    promoted = subprocess.run([sys.executable, "-m", "replicator", "promote", "--config",
+                               str(b.config_path), "--origin", "a"],
+                              capture_output=True, text=True, check=False)
+    assert promoted.returncode == 0, promoted.stdout + promoted.stderr
+    log = (roots_b["index"] / "u1" / "box" / "log.bin").read_bytes()
+    assert log in (b"first record\n", b"first record\nsecond record\n")
