@@ -1,10 +1,12 @@
 """Applying one batch to one origin's replica of one root: verify everything, then commit.
 
 All ops run first against in-memory working copies (`WorkingFile`), and every announced result
-(size and xxh3-128) is checked; only then do changes become visible, in the batch's order, which
-the origin chose so that logs land before caches and caches before indexes. A failed check
-changes nothing. Streaming digests of visible files are kept so that appending to a log verifies
-without re-reading it.
+(size and xxh3-128) is checked; a failed check changes nothing. Then every new whole content
+is written to a staging file, the batch's changes are recorded in the digest journal, and only
+then do they become visible, in the batch's order, which the origin chose so that logs land
+before caches and caches before indexes. Every path is reached through directory descriptors
+that never follow a symlink (replica.beneath). Streaming digests of visible files are kept so
+that appending to a log verifies without re-reading it.
 """
 
 from __future__ import annotations
@@ -13,15 +15,17 @@ import contextlib
 import os
 import signal
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from replicator.delta.apply import WorkingFile
 from replicator.delta.ops import Op, OpCode
-from replicator.errors import ApplyError, PathError, ProtocolError
-from replicator.hashing import StreamingDigest, digest
-from replicator.paths import join_rel, resolve_under
+from replicator.errors import ApplyError, ProtocolError
+from replicator.hashing import digest
+from replicator.paths import join_rel
 from replicator.replica import fileio
+from replicator.replica.beneath import Beneath
+from replicator.replica.digestcache import DigestCache
 from replicator.replica.journal import Change, DigestJournal, Expected
 
 Action = Callable[[], None]
@@ -34,31 +38,6 @@ class ApplyStats:
     bytes_written: int = 0
 
 
-class DigestCache:
-    """Streaming digests of the visible replica files, computed lazily after a restart, and
-    the directories already checked to be real directories (not symlinks)."""
-
-    def __init__(self) -> None:
-        self._states: dict[str, StreamingDigest] = {}
-        self.trusted_dirs: set[str] = set()
-
-    def get(self, path: str) -> StreamingDigest:
-        state = self._states.get(path)
-        if state is None:
-            state = self._states[path] = StreamingDigest(fileio.read_bytes(path))
-        return state
-
-    def set(self, path: str, state: StreamingDigest) -> None:
-        self._states[path] = state
-
-    def forget_tree(self, path: str) -> None:
-        prefix = f"{path}/"
-        for key in [k for k in self._states if k == path or k.startswith(prefix)]:
-            del self._states[key]
-        self.trusted_dirs = {d for d in self.trusted_dirs
-                             if d != path and not d.startswith(prefix)}
-
-
 class BatchApplier:
     """Applies ops whose paths are relative to `base` (replica_dir/<origin>/<root>)."""
 
@@ -67,9 +46,9 @@ class BatchApplier:
         self.base, self.staging, self.digests = base, staging, digests
         self.journal, self.root = journal, root
         self.max_size, self.may_chown = max_size, may_chown
+        self.tree = Beneath(str(base))
         self._work: dict[str, WorkingFile] = {}
         self._actions: list[tuple[str, Action]] = []
-        self._resolved: dict[str, str] = {}
         self._targets: dict[str, WorkingFile] = {}  # file -> its working copy at commit
         self._staged: dict[str, str] = {}  # file -> staging file holding its new content
         self._keep: dict[str, set[str]] = {}  # KEEP_ONLY directory -> the names it keeps
@@ -82,6 +61,15 @@ class BatchApplier:
         is in its old or its new state (appends are cut back, renames are atomic) but the
         batch as a whole is half applied."""
         try:
+            return self._apply(ops)
+        finally:
+            for staged in self._staged.values():
+                with contextlib.suppress(OSError):
+                    os.unlink(staged)
+            self.tree.close()
+
+    def _apply(self, ops: list[Op]) -> ApplyStats:
+        try:
             for op in ops:
                 self._stage(op)
         except ProtocolError as exc:
@@ -89,26 +77,20 @@ class BatchApplier:
         last = {key: index for index, (key, _) in enumerate(self._actions)}
         plan = [(key, action) for index, (key, action) in enumerate(self._actions)
                 if last[key] == index or not key.startswith("file:")]  # a file commits once
-        stats = ApplyStats()
+        stats = ApplyStats(bytes_written=sum(op.raw_size for op in ops))
+        self._write_staging([key[5:] for key, _ in plan if key.startswith("file:")])
+        batch = self.journal.begin(self._changes(plan))
+        crash_point("before-renames", self._targets)
         try:
-            self._write_staging([key[5:] for key, _ in plan if key.startswith("file:")])
-            batch = self.journal.begin(self._changes(plan))
-            crash_point("before-renames", self._targets)
-            try:
-                for key, action in plan:
-                    self.changed = True
-                    action()
-                    stats.files += key.startswith("file:")
-            except BaseException:
-                self.journal.settle(self._holds)  # what each file holds now: old or new
-                raise
-            crash_point("before-commit-mark", self._targets)
-            self.journal.commit(batch)
-        finally:
-            for staged in self._staged.values():
-                with contextlib.suppress(OSError):
-                    os.unlink(staged)
-        stats.bytes_written = sum(op.raw_size for op in ops)
+            for key, action in plan:
+                self.changed = True
+                action()
+                stats.files += key.startswith("file:")
+        except BaseException:
+            self.journal.settle(self._holds)  # what each file holds now: old or new
+            raise
+        crash_point("before-commit-mark", self._targets)
+        self.journal.commit(batch)
         return stats
 
     def _write_staging(self, rels: list[str]) -> None:
@@ -139,30 +121,23 @@ class BatchApplier:
 
     def _holds(self, rel: str) -> Expected | None:
         """What the visible file `rel` (root/path, as the journal names it) holds now."""
-        path = self._path(rel.partition("/")[2])
-        if fileio.kind_of(path) != "file":
+        path = rel.partition("/")[2]
+        if self.tree.kind(path) != "file":
             return None
-        data = fileio.read_bytes(path)
+        data = self.tree.read(path)
         return len(data), digest(data).hex()
 
-    def _path(self, rel: str) -> str:
-        path = self._resolved.get(rel)
-        if path is None:
-            try:
-                path = resolve_under(self.base, rel, self.digests.trusted_dirs)
-            except PathError as exc:
-                raise ApplyError(str(exc)) from None
-            self._resolved[rel] = path
-        return path
+    def _key(self, rel: str) -> str:
+        """The file's path, naming it in the digest cache (never opened by name)."""
+        return f"{self.base}/{rel}" if rel else str(self.base)
 
     def _stage(self, op: Op) -> None:
         if op.code == OpCode.ENSURE_DIR:
-            path = self._path(op.path)
-            self._actions.append((f"dir:{op.path}", lambda: self._ensure_dir(op, path)))
+            self._actions.append((f"dir:{op.path}", lambda: self._ensure_dir(op)))
         elif op.code == OpCode.KEEP_ONLY:
             self._keep[op.path] = set(op.names)
             self._actions.append((f"keep:{op.path}", lambda: self._keep_only(op)))
-        elif op.code == OpCode.DELETE and fileio.kind_of(self._path(op.path)) == "dir":
+        elif op.code == OpCode.DELETE and self.tree.kind(op.path) == "dir":
             self._stage_tree_delete(op.path)
         else:
             self._stage_file(op)
@@ -177,14 +152,9 @@ class BatchApplier:
         self._actions.append((f"file:{op.path}", lambda: self._commit(target)))
 
     def _stage_tree_delete(self, rel: str) -> None:
-        path = self._path(rel)
         for name in [n for n in self._work if n == rel or n.startswith(f"{rel}/")]:
             del self._work[name]
-
-        def delete_tree() -> None:
-            fileio.remove(path)
-            self.digests.forget_tree(path)
-        self._actions.append((f"tree:{rel}", delete_tree))
+        self._actions.append((f"tree:{rel}", lambda: self._remove(rel)))
 
     def _working(self, rel: str) -> WorkingFile:
         if rel not in self._work:
@@ -194,57 +164,70 @@ class BatchApplier:
     def _visible(self, rel: str, *, target: bool = False) -> WorkingFile:
         """The file as it was before this batch (what a COPY reads, whatever the batch did).
         A directory where a file is to be written counts as no file: the whole content must
-        then come in the batch, and the directory is replaced when it commits."""
-        path = self._path(rel)
-        kind = fileio.kind_of(path)
+        then come in the batch, and the directory is replaced when it commits. So does a
+        symlink anywhere on the way (tampering): it is never followed."""
+        kind = self.tree.kind(rel)
         if kind not in ("file", "missing") and not target:
-            raise ApplyError(f"{path}: is a {kind}, expected a regular file")
-        return WorkingFile(rel, kind == "file", lambda: fileio.read_bytes(path),
-                           lambda: self.digests.get(path))
+            raise ApplyError(f"{self._key(rel)}: is a {kind}, expected a regular file")
+        return WorkingFile(rel, kind == "file", lambda: self.tree.read(rel),
+                           lambda: self.digests.get(self._key(rel), lambda: self.tree.read(rel)))
 
     def _commit(self, wf: WorkingFile) -> None:
-        path = self._path(wf.path)  # the journal already expects this (`begin`)
+        """Make `wf` visible (the journal already expects it: `begin`)."""
         if not wf.exists:
-            fileio.remove(path)
-            self.digests.forget_tree(path)
+            self._remove(wf.path)
             return
-        state = wf.digest()
+        key, state = self._key(wf.path), wf.digest()
         if wf.materialized:
-            removed = fileio.install_file(str(self.base), path, self._staged.pop(wf.path))
-            self.digests.forget_tree(path)
-            self._forget([r for r in removed if r != path])  # parents that were files
+            place = self.tree.parent(wf.path, create=True)
+            self._forget(self.tree.take_removed())  # files that stood where directories go
+            assert place is not None
+            if fileio.install_at(self._staged.pop(wf.path), *place):
+                self.tree.forget(wf.path)  # a directory stood there
+            self.digests.forget_tree(key)
         elif wf.tails or wf.meta is not None:
-            fileio.append_file(path, self.digests.get(path).size, wf.tails, wf.meta,
-                               may_chown=self.may_chown)
-        self.digests.set(path, state)
+            place = self.tree.parent(wf.path)
+            if place is None:
+                raise ApplyError(f"{key}: vanished while the batch was applied")
+            fileio.append_at(*place, self.digests.get(key, lambda: self.tree.read(wf.path)).size,
+                             wf.tails, wf.meta, may_chown=self.may_chown)
+        self.digests.set(key, state)
 
-    def _ensure_dir(self, op: Op, path: str) -> None:
-        self._forget(fileio.ensure_dir(str(self.base), path, op.meta, may_chown=self.may_chown))
+    def _remove(self, rel: str) -> None:
+        place = self.tree.parent(rel)
+        if place is not None:
+            fileio.remove_at(*place)
+        self.tree.forget(rel)
+        self.digests.forget_tree(self._key(rel))
+
+    def _ensure_dir(self, op: Op) -> None:
+        fd = self.tree.dir(op.path, create=True)
+        self._forget(self.tree.take_removed())
+        assert fd is not None
+        if op.meta is not None:
+            fileio.apply_meta(fd, replace(op.meta, mtime_ns=0), may_chown=self.may_chown)
         if f"{self.root}/{op.path}" in self.journal.files:  # was a file (damage since)
-            self._forget([path])
+            self._forget([op.path])
 
     def _forget(self, removed: list[str]) -> None:
         """Drop cached digests and journal entries of files removed to make way for a
         directory (what the batch puts below it, the journal already expects)."""
-        for path in removed:
-            self.digests.forget_tree(path)
-            self.journal.forget_file(f"{self.root}/{path[len(str(self.base)) + 1:]}")
+        for rel in removed:
+            self.digests.forget_tree(self._key(rel))
+            self.journal.forget_file(f"{self.root}/{rel}")
 
     def _keep_only_victims(self, rel: str) -> list[str]:
         """Names in directory `rel` that a KEEP_ONLY of it removes (listed before the batch's
         changes become visible, for the journal; nothing else writes the replica)."""
-        directory = self._path(rel)
-        if fileio.kind_of(directory) != "dir":
+        fd = self.tree.dir(rel)
+        if fd is None:
             return []
         keep = self._keep[rel]
-        return sorted(name for name in os.listdir(directory) if name not in keep)
+        return sorted(name for name in os.listdir(fd) if name not in keep)
 
     def _keep_only(self, op: Op) -> None:
-        directory = self._path(op.path)
         for name in self._keep_only_victims(op.path):
-            victim = f"{directory}/{name}"
-            fileio.remove(victim)
-            self.digests.forget_tree(victim)
+            self._remove(join_rel(op.path, name))
 
 
 def crash_point(name: str, rels: Iterable[str]) -> None:

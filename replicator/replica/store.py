@@ -19,8 +19,9 @@ from replicator.delta.ops import Op, decode_ops
 from replicator.errors import ApplyError, FencedError, PathError, ProtocolError
 from replicator.hashing import digest
 from replicator.paths import check_relpath, check_root_name
-from replicator.replica import fileio
-from replicator.replica.apply import ApplyStats, BatchApplier, DigestCache
+from replicator.replica.apply import ApplyStats, BatchApplier
+from replicator.replica.beneath import make_private, read_file_under
+from replicator.replica.digestcache import DigestCache
 from replicator.replica.journal import DigestJournal
 from replicator.replica.space import SpaceGuard, is_full
 from replicator.replica.state import AppliedState, Fences
@@ -48,7 +49,7 @@ class OriginReplica:
         self.base, self.origin, self.roots = base, origin, roots
         self.state_path = base / ".applied.json"
         self.staging, self.max_size, self.space = staging, max_size, space
-        base.mkdir(parents=True, exist_ok=True)
+        make_private(base, 0o700)  # mail users own directories inside: keep them out
         self.state = AppliedState.load(self.state_path)
         self.persisted = self.state.copy()  # what HELLO may report: on disk, not in memory
         self.journal = DigestJournal(base / ".digests", repair=True)
@@ -64,11 +65,8 @@ class OriginReplica:
         what each of its files holds (its old or its new state); a file holding neither is
         damage, which verify reports and the origin's resend repairs."""
         def holds(rel: str) -> tuple[int, str] | None:
-            path = self.base / rel
-            if fileio.kind_of(path) != "file":
-                return None
-            data = fileio.read_bytes(path)
-            return len(data), digest(data).hex()
+            data = read_file_under(self.base, rel)
+            return None if data is None else (len(data), digest(data).hex())
         damaged = self.journal.settle(holds)
         self.journal.flush()
         log.warning("replica of %s: settled a batch cut short by a crash%s", self.origin,
@@ -122,11 +120,7 @@ class OriginReplica:
         now. Called on the event loop, where no batch is half applied: a verification that ran
         in a thread beside the applier may have read a file as it was being replaced."""
         expected = self.journal.files.get(rel)
-        path = self.base / rel
-        try:
-            data = fileio.read_bytes(path) if fileio.kind_of(path) == "file" else None
-        except FileNotFoundError:
-            data = None
+        data = read_file_under(self.base, rel)
         if data is None or expected is None:
             return (data is None) != (expected is None)
         return (len(data), digest(data).hex()) != expected
@@ -202,8 +196,12 @@ class ReplicaStore:
                  max_size: int) -> None:
         self.replica_dir, self.roots, self.max_size = replica_dir, roots, max_size
         self.staging = replica_dir / ".staging"
+        make_private(replica_dir, 0o755)  # the control socket may live here: others may enter
+        for held in replica_dir.iterdir():  # copies from an earlier run: 0700 before any batch
+            if held.is_dir() and not held.is_symlink() and not held.name.startswith("."):
+                make_private(held, 0o700)
         shutil.rmtree(self.staging, ignore_errors=True)
-        self.staging.mkdir(parents=True, exist_ok=True)
+        make_private(self.staging, 0o700)
         self.fences = Fences(state_dir / "fences.json")
         self.space = SpaceGuard(replica_dir)
         self._origins: dict[str, OriginReplica] = {}

@@ -2,7 +2,10 @@
 
 * a full replica tmpfs (a real 300 KiB tmpfs): nothing is acknowledged that b does not hold,
   `verify --local` never calls a half-applied copy consistent, and a `fail` FLUSH gets FAIL;
-* (more scenarios below: crash points, symlink swaps, oversized batches).
+* the receiver killed (SIGKILL) inside a batch: the copy verifies and can be promoted;
+* a mail user (a real unprivileged uid) swapping its directory in the replica for a symlink:
+  nothing outside replica_dir is ever touched, and the copy is repaired;
+* batches whose working set is far beyond the configured bounds: refused, the daemon lives.
 
 These tests mount filesystems and switch uids: they need root.
 """
@@ -11,8 +14,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import stat
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +32,7 @@ pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs: needs root")]
 
 FILE_BYTES = 24 << 10
+NOBODY = 65534
 
 
 def roots(base: Path) -> dict[str, Path]:
@@ -153,3 +160,69 @@ def test_receiver_killed_mid_batch_leaves_a_promotable_copy(
     assert promoted.returncode == 0, promoted.stdout + promoted.stderr
     log = (roots_b["index"] / "u1" / "box" / "log.bin").read_bytes()
     assert log in (b"first record\n", b"first record\nsecond record\n")
+
+
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A directory an unprivileged uid can traverse (pytest's tmp_path is 0700)."""
+    path = Path(tempfile.mkdtemp(prefix="replicator-hostile-"))
+    path.chmod(0o711)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def as_nobody(script: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+                           "sh", "-c", script], capture_output=True, text=True, check=False)
+
+
+def snapshot(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+
+
+def test_a_symlink_swapped_in_by_a_mail_user_is_never_followed(
+        tmp_path: Path, open_dir: Path, nodes: list[ReplicatorNode]) -> None:
+    roots_a = roots(tmp_path / "a-roots")
+    a, b = pair(tmp_path, roots_a, roots(tmp_path / "b-roots"))
+    b.ram = open_dir / "replica"
+    nodes += [a, b]
+    box = roots_a["index"] / "u1" / "box"
+    box.mkdir(parents=True)
+    for name in ("log.bin", "cache.bin", "old.bin"):
+        (box / name).write_bytes(f"{name} on a\n".encode() * 50)
+    for path in (box.parent, box, *box.iterdir()):  # the mail user owns its files on a,
+        os.chown(path, NOBODY, NOBODY)              # and so on b
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    for name in ("log.bin", "cache.bin", "old.bin", "stray.bin"):
+        (outside / name).write_bytes(b"precious, not part of any replica\n")
+    before = snapshot(outside)
+    b.start()
+    a.start()
+    a.barrier()
+    replica_box = b.replica_of("a", "index") / "u1" / "box"
+    swap = f"mv {replica_box} {replica_box}.moved && ln -s {outside} {replica_box}"
+    private = stat.S_IMODE(os.stat(b.replica_dir / "a").st_mode) == 0o700
+    kept_out = as_nobody(swap).returncode != 0
+    os.chmod(b.replica_dir / "a", 0o755)  # as if misconfigured: the next layer must hold
+    assert as_nobody(swap).returncode == 0 and replica_box.is_symlink()
+    # The next batches: an append, a rewrite, a delete, a copy (a hard link), a new file; then
+    # the resync of the directory (KEEP_ONLY) that repairs it.
+    with (box / "log.bin").open("ab") as f:
+        f.write(b"appended\n")
+    (box / "cache.bin").write_bytes(b"rewritten\n" * 40)
+    (box / "old.bin").unlink()
+    os.link(box / "log.bin", box / "log.bin.2")
+    (box / "new.bin").write_bytes(b"new\n")
+    a.barrier(timeout=90)
+    assert snapshot(outside) == before, "nothing outside replica_dir may change"
+    assert not replica_box.is_symlink()
+    assert not compare_trees(box, replica_box).differences
+    assert "Traceback" not in b.log_text()
+    assert private and kept_out, "replica_dir/<origin> must keep other users out"
+    b.stop()
+    b.start()
+    assert stat.S_IMODE(os.stat(b.replica_dir / "a").st_mode) == 0o700, "fixed at startup"
+    assert "made it 0700" in b.log_text()
