@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from replicator.delta.apply import WorkingFile
+from replicator.delta.apply import Budget, WorkingFile
 from replicator.delta.ops import Op, OpCode
 from replicator.errors import ApplyError, ProtocolError
 from replicator.hashing import digest
@@ -42,9 +42,9 @@ class BatchApplier:
     """Applies ops whose paths are relative to `base` (replica_dir/<origin>/<root>)."""
 
     def __init__(self, base: Path, staging: Path, digests: DigestCache, *, max_size: int,
-                 may_chown: bool, journal: DigestJournal, root: str) -> None:
+                 may_chown: bool, journal: DigestJournal, root: str, budget: Budget) -> None:
         self.base, self.staging, self.digests = base, staging, digests
-        self.journal, self.root = journal, root
+        self.journal, self.root, self.budget = journal, root, budget
         self.max_size, self.may_chown = max_size, may_chown
         self.tree = Beneath(str(base))
         self._work: dict[str, WorkingFile] = {}
@@ -170,7 +170,8 @@ class BatchApplier:
         if kind not in ("file", "missing") and not target:
             raise ApplyError(f"{self._key(rel)}: is a {kind}, expected a regular file")
         return WorkingFile(rel, kind == "file", lambda: self.tree.read(rel),
-                           lambda: self.digests.get(self._key(rel), lambda: self.tree.read(rel)))
+                           lambda: self.digests.get(self._key(rel), lambda: self.tree.read(rel)),
+                           self.budget)
 
     def _commit(self, wf: WorkingFile) -> None:
         """Make `wf` visible (the journal already expects it: `begin`)."""

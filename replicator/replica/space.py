@@ -3,9 +3,9 @@
 `replica_dir` is a tmpfs of fixed size; when peers' copies outgrow it, a batch cannot be
 applied. That batch is refused (NACK: the origin keeps it and resends the directory), but the
 receiver must still record that the directory is broken and what it holds, or a restart would
-trust a half-written copy. A small reserve file (`replica_dir/.reserve`) is kept for exactly
-that: when a bookkeeping write finds the filesystem full, the reserve is freed for it and
-taken again at once, so batches never eat into it.
+trust a half-written copy. A small reserve (an unnamed file in `replica_dir/.staging`, which
+no one sees) is kept for exactly that: when a bookkeeping write finds the filesystem full, the
+reserve is freed for it and taken again at once, so batches never eat into it.
 """
 
 from __future__ import annotations
@@ -33,29 +33,24 @@ def is_full(exc: BaseException) -> bool:
 class SpaceGuard:
     """The reserve of one `replica_dir`, and whether it is full now (an episode)."""
 
-    def __init__(self, replica_dir: Path) -> None:
-        self.replica_dir = replica_dir
-        self.reserve = replica_dir / ".reserve"
+    def __init__(self, replica_dir: Path, staging: Path) -> None:
+        self.replica_dir, self.staging = replica_dir, staging
         self.full = False
         self.refusals = 0  # batches refused because the filesystem was full, since start
+        self._fd: int | None = None  # an unnamed file holding the reserve's pages
+        self._size = 0
         self.arm()
 
     def arm(self) -> int:
         """Take the reserve again (as much of it as fits); its size now."""
         try:
-            fd = os.open(self.reserve, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
-                         0o600)
-        except OSError:
-            return 0
-        try:
-            size = os.fstat(fd).st_size
-            while size < RESERVE_BYTES:  # zeros, a page at a time: tmpfs allocates each one
-                size += os.pwrite(fd, bytes(min(PAGE, RESERVE_BYTES - size)), size)
+            if self._fd is None:
+                self._fd, self._size = _unnamed_file(self.staging), 0
+            while self._size < RESERVE_BYTES:  # zeros, a page at a time: each is allocated
+                self._size += os.pwrite(self._fd, bytes(PAGE), self._size)
         except OSError:
             pass  # full: keep what fitted
-        finally:
-            os.close(fd)
-        return size
+        return self._size
 
     def on_full(self, origin: str) -> None:
         """A batch did not fit: count it, and tell the operator once per episode."""
@@ -73,8 +68,9 @@ class SpaceGuard:
         """Room for the receiver's own bookkeeping (state, journal) on a full filesystem: the
         reserve is freed for the block, and taken again right after, before any batch could
         use the room."""
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.reserve)
+        if self._fd is not None:
+            os.close(self._fd)  # an unnamed file: closing it frees its pages
+            self._fd, self._size = None, 0
         try:
             yield
         finally:
@@ -104,3 +100,15 @@ class SpaceGuard:
         size = st.f_blocks * st.f_frsize
         used = size - st.f_bfree * st.f_frsize
         return f"{used >> 10} of {size >> 10} KiB used ({100 * used // max(size, 1)}%)"
+
+
+def _unnamed_file(directory: Path) -> int:
+    """A file in `directory` that no one can see or open (O_TMPFILE; else created and
+    unlinked at once): the reserve never shows in the replica."""
+    try:
+        return os.open(directory, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o600)
+    except OSError:
+        path = directory / f".reserve-{os.getpid()}"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        os.unlink(path)
+        return fd

@@ -15,6 +15,7 @@ import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from replicator.delta.apply import Budget
 from replicator.delta.ops import Op, decode_ops
 from replicator.errors import ApplyError, FencedError, PathError, ProtocolError
 from replicator.hashing import digest
@@ -28,6 +29,12 @@ from replicator.replica.state import AppliedState, Fences
 from replicator.wire.messages import AWAITING_RESYNC, Batch
 
 log = logging.getLogger(__name__)
+# One batch may hold at most BUDGET_FRAMES x max_frame_bytes in memory (its buffered parts and
+# its files' working copies) and come in at most MAX_PARTS parts; beyond, it is refused (NACK)
+# before anything is allocated for it. A legitimate batch is far below: the origin splits
+# batches into parts of max_frame_bytes / 2, and no file is larger than max_frame_bytes.
+BUDGET_FRAMES = 4
+MAX_PARTS = 64
 
 
 @dataclass(frozen=True)
@@ -56,8 +63,8 @@ class OriginReplica:
         if self.journal.uncertain:
             self._settle_after_crash()
         self.digests = DigestCache()
-        self._parts: list[Op] = []
-        self._next_part = 0
+        self.budget = BUDGET_FRAMES * max_size  # bytes one batch may hold in memory
+        self._drop_parts()
         self._unsaved = False
 
     def _settle_after_crash(self) -> None:
@@ -77,7 +84,7 @@ class OriginReplica:
         """The origin restarts our view of its stream: the next batch is `seq`."""
         self.state = AppliedState(stream, seq - 1, epoch, dict(self.state.broken),
                                   self.state.sync_policy)
-        self._parts, self._next_part = [], 0
+        self._drop_parts()
         self._unsaved = True
 
     def receive(self, batch: Batch) -> Outcome | None:
@@ -91,15 +98,40 @@ class OriginReplica:
             raise ProtocolError(f"batch seq {batch.seq} after {self.state.seq}: gap")
         if batch.part != self._next_part:
             raise ProtocolError(f"batch {batch.seq} part {batch.part}, expected {self._next_part}")
-        self._parts += decode_ops(batch.payload)
-        self._next_part += 1
+        self._buffer(batch)
         if not batch.final:
             return None
-        ops, self._parts, self._next_part = self._parts, [], 0
-        outcome = self._apply(batch, ops)
+        ops, refused, buffered = self._parts, self._refused, self._part_bytes
+        self._drop_parts()
+        if refused:
+            outcome = self._refuse(batch, refused)
+        else:
+            outcome = self._apply(batch, ops, Budget(self.budget, buffered))
         self.state.seq, self.state.epoch = batch.seq, batch.epoch
         self._unsaved = True
         return outcome
+
+    def _drop_parts(self) -> None:
+        self._parts: list[Op] = []
+        self._next_part = self._part_bytes = 0
+        self._refused = ""  # why the batch being buffered will be refused
+
+    def _buffer(self, batch: Batch) -> None:
+        """Decode and keep one part, unless the batch already went over its bounds (then
+        its parts are only counted, and it is refused when its last one arrives)."""
+        self._next_part += 1
+        self._part_bytes += len(batch.payload)
+        if self._refused:
+            return
+        if self._next_part > MAX_PARTS or self._part_bytes > self.budget:
+            self._refused = (f"batch {batch.seq} has over {MAX_PARTS} parts or "
+                             f"{self.budget} bytes of them (the receiver's budget)")
+            self._parts = []
+            return
+        try:
+            self._parts += decode_ops(batch.payload)
+        except MemoryError:
+            self._refused, self._parts = f"out of memory decoding batch {batch.seq}", []
 
     def note_sync_policy(self, policy: str) -> None:
         if policy and policy != self.state.sync_policy:
@@ -113,7 +145,7 @@ class OriginReplica:
         self.state.save(self.state_path)
         self.persisted = self.state.copy()
         self.digests = DigestCache()
-        self._parts, self._next_part = [], 0
+        self._drop_parts()
 
     def differs_from_journal(self, rel: str) -> bool:
         """Whether `rel` (root/path) differs from what the journal says it must hold, checked
@@ -143,7 +175,7 @@ class OriginReplica:
                           again.strerror or again, self.persisted.seq + 1)
                 self.state = replace(self.persisted, broken=self.state.broken,
                                      why=self.state.why)
-                self._parts, self._next_part = [], 0
+                self._drop_parts()
                 return False
         return True
 
@@ -159,25 +191,35 @@ class OriginReplica:
         return [f"{root}/{reldir}" if reldir else root
                 for root, reldir, _seq, _why in self.state.broken_dirs()]
 
-    def _apply(self, batch: Batch, ops: list[Op]) -> Outcome:
+    def _refuse(self, batch: Batch, reason: str) -> Outcome:
+        self._check_place(batch)
+        key = f"{batch.root}\0{batch.dir}"
+        self.state.broken[key], self.state.why[key] = batch.seq, reason
+        return Outcome(batch.seq, False, batch.root, batch.dir, reason)
+
+    def _check_place(self, batch: Batch) -> None:
         try:
             check_root_name(batch.root, self.roots)
             check_relpath(batch.dir, allow_empty=True)
         except PathError as exc:
             raise ProtocolError(str(exc)) from None
+
+    def _apply(self, batch: Batch, ops: list[Op], budget: Budget) -> Outcome:
+        self._check_place(batch)
         key = f"{batch.root}\0{batch.dir}"
         if key in self.state.broken and not batch.resync:
             return Outcome(batch.seq, False, batch.root, batch.dir, AWAITING_RESYNC)
         applier = BatchApplier(self.base / batch.root, self.staging, self.digests,
                                max_size=self.max_size, may_chown=os.geteuid() == 0,
-                               journal=self.journal, root=batch.root)
+                               journal=self.journal, root=batch.root, budget=budget)
         try:
             stats = applier.apply(ops)
-        except (ApplyError, OSError) as exc:  # OSError: e.g. the tmpfs is full
+        except (ApplyError, OSError, MemoryError) as exc:  # OSError: e.g. the tmpfs is full
             full = isinstance(exc, OSError) and is_full(exc)
             if full:
                 self.space.on_full(self.origin)
-            reason = f"replica filesystem full ({self.space.usage()})" if full else str(exc)
+            reason = (f"replica filesystem full ({self.space.usage()})" if full else
+                      str(exc) or type(exc).__name__)
             if applier.changed:
                 reason += "; the batch was applied only in part"
             self.state.broken[key], self.state.why[key] = batch.seq, reason
@@ -203,7 +245,7 @@ class ReplicaStore:
         shutil.rmtree(self.staging, ignore_errors=True)
         make_private(self.staging, 0o700)
         self.fences = Fences(state_dir / "fences.json")
-        self.space = SpaceGuard(replica_dir)
+        self.space = SpaceGuard(replica_dir, self.staging)
         self._origins: dict[str, OriginReplica] = {}
 
     def origin(self, origin: str) -> OriginReplica:

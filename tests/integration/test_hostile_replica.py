@@ -12,6 +12,7 @@ These tests mount filesystems and switch uids: they need root.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -25,8 +26,14 @@ from pathlib import Path
 import pytest
 
 from replicator.control import protocol
-from replicator.testing.cluster import ReplicatorNode, pair, stop_all
+from replicator.delta.codec import compress
+from replicator.delta.ops import Codec, Op, OpCode, Result, encode_ops
+from replicator.dovecot.instance import free_port
+from replicator.hashing import digest
+from replicator.testing.cluster import PeerSpec, ReplicatorNode, pair, stop_all
 from replicator.verify.trees import compare_trees
+from replicator.wire.messages import Ack, Batch, Hello, Message, Nack, Resync
+from replicator.wire.session import Session
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs: needs root")]
@@ -226,3 +233,68 @@ def test_a_symlink_swapped_in_by_a_mail_user_is_never_followed(
     b.start()
     assert stat.S_IMODE(os.stat(b.replica_dir / "a").st_mode) == 0o700, "fixed at startup"
     assert "made it 0700" in b.log_text()
+
+
+def peak_rss_kib(node: ReplicatorNode) -> int:
+    assert node.process is not None
+    status = Path(f"/proc/{node.process.pid}/status").read_text()
+    return int(status.split("VmHWM:")[1].split()[0])
+
+
+async def hostile_origin(port: int, batches: list[Batch], max_frame: int) -> list[Message]:
+    """Speak as origin `a` (as any host that reaches the port could, unless the link is
+    authenticated): HELLO, RESYNC, the crafted batches; the replica's answers until the last
+    batch is answered."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    session = Session("client", max_frame_bytes=max_frame)
+    writer.write(session.send(Hello("a", "origin", "hostile", 1, "s1")))
+    answers: list[Message] = []
+    last = batches[-1].seq
+    async with asyncio.timeout(30):
+        while not answers:
+            answers = session.receive_data(await reader.read(1 << 16))
+        assert isinstance(answers[0], Hello), answers
+        writer.write(session.send(Resync("s1", 1)))
+        for batch in batches:
+            writer.write(session.send(batch))
+        await writer.drain()
+        while not any(isinstance(m, (Ack, Nack)) and m.seq == last for m in answers):
+            data = await reader.read(1 << 16)
+            assert data, f"the replica closed the connection: {answers}"
+            answers += session.receive_data(data)
+    writer.close()
+    return answers
+
+
+def test_batches_beyond_the_memory_budget_are_refused(tmp_path: Path,
+                                                       nodes: list[ReplicatorNode]) -> None:
+    max_frame = 1 << 20
+    b = ReplicatorNode(tmp_path / "b", "b", roots(tmp_path / "b-roots"),
+                       peers=[PeerSpec("a", free_port())],
+                       replication={"max_frame_bytes": max_frame})
+    nodes.append(b)
+    b.start()
+    before = peak_rss_kib(b)
+    truncates = [Op(OpCode.TRUNCATE, f"u1/f{i}", max_frame) for i in range(64)]  # 64 MiB
+    zeros = compress(bytes(max_frame))
+    bombs = [Op(OpCode.REPLACE, f"u2/z{i}", 0, zeros, Codec.ZSTD, max_frame) for i in range(64)]
+    parts = [Batch(1, "s1", 3, "index", "u3", part=i, final=i == 99,
+                   payload=encode_ops([Op(OpCode.WRITE, f"u3/p{i}", 0, bytes(100 << 10),
+                                          raw_size=100 << 10)]))
+             for i in range(100)]  # 10 MiB of parts for one batch
+    good = Op(OpCode.REPLACE, "u1/ok", 0, b"fine", raw_size=4, result=Result(4, digest(b"fine")))
+    batches = [Batch(1, "s1", 1, "index", "u1", payload=encode_ops(truncates)),
+               Batch(1, "s1", 2, "index", "u2", payload=encode_ops(bombs)), *parts,
+               Batch(1, "s1", 4, "index", "u1", resync=True, payload=encode_ops([good]))]
+    answers = asyncio.run(hostile_origin(b.port, batches, max_frame))
+    refused = {m.seq: m.reason for m in answers if isinstance(m, Nack)}
+    assert sorted(refused) == [1, 2, 3], answers
+    assert all("budget" in reason for reason in refused.values()), refused
+    assert any(isinstance(m, Ack) and m.seq == 4 for m in answers), "it carries on"
+    # the batch budget (4 x max_frame_bytes) plus what the transport and session hold (a read
+    # chunk, a frame being assembled, decoded messages) and the allocator's slack; today's
+    # main grows by more than the 64 MiB the first batch announces
+    grown = peak_rss_kib(b) - before
+    assert grown < 3 * 4 * max_frame >> 10, f"peak RSS grew by {grown} KiB"
+    assert (b.replica_of("a", "index") / "u1" / "ok").read_bytes() == b"fine"
+    assert "Traceback" not in b.log_text()
