@@ -6,10 +6,11 @@ origin is gone. The journal lives beside the replica (`.digests`, JSON lines, ap
 rewritten compactly when it has grown to twice what it describes).
 
 Crash consistency: a batch's changes are written as one intent record (`B`) *before* its
-renames make them visible, and a commit mark (`C`) after. A kill -9 between the two leaves a
-batch without its mark: each of its files may then hold its old or its new content, and
-either is accepted (`uncertain`) until the receiver, on restart, reads the files and records
-which one each holds; anything else is damage. A torn last line (a crash mid-append, or a
+renames make them visible, and a commit mark (`C`) after (carried by the next write: one write
+per batch). A batch without its mark (a kill -9 between the two, or simply the last batch) may
+have each of its files in its old or its new state, and either is accepted (`uncertain`) until
+the receiver, on restart, reads the files and records which one each holds; anything else is
+damage. A torn last line (a crash mid-append, or a
 full filesystem) is ignored on load and cut off by the receiver: it can only be the last one,
 since every append that fails is cut back before the next.
 """
@@ -40,7 +41,9 @@ class DigestJournal:
         self._below: dict[str, int] = {}  # directory -> how many files it holds, at any depth
         self.exists = path.exists()
         self._pending: list[str] = []
+        self._marks: list[str] = []  # commit marks, written with the next record
         self._lines = 0
+        self._fd: int | None = None
         if self.exists:
             self._load(repair)
 
@@ -93,9 +96,11 @@ class DigestJournal:
         return batch
 
     def commit(self, batch: int) -> None:
-        """The batch's changes are visible: its mark goes out with the next write."""
+        """The batch's changes are visible: its mark goes out with the next write (the next
+        batch's record: one write per batch). Until then a reader accepts the batch's files
+        in their old or new state, and a restarted receiver settles which one they hold."""
         self._commit(batch)
-        self._pending.append(json.dumps(["C", batch]))
+        self._marks.append(json.dumps(["C", batch]))
 
     def settle(self, holds: Callable[[str], Expected | None]) -> list[str]:
         """For every batch without its commit mark (a crash, a failed rename), record what
@@ -200,20 +205,20 @@ class DigestJournal:
 
     # -- on disk -----------------------------------------------------------------------------
     def _write_pending(self) -> None:
-        data = ("\n".join(self._pending) + "\n").encode()
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            size = os.fstat(fd).st_size
-            try:  # one write; one that fails part way is cut back: no torn line stays
-                if os.write(fd, data) != len(data):
-                    raise OSError(errno.ENOSPC, f"short write to {self.path}")
-            except OSError:
-                os.ftruncate(fd, size)
-                raise
-        finally:
-            os.close(fd)
-        self._lines += len(self._pending)
-        self._pending = []
+        lines = self._marks + self._pending
+        data = ("\n".join(lines) + "\n").encode()
+        if self._fd is None:  # kept open: the receiver writes once or twice per batch
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
+                               0o600)
+        size = os.fstat(self._fd).st_size
+        try:  # one write; one that fails part way is cut back: no torn line stays
+            if os.write(self._fd, data) != len(data):
+                raise OSError(errno.ENOSPC, f"short write to {self.path}")
+        except OSError:
+            os.ftruncate(self._fd, size)
+            raise
+        self._lines += len(lines)
+        self._pending, self._marks = [], []
         self.exists = True
 
     def _rewrite(self) -> None:
@@ -222,9 +227,19 @@ class DigestJournal:
             for rel, (size, digest) in self.files.items():
                 f.write(json.dumps(["+", rel, size, digest]) + "\n")
         os.replace(tmp, self.path)
+        self.close()  # the next write opens the new file
         self._lines = len(self.files)
-        self._pending = []
+        self._pending, self._marks = [], []
         self.exists = True
+
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __del__(self) -> None:
+        self.close()
 
 
 def _changes(raw: object) -> list[Change]:
