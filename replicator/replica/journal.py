@@ -76,12 +76,13 @@ class DigestJournal:
         elif kind == "C":
             self._commit(int(str(record[1])))
         elif kind == "+":
+            self._settled(str(record[1]))
             self._set(str(record[1]), (int(str(record[2])), str(record[3])))
         elif kind == "-":
+            self._settled(str(record[1]))
             self._drop(str(record[1]))
         elif kind == "f":
-            if self.files.pop(str(record[1]), None) is not None:
-                self._count(str(record[1]), -1)
+            self._forget_file(str(record[1]))
         else:
             raise ValueError(f"unknown record {kind!r}")
 
@@ -121,19 +122,20 @@ class DigestJournal:
 
     def set(self, rel: str, size: int, digest: bytes | str) -> None:
         hexdigest = digest if isinstance(digest, str) else digest.hex()
+        self._settled(rel)
         self._set(rel, (size, hexdigest))
         self._pending.append(json.dumps(["+", rel, size, hexdigest]))
 
     def remove(self, rel: str) -> None:
         """Forget `rel` and, if it was a directory, everything below it."""
+        self._settled(rel)
         self._drop(rel)
         self._pending.append(json.dumps(["-", rel]))
 
     def forget_file(self, rel: str) -> None:
         """Forget the file `rel` only (a file that stood where a directory now is: what is
         below that directory stays known)."""
-        if self.files.pop(rel, None) is not None:
-            self._count(rel, -1)
+        if self._forget_file(rel):
             self._pending.append(json.dumps(["f", rel]))
 
     def flush(self) -> None:
@@ -167,6 +169,20 @@ class DigestJournal:
         for rel in self._open.pop(batch, []):
             if not any(rel in files for files in self._open.values()):
                 self.uncertain.pop(rel, None)
+
+    def _settled(self, rel: str) -> None:
+        """A definitive record for `rel` (and below): no longer old-or-new."""
+        if self.uncertain:
+            prefix = rel + "/"
+            for key in [k for k in self.uncertain if k == rel or k.startswith(prefix)]:
+                del self.uncertain[key]
+
+    def _forget_file(self, rel: str) -> bool:
+        self._settled(rel)
+        if self.files.pop(rel, None) is None:
+            return False
+        self._count(rel, -1)
+        return True
 
     def _under(self, rel: str) -> list[str]:
         """`rel` itself and, if it is a directory, every file below it."""

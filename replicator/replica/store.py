@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from replicator.delta.apply import Budget
-from replicator.delta.ops import Op, decode_ops
+from replicator.delta.ops import Op
 from replicator.errors import ApplyError, FencedError, PathError, ProtocolError
 from replicator.hashing import digest
 from replicator.paths import check_relpath, check_root_name
@@ -24,17 +24,12 @@ from replicator.replica.apply import ApplyStats, BatchApplier
 from replicator.replica.beneath import make_private, read_file_under
 from replicator.replica.digestcache import DigestCache
 from replicator.replica.journal import DigestJournal
+from replicator.replica.parts import BUDGET_FRAMES, Parts
 from replicator.replica.space import SpaceGuard, is_full
 from replicator.replica.state import AppliedState, Fences
 from replicator.wire.messages import AWAITING_RESYNC, Batch
 
 log = logging.getLogger(__name__)
-# One batch may hold at most BUDGET_FRAMES x max_frame_bytes in memory (its buffered parts and
-# its files' working copies) and come in at most MAX_PARTS parts; beyond, it is refused (NACK)
-# before anything is allocated for it. A legitimate batch is far below: the origin splits
-# batches into parts of max_frame_bytes / 2, and no file is larger than max_frame_bytes.
-BUDGET_FRAMES = 4
-MAX_PARTS = 64
 
 
 @dataclass(frozen=True)
@@ -63,8 +58,7 @@ class OriginReplica:
         if self.journal.uncertain:
             self._settle_after_crash()
         self.digests = DigestCache()
-        self.budget = BUDGET_FRAMES * max_size  # bytes one batch may hold in memory
-        self._drop_parts()
+        self.parts = Parts(BUDGET_FRAMES * max_size)  # bytes one batch may hold in memory
         self._unsaved = False
 
     def _settle_after_crash(self) -> None:
@@ -84,7 +78,7 @@ class OriginReplica:
         """The origin restarts our view of its stream: the next batch is `seq`."""
         self.state = AppliedState(stream, seq - 1, epoch, dict(self.state.broken),
                                   self.state.sync_policy)
-        self._drop_parts()
+        self.parts.clear()
         self._unsaved = True
 
     def receive(self, batch: Batch) -> Outcome | None:
@@ -96,42 +90,17 @@ class OriginReplica:
             return Outcome(batch.seq, True)  # replay after a reconnect: already applied
         if batch.seq != self.state.seq + 1:
             raise ProtocolError(f"batch seq {batch.seq} after {self.state.seq}: gap")
-        if batch.part != self._next_part:
-            raise ProtocolError(f"batch {batch.seq} part {batch.part}, expected {self._next_part}")
-        self._buffer(batch)
+        self.parts.add(batch)
         if not batch.final:
             return None
-        ops, refused, buffered = self._parts, self._refused, self._part_bytes
-        self._drop_parts()
+        ops, refused, buffered = self.parts.take()
         if refused:
             outcome = self._refuse(batch, refused)
         else:
-            outcome = self._apply(batch, ops, Budget(self.budget, buffered))
+            outcome = self._apply(batch, ops, Budget(self.parts.budget, buffered))
         self.state.seq, self.state.epoch = batch.seq, batch.epoch
         self._unsaved = True
         return outcome
-
-    def _drop_parts(self) -> None:
-        self._parts: list[Op] = []
-        self._next_part = self._part_bytes = 0
-        self._refused = ""  # why the batch being buffered will be refused
-
-    def _buffer(self, batch: Batch) -> None:
-        """Decode and keep one part, unless the batch already went over its bounds (then
-        its parts are only counted, and it is refused when its last one arrives)."""
-        self._next_part += 1
-        self._part_bytes += len(batch.payload)
-        if self._refused:
-            return
-        if self._next_part > MAX_PARTS or self._part_bytes > self.budget:
-            self._refused = (f"batch {batch.seq} has over {MAX_PARTS} parts or "
-                             f"{self.budget} bytes of them (the receiver's budget)")
-            self._parts = []
-            return
-        try:
-            self._parts += decode_ops(batch.payload)
-        except MemoryError:
-            self._refused, self._parts = f"out of memory decoding batch {batch.seq}", []
 
     def note_sync_policy(self, policy: str) -> None:
         if policy and policy != self.state.sync_policy:
@@ -145,7 +114,7 @@ class OriginReplica:
         self.state.save(self.state_path)
         self.persisted = self.state.copy()
         self.digests = DigestCache()
-        self._drop_parts()
+        self.parts.clear()
 
     def differs_from_journal(self, rel: str) -> bool:
         """Whether `rel` (root/path) differs from what the journal says it must hold, checked
@@ -175,7 +144,7 @@ class OriginReplica:
                           again.strerror or again, self.persisted.seq + 1)
                 self.state = replace(self.persisted, broken=self.state.broken,
                                      why=self.state.why)
-                self._drop_parts()
+                self.parts.clear()
                 return False
         return True
 

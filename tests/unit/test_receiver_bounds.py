@@ -18,7 +18,8 @@ import pytest
 from replicator.delta.codec import compress
 from replicator.delta.ops import Codec, Op, OpCode, Result, encode_ops
 from replicator.hashing import digest
-from replicator.replica.store import BUDGET_FRAMES, MAX_PARTS, OriginReplica, Outcome, ReplicaStore
+from replicator.replica.parts import BUDGET_FRAMES, MAX_PARTS
+from replicator.replica.store import OriginReplica, Outcome, ReplicaStore
 from replicator.wire.messages import Batch
 
 MAX_FRAME = 1 << 20

@@ -103,3 +103,13 @@ def test_one_write_per_batch(tmp_path: Path) -> None:
     assert [line[:4] for line in lines] == ['["B"', '["C"', '["B"']
     reloaded = DigestJournal(tmp_path / ".digests")
     assert reloaded.uncertain == {"index/x": [expected(b"1"), expected(b"12")]}
+
+
+def test_a_later_record_settles_a_file_of_an_uncommitted_batch(tmp_path: Path) -> None:
+    journal = DigestJournal(tmp_path / ".digests")
+    journal.begin([("index/x", expected(b"1"))])  # the last batch: no commit mark yet
+    journal.set("index/x", *expected(b"raised by promote"))
+    journal.flush()
+    reloaded = DigestJournal(tmp_path / ".digests")
+    assert not reloaded.uncertain
+    assert reloaded.files == {"index/x": expected(b"raised by promote")}
