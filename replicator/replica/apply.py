@@ -87,7 +87,8 @@ class BatchApplier:
                 action()
                 stats.files += key.startswith("file:")
         except BaseException:
-            self.journal.settle(self._holds)  # what each file holds now: old or new
+            with contextlib.suppress(OSError):  # else the files stay "old or new" (uncertain)
+                self.journal.settle(self._holds)  # what each file holds now
             raise
         crash_point("before-commit-mark", self._targets)
         self.journal.commit(batch)

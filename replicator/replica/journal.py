@@ -89,11 +89,16 @@ class DigestJournal:
     # -- the receiver's side ---------------------------------------------------------------
     def begin(self, changes: list[Change]) -> int:
         """Record, with one write, what a batch is about to make visible; its id."""
-        batch, self._next_id = self._next_id, self._next_id + 1
-        self._begin(batch, changes)
+        batch = self._next_id
         record = ["B", batch, [[rel, *new] if new else [rel] for rel, new in changes]]
         self._pending.append(json.dumps(record))
-        self._write_pending()
+        try:
+            self._write_pending()
+        except OSError:  # not recorded (a full filesystem): the batch must not go ahead
+            self._pending.pop()
+            raise
+        self._next_id += 1
+        self._begin(batch, changes)
         return batch
 
     def commit(self, batch: int) -> None:
