@@ -150,11 +150,12 @@ class PeerLink:
             # Directories the replica could not apply (a full tmpfs, a failed check) are not
             # held there, whatever its position says: resend them whole, numbered after the
             # position we resume from (after a manifest resync: after its batches).
-            broken = hello.broken_dirs
+            broken = list(hello.broken_dirs)
 
-            def resend_broken() -> None:
+            def resend_broken() -> None:  # once per connection: later resyncs know better
                 for key in outbox.reported_broken(self.peer.id, broken):
                     self.host.repair_directory(key)
+                broken.clear()
             if position is not None:
                 resend_broken()
             while True:
