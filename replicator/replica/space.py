@@ -52,6 +52,10 @@ class SpaceGuard:
             pass  # full: keep what fitted
         return self._size
 
+    def __del__(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+
     def on_full(self, origin: str) -> None:
         """A batch did not fit: count it, and tell the operator once per episode."""
         self.refusals += 1
