@@ -7,6 +7,7 @@ lives beside the replica (tmpfs: it must vanish with the data it describes). Fen
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from dataclasses import dataclass, field
@@ -23,12 +24,18 @@ def load_json(path: Path) -> dict[str, Any]:
 
 
 def save_json(path: Path, data: dict[str, Any], *, durable: bool) -> None:
+    """Replace `path` with `data` atomically (one write: the receiver saves its position once
+    per chunk of input, on the latency path); `durable` also syncs it to disk."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, sort_keys=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        encoded = json.dumps(data, sort_keys=True).encode()
+        if os.write(fd, encoded) != len(encoded):
+            raise OSError(errno.ENOSPC, f"short write to {tmp}")
         if durable:
-            f.flush()
-            os.fsync(f.fileno())
+            os.fsync(fd)
+    finally:
+        os.close(fd)
     os.replace(tmp, path)
     if durable:
         fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
