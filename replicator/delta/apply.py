@@ -16,11 +16,36 @@ from replicator.errors import ApplyError
 from replicator.hashing import StreamingDigest
 
 
+class Budget:
+    """The bytes one batch may hold in memory at once: its buffered parts and the working
+    copies of its files. Every op asks before it allocates (a TRUNCATE or WRITE that grows a
+    file, a COPY, a decompression of `raw_size` bytes), so a small hostile batch cannot
+    make the receiver allocate more than the limit, whatever its ops announce."""
+
+    def __init__(self, limit: int, used: int = 0) -> None:
+        self.limit, self.used = limit, used
+
+    def take(self, nbytes: int, what: str) -> None:
+        """Count `nbytes` more; ApplyError (the batch is refused) beyond the limit."""
+        if nbytes <= 0:
+            return
+        if self.used + nbytes > self.limit:
+            raise ApplyError(f"{what}: the batch would hold {self.used + nbytes} bytes in "
+                             f"memory, over its budget of {self.limit}")
+        self.used += nbytes
+
+
+UNBOUNDED = 1 << 62
+
+
 class WorkingFile:
     """One file's state during a batch."""
 
     def __init__(self, path: str, exists: bool, load: Callable[[], bytes],
-                 visible_digest: Callable[[], StreamingDigest]) -> None:
+                 visible_digest: Callable[[], StreamingDigest],
+                 budget: Budget | None = None) -> None:
+        self.budget = budget if budget is not None else Budget(UNBOUNDED)
+        self._charged = 0  # bytes of this working copy counted in the budget
         self.path = path
         self.exists = exists
         self.existed = exists
@@ -51,6 +76,7 @@ class WorkingFile:
         if op.code == OpCode.COPY:
             if source is None or not source.exists:
                 raise ApplyError(f"{self.path}: copy source {op.source!r} is missing")
+            self._charge(source.size, 0)
             self._replace(source.content())
         elif op.code == OpCode.DELETE:
             self.exists, self._content, self.tails = False, bytearray(), []
@@ -67,11 +93,18 @@ class WorkingFile:
             raise ApplyError(f"{self.path}: op of {op.raw_size} bytes at {op.offset} exceeds "
                              f"the limit of {max_size} bytes")
         if op.code == OpCode.REPLACE:
-            base = self.content() if op.codec == Codec.ZSTD_DELTA else None
+            delta = op.codec == Codec.ZSTD_DELTA
+            self._charge(op.raw_size + (self.size if delta else 0), op.raw_size)
+            base = self.content() if delta else None
             self._replace(decompress(op.data, op.codec, op.raw_size, base=base))
         elif op.code == OpCode.WRITE:
+            if self._content is None and op.offset == self.size:  # kept as a tail
+                self._charge(self._charged + op.raw_size, 0)
+            else:
+                self._charge(max(self.size, end), op.raw_size)
             self._write(op.offset, decompress(op.data, op.codec, op.raw_size, base=None))
         elif op.code == OpCode.TRUNCATE:
+            self._charge(max(self.size, op.offset), 0)
             content = self._materialize()
             if op.offset < len(content):
                 del content[op.offset :]
@@ -80,6 +113,14 @@ class WorkingFile:
         else:
             raise ApplyError(f"{self.path}: {op.code.name} is not a file operation")
         self.exists = True
+
+    def _charge(self, size: int, scratch: int) -> None:
+        """Ask the budget for this copy to hold `size` bytes in memory, plus `scratch` bytes
+        alive while the op runs (a decompressed chunk), before allocating either."""
+        grow = max(0, size - self._charged)
+        self.budget.take(grow + scratch, f"{self.path}: {size} bytes")
+        self.budget.used -= scratch
+        self._charged += grow
 
     def _write(self, offset: int, data: bytes) -> None:
         if self._content is None and offset == self.size:

@@ -132,8 +132,9 @@ class Listener:
         replica.note_sync_policy(hello.sync_policy)
         await transport.send(session.send(accepted.auth.sign(Hello(
             self.config.node_id, "replica", self.software, self.store.fences.minimum(origin),
-            replica.state.stream, replica.state.seq,
-            max_frame_bytes=self.config.tuning.max_frame_bytes, transports=["tcp"]))))
+            replica.persisted.stream, replica.persisted.seq,
+            max_frame_bytes=self.config.tuning.max_frame_bytes, transports=["tcp"],
+            broken_dirs=replica.broken_dirs()))))
         log.info("replicating %s into this node (stream %s, epoch %d)", origin, hello.stream,
                  hello.epoch)
         await self._origin_loop(transport, session, hello, replica)
@@ -162,9 +163,13 @@ class Listener:
                 last_ack = max(last_ack, acked)
             if last_ack:
                 replies.append(Ack(last_ack))
-            replica.save_state()
+            saved = replica.save_state()
+            if not saved:  # only what is recorded may be acknowledged: refusals still go out
+                replies = [r for r in replies if not isinstance(r, Ack)]
             if replies:
                 await transport.send(b"".join(session.send(r) for r in replies))
+            if not saved:
+                return  # the origin reconnects and resumes from the position on disk
 
     def _on_origin(self, message: Message, hello: Hello, replica: OriginReplica,
                    stats: dict[str, int]) -> tuple[Message | None, int]:
@@ -177,6 +182,8 @@ class Listener:
             if outcome.ok:
                 return None, outcome.seq
             stats["nacks"] += 1
+            if outcome.full:
+                stats["replica_enospc"] = stats.get("replica_enospc", 0) + 1
             level = logging.DEBUG if outcome.reason == AWAITING_RESYNC else logging.WARNING
             log.log(level, "batch %d from %s refused for %s/%s: %s", outcome.seq, hello.node,
                     outcome.root, outcome.dir or ".", outcome.reason)

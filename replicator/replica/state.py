@@ -7,6 +7,7 @@ lives beside the replica (tmpfs: it must vanish with the data it describes). Fen
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from dataclasses import dataclass, field
@@ -23,12 +24,18 @@ def load_json(path: Path) -> dict[str, Any]:
 
 
 def save_json(path: Path, data: dict[str, Any], *, durable: bool) -> None:
+    """Replace `path` with `data` atomically (one write: the receiver saves its position once
+    per chunk of input, on the latency path); `durable` also syncs it to disk."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, sort_keys=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        encoded = json.dumps(data, sort_keys=True).encode()
+        if os.write(fd, encoded) != len(encoded):
+            raise OSError(errno.ENOSPC, f"short write to {tmp}")
         if durable:
-            f.flush()
-            os.fsync(f.fileno())
+            os.fsync(fd)
+    finally:
+        os.close(fd)
     os.replace(tmp, path)
     if durable:
         fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
@@ -47,18 +54,28 @@ class AppliedState:
     epoch: int = 0
     broken: dict[str, int] = field(default_factory=dict)  # "root\\0dir" -> seq it broke at
     sync_policy: str = "off"  # what the origin's sync-commit plugin last did (fail: gap 0)
+    why: dict[str, str] = field(default_factory=dict)  # "root\\0dir" -> why it broke
 
     @classmethod
     def load(cls, path: Path) -> AppliedState:
         data = load_json(path)
         return cls(str(data.get("stream", "")), int(data.get("seq", 0)),
                    int(data.get("epoch", 0)), dict(data.get("broken", {})),
-                   str(data.get("sync_policy", "off")))
+                   str(data.get("sync_policy", "off")), dict(data.get("why", {})))
+
+    def copy(self) -> AppliedState:
+        return AppliedState(self.stream, self.seq, self.epoch, dict(self.broken),
+                            self.sync_policy, dict(self.why))
 
     def save(self, path: Path) -> None:
         save_json(path, {"stream": self.stream, "seq": self.seq, "epoch": self.epoch,
-                         "broken": self.broken, "sync_policy": self.sync_policy},
-                  durable=False)
+                         "broken": self.broken, "sync_policy": self.sync_policy,
+                         "why": self.why}, durable=False)
+
+    def broken_dirs(self) -> list[tuple[str, str, int, str]]:
+        """(root, dir, seq it broke at, why) of every directory awaiting its origin's resend."""
+        return [(key.partition("\0")[0], key.partition("\0")[2], seq, self.why.get(key, ""))
+                for key, seq in sorted(self.broken.items())]
 
 
 class Fences:

@@ -12,16 +12,20 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from replicator.delta.ops import Op, decode_ops
+from replicator.delta.apply import Budget
+from replicator.delta.ops import Op
 from replicator.errors import ApplyError, FencedError, PathError, ProtocolError
 from replicator.hashing import digest
 from replicator.paths import check_relpath, check_root_name
-from replicator.replica import fileio
-from replicator.replica.apply import ApplyStats, BatchApplier, DigestCache
+from replicator.replica.apply import ApplyStats, BatchApplier
+from replicator.replica.beneath import make_private, read_file_under
+from replicator.replica.digestcache import DigestCache
 from replicator.replica.journal import DigestJournal
+from replicator.replica.parts import BUDGET_FRAMES, Parts
+from replicator.replica.space import SpaceGuard, is_full
 from replicator.replica.state import AppliedState, Fences
 from replicator.wire.messages import AWAITING_RESYNC, Batch
 
@@ -36,30 +40,46 @@ class Outcome:
     dir: str = ""
     reason: str = ""
     stats: ApplyStats | None = None
+    full: bool = False  # refused because replica_dir is full
 
 
 class OriginReplica:
     """replica_dir/<origin>: the copy of one origin's roots."""
 
     def __init__(self, base: Path, origin: str, roots: frozenset[str], staging: Path,
-                 max_size: int) -> None:
+                 max_size: int, space: SpaceGuard) -> None:
         self.base, self.origin, self.roots = base, origin, roots
         self.state_path = base / ".applied.json"
-        self.staging, self.max_size = staging, max_size
-        base.mkdir(parents=True, exist_ok=True)
+        self.staging, self.max_size, self.space = staging, max_size, space
+        make_private(base, 0o700)  # mail users own directories inside: keep them out
         self.state = AppliedState.load(self.state_path)
-        self.journal = DigestJournal(base / ".digests")
+        self.persisted = self.state.copy()  # what HELLO may report: on disk, not in memory
+        self.journal = DigestJournal(base / ".digests", repair=True)
+        if self.journal.uncertain:
+            self._settle_after_crash()
         self.digests = DigestCache()
-        self._parts: list[Op] = []
-        self._next_part = 0
+        self.parts = Parts(BUDGET_FRAMES * max_size)  # bytes one batch may hold in memory
         self._unsaved = False
+
+    def _settle_after_crash(self) -> None:
+        """The receiver died between a batch's journal record and its commit mark: record
+        what each of its files holds (its old or its new state); a file holding neither is
+        damage, which verify reports and the origin's resend repairs."""
+        def holds(rel: str) -> tuple[int, str] | None:
+            data = read_file_under(self.base, rel)
+            return None if data is None else (len(data), digest(data).hex())
+        damaged = self.journal.settle(holds)
+        self.journal.flush()
+        log.warning("replica of %s: settled a batch cut short by a crash%s", self.origin,
+                    f"; damaged: {', '.join(damaged[:10])}" if damaged else
+                    " (every file holds its old or its new content)")
 
     def resync(self, stream: str, seq: int, epoch: int) -> None:
         """The origin restarts our view of its stream: the next batch is `seq`."""
         self.state = AppliedState(stream, seq - 1, epoch, dict(self.state.broken),
                                   self.state.sync_policy)
-        self._parts, self._next_part = [], 0
-        self.state.save(self.state_path)
+        self.parts.clear()
+        self._unsaved = True
 
     def receive(self, batch: Batch) -> Outcome | None:
         """Apply `batch` (or buffer one part of it); None while more parts must follow."""
@@ -70,14 +90,14 @@ class OriginReplica:
             return Outcome(batch.seq, True)  # replay after a reconnect: already applied
         if batch.seq != self.state.seq + 1:
             raise ProtocolError(f"batch seq {batch.seq} after {self.state.seq}: gap")
-        if batch.part != self._next_part:
-            raise ProtocolError(f"batch {batch.seq} part {batch.part}, expected {self._next_part}")
-        self._parts += decode_ops(batch.payload)
-        self._next_part += 1
+        self.parts.add(batch)
         if not batch.final:
             return None
-        ops, self._parts, self._next_part = self._parts, [], 0
-        outcome = self._apply(batch, ops)
+        ops, refused, buffered = self.parts.take()
+        if refused:
+            outcome = self._refuse(batch, refused)
+        else:
+            outcome = self._apply(batch, ops, Budget(self.parts.budget, buffered))
         self.state.seq, self.state.epoch = batch.seq, batch.epoch
         self._unsaved = True
         return outcome
@@ -92,50 +112,91 @@ class OriginReplica:
         then compares what we hold with what it has and resends what differs."""
         self.state = AppliedState(epoch=self.state.epoch, sync_policy=self.state.sync_policy)
         self.state.save(self.state_path)
+        self.persisted = self.state.copy()
         self.digests = DigestCache()
-        self._parts, self._next_part = [], 0
+        self.parts.clear()
 
     def differs_from_journal(self, rel: str) -> bool:
         """Whether `rel` (root/path) differs from what the journal says it must hold, checked
         now. Called on the event loop, where no batch is half applied: a verification that ran
         in a thread beside the applier may have read a file as it was being replaced."""
         expected = self.journal.files.get(rel)
-        path = self.base / rel
-        try:
-            data = fileio.read_bytes(path) if fileio.kind_of(path) == "file" else None
-        except FileNotFoundError:
-            data = None
+        data = read_file_under(self.base, rel)
         if data is None or expected is None:
             return (data is None) != (expected is None)
         return (len(data), digest(data).hex()) != expected
 
-    def save_state(self) -> None:
-        """Record how far we got, and the digests of what changed; called before
-        acknowledging (once per chunk of input)."""
+    def save_state(self) -> bool:
+        """Record the digests of what changed, then how far we got; called before
+        acknowledging (once per chunk of input). False if that could not be written: nothing
+        may be acknowledged then, and the position falls back to the one on disk (batches
+        after it are resent; replaying them finds what they already changed, and is refused
+        and repaired)."""
+        try:
+            self._persist()
+        except OSError:
+            try:
+                with self.space.released():
+                    self._persist()
+            except OSError as again:
+                log.error("replica of %s: cannot record its state in %s: %s; acknowledging "
+                          "nothing, the origin resends from seq %d", self.origin, self.base,
+                          again.strerror or again, self.persisted.seq + 1)
+                self.state = replace(self.persisted, broken=self.state.broken,
+                                     why=self.state.why)
+                self.parts.clear()
+                return False
+        return True
+
+    def _persist(self) -> None:
         self.journal.flush()
         if self._unsaved:
             self.state.save(self.state_path)
             self._unsaved = False
+            self.persisted = self.state.copy()
 
-    def _apply(self, batch: Batch, ops: list[Op]) -> Outcome:
+    def broken_dirs(self) -> list[str]:
+        """`root/dir` of every directory awaiting a resend (what HELLO tells the origin)."""
+        return [f"{root}/{reldir}" if reldir else root
+                for root, reldir, _seq, _why in self.state.broken_dirs()]
+
+    def _refuse(self, batch: Batch, reason: str) -> Outcome:
+        self._check_place(batch)
+        key = f"{batch.root}\0{batch.dir}"
+        self.state.broken[key], self.state.why[key] = batch.seq, reason
+        return Outcome(batch.seq, False, batch.root, batch.dir, reason)
+
+    def _check_place(self, batch: Batch) -> None:
         try:
             check_root_name(batch.root, self.roots)
             check_relpath(batch.dir, allow_empty=True)
         except PathError as exc:
             raise ProtocolError(str(exc)) from None
+
+    def _apply(self, batch: Batch, ops: list[Op], budget: Budget) -> Outcome:
+        self._check_place(batch)
         key = f"{batch.root}\0{batch.dir}"
         if key in self.state.broken and not batch.resync:
             return Outcome(batch.seq, False, batch.root, batch.dir, AWAITING_RESYNC)
         applier = BatchApplier(self.base / batch.root, self.staging, self.digests,
                                max_size=self.max_size, may_chown=os.geteuid() == 0,
-                               journal=self.journal, root=batch.root)
+                               journal=self.journal, root=batch.root, budget=budget)
         try:
             stats = applier.apply(ops)
-        except (ApplyError, OSError) as exc:  # OSError: e.g. the tmpfs is full
-            self.state.broken[key] = batch.seq
+        except (ApplyError, OSError, MemoryError) as exc:  # OSError: e.g. the tmpfs is full
+            full = isinstance(exc, OSError) and is_full(exc)
+            if full:
+                self.space.on_full(self.origin)
+            reason = (f"replica filesystem full ({self.space.usage()})" if full else
+                      str(exc) or type(exc).__name__)
+            if applier.changed:
+                reason += "; the batch was applied only in part"
+            self.state.broken[key], self.state.why[key] = batch.seq, reason
             self.digests = DigestCache()  # a partial commit may have left any file changed
-            return Outcome(batch.seq, False, batch.root, batch.dir, str(exc))
+            return Outcome(batch.seq, False, batch.root, batch.dir, reason, full=full)
         self.state.broken.pop(key, None)
+        self.state.why.pop(key, None)
+        self.space.after_success()
         return Outcome(batch.seq, True, stats=stats)
 
 
@@ -146,9 +207,14 @@ class ReplicaStore:
                  max_size: int) -> None:
         self.replica_dir, self.roots, self.max_size = replica_dir, roots, max_size
         self.staging = replica_dir / ".staging"
+        make_private(replica_dir, 0o755)  # the control socket may live here: others may enter
+        for held in replica_dir.iterdir():  # copies from an earlier run: 0700 before any batch
+            if held.is_dir() and not held.is_symlink() and not held.name.startswith("."):
+                make_private(held, 0o700)
         shutil.rmtree(self.staging, ignore_errors=True)
-        self.staging.mkdir(parents=True, exist_ok=True)
+        make_private(self.staging, 0o700)
         self.fences = Fences(state_dir / "fences.json")
+        self.space = SpaceGuard(replica_dir, self.staging)
         self._origins: dict[str, OriginReplica] = {}
 
     def origin(self, origin: str) -> OriginReplica:
@@ -156,7 +222,7 @@ class ReplicaStore:
         if replica is None:
             replica = self._origins[origin] = OriginReplica(
                 self.replica_dir / origin, origin, self.roots,
-                self.staging / f"{origin}.tmp", self.max_size)
+                self.staging / f"{origin}.tmp", self.max_size, self.space)
         return replica
 
     def origins(self) -> dict[str, OriginReplica]:

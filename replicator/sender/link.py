@@ -146,9 +146,21 @@ class PeerLink:
                 cursor.acked = max(cursor.acked, hello.seq)
             cursor.connected = True
             self._last_progress = time.monotonic()
+            # Directories the replica could not apply (a full tmpfs, a failed check) are not
+            # held there, whatever its position says: resend them whole, numbered after the
+            # position we resume from (after a manifest resync: after its batches).
+            broken = list(hello.broken_dirs)
+
+            def resend_broken() -> None:  # once per connection: later resyncs know better
+                for key in outbox.reported_broken(self.peer.id, broken):
+                    self.host.repair_directory(key)
+                broken.clear()
+            if position is not None:
+                resend_broken()
             while True:
                 if position is None:
                     position = await self._manifest_resync(transport, session)
+                    resend_broken()
                 position = await self._send_pending(transport, session, position, reader)
                 if reader.done():
                     reader.result()

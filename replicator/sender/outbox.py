@@ -132,6 +132,20 @@ class Outbox:
         cursor.broken[key] = max(seq, cursor.broken.get(key, 0))
         return self._last_resync.get(key, 0) <= seq
 
+    def reported_broken(self, peer: str, dirs: Iterable[str]) -> list[DirKey]:
+        """The replica says (HELLO) it holds `dirs` (`root/dir`) broken: none of them counts as
+        held by `peer` until a resync batch numbered from now on is acknowledged. Returns the
+        directories that need one queued."""
+        cursor, seq = self.cursors[peer], self.next_seq - 1
+        keys = []
+        for text in dirs:
+            root, _, reldir = text.partition("/")
+            key = (root, reldir)
+            cursor.broken[key] = max(seq, cursor.broken.get(key, 0))
+            if self._last_resync.get(key, 0) <= seq:
+                keys.append(key)
+        return keys
+
     def _trim(self) -> None:
         floor = min((c.acked for c in self.cursors.values()), default=self.next_seq)
         while self._batches and (self._batches[0].seq <= floor

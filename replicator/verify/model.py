@@ -18,7 +18,8 @@ class Difference:
     field: str
     expected: str
     found: str
-    check: str = "bytes"  # bytes | journal | dovecot
+    check: str = "bytes"  # bytes | journal | dovecot | state (a directory the receiver
+    #                       marked broken: a batch for it was refused or applied only in part)
 
 
 @dataclass

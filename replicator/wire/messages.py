@@ -119,6 +119,9 @@ class Hello(Message):
     transports: list[str] = field(default_factory=list)
     nonce: str = ""                # client: its challenge to the server (see wire.auth)
     proof: str = ""                # server: its answer to that challenge (see wire.auth)
+    # replica: `root/dir` of the directories it could not apply (and awaits whole): the origin
+    # resends them and does not count them as held until a resend is acknowledged
+    broken_dirs: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,174 @@
+"""The digest journal under crashes: per-batch intent records, torn tails, and what verify and
+promote then accept (finding 9 of issue 13)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from replicator.hashing import digest
+from replicator.replica.journal import DigestJournal
+from replicator.verify.runner import verify_replica
+
+
+def expected(data: bytes) -> tuple[int, str]:
+    return len(data), digest(data).hex()
+
+
+def replica_with(tmp_path: Path, files: dict[str, bytes]) -> Path:
+    base = tmp_path / "a"
+    for rel, data in files.items():
+        (base / rel).parent.mkdir(parents=True, exist_ok=True)
+        (base / rel).write_bytes(data)
+    (base / "index").mkdir(parents=True, exist_ok=True)
+    return base
+
+
+def test_a_damaged_line_in_the_middle_loses_nothing_after_it(tmp_path: Path) -> None:
+    path = tmp_path / ".digests"
+    path.write_text('["+", "index/a", 1, "aa"]\n["+", "index/b", 2, "b\n'
+                    '["+", "index/c", 3, "cc"]\n')
+    journal = DigestJournal(path)
+    assert journal.files == {"index/a": (1, "aa"), "index/c": (3, "cc")}
+
+
+def test_a_torn_tail_is_cut_off_so_later_records_survive(tmp_path: Path) -> None:
+    path = tmp_path / ".digests"
+    path.write_text('["+", "index/a", 1, "aa"]\n["+", "index/b", 2, "b')  # crash mid-append
+    journal = DigestJournal(path, repair=True)
+    assert journal.files == {"index/a": (1, "aa")}
+    journal.set("index/c", 3, "cc")
+    journal.flush()
+    assert DigestJournal(path).files == {"index/a": (1, "aa"), "index/c": (3, "cc")}
+    assert path.read_text().count("\n") == 2
+
+
+def test_a_reader_does_not_cut_the_writers_file(tmp_path: Path) -> None:
+    path = tmp_path / ".digests"
+    path.write_text('["+", "index/a", 1, "aa"]\n["+", "inde')
+    DigestJournal(path)  # verify and promote read; only the receiver repairs
+    assert path.read_text().endswith('["+", "inde')
+
+
+def uncommitted_batch(base: Path, old: bytes, new: bytes) -> None:
+    """A journal whose last batch was recorded but never marked committed (kill -9 between
+    the intent record and the renames, or during them)."""
+    journal = DigestJournal(base / ".digests", repair=True)
+    journal.set("index/u1/log", *expected(old))
+    journal.set("index/u1/gone", *expected(b"gone"))
+    journal.flush()
+    journal.begin([("index/u1/log", expected(new)), ("index/u1/gone", None),
+                   ("index/u1/new", expected(b"new"))])
+
+
+def test_files_of_an_uncommitted_batch_may_hold_old_or_new(tmp_path: Path) -> None:
+    before = replica_with(tmp_path / "before", {"index/u1/log": b"old", "index/u1/gone": b"gone"})
+    uncommitted_batch(before, b"old", b"old+new")
+    assert verify_replica(before, ["index"]).exit_code == 0, "killed before the renames"
+    after = replica_with(tmp_path / "after", {"index/u1/log": b"old+new", "index/u1/new": b"new"})
+    uncommitted_batch(after, b"old", b"old+new")
+    assert verify_replica(after, ["index"]).exit_code == 0, "killed before the commit mark"
+
+
+def test_anything_else_is_named_as_damage(tmp_path: Path) -> None:
+    base = replica_with(tmp_path, {"index/u1/log": b"torn", "index/u1/gone": b"gone"})
+    uncommitted_batch(base, b"old", b"old+new")
+    report = verify_replica(base, ["index"])
+    assert report.exit_code == 1
+    assert [d.file for d in report.differences] == ["index/u1/log"]
+
+
+def test_the_receiver_settles_an_uncommitted_batch_on_restart(tmp_path: Path) -> None:
+    base = replica_with(tmp_path, {"index/u1/log": b"old", "index/u1/gone": b"gone"})
+    uncommitted_batch(base, b"old", b"old+new")
+    journal = DigestJournal(base / ".digests", repair=True)
+    damaged = journal.settle(lambda rel: expected((base / rel).read_bytes())
+                             if (base / rel).is_file() else None)
+    journal.flush()
+    assert damaged == []
+    reloaded = DigestJournal(base / ".digests")
+    assert not reloaded.uncertain
+    assert reloaded.files == {"index/u1/log": expected(b"old"),
+                              "index/u1/gone": expected(b"gone")}
+
+
+def test_one_write_per_batch(tmp_path: Path) -> None:
+    journal = DigestJournal(tmp_path / ".digests")
+    first = journal.begin([("index/x", expected(b"1"))])
+    journal.commit(first)
+    journal.flush()  # only a commit mark pending: nothing to write
+    second = journal.begin([("index/x", expected(b"12"))])  # carries the first's commit mark
+    journal.commit(second)
+    journal.flush()
+    lines = (tmp_path / ".digests").read_text().splitlines()
+    assert [line[:4] for line in lines] == ['["B"', '["C"', '["B"']
+    reloaded = DigestJournal(tmp_path / ".digests")
+    assert reloaded.uncertain == {"index/x": [expected(b"1"), expected(b"12")]}
+
+
+def test_a_later_record_settles_a_file_of_an_uncommitted_batch(tmp_path: Path) -> None:
+    journal = DigestJournal(tmp_path / ".digests")
+    journal.begin([("index/x", expected(b"1"))])  # the last batch: no commit mark yet
+    journal.set("index/x", *expected(b"raised by promote"))
+    journal.flush()
+    reloaded = DigestJournal(tmp_path / ".digests")
+    assert not reloaded.uncertain
+    assert reloaded.files == {"index/x": expected(b"raised by promote")}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs: needs root")
+def test_a_record_that_does_not_fit_leaves_no_trace(tmp_path: Path) -> None:
+    mount = tmp_path / "ram"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], check=True)
+    try:
+        journal = DigestJournal(mount / ".digests")
+        journal.set("index/kept", *expected(b"kept"))
+        journal.flush()
+        filler = os.open(mount / "filler", os.O_WRONLY | os.O_CREAT)
+        with contextlib.suppress(OSError):
+            while os.write(filler, bytes(4096)):
+                pass
+        os.close(filler)
+        huge = [(f"index/{'n' * 200}{i}", expected(b"x")) for i in range(100)]  # > 4 KiB
+        with pytest.raises(OSError):
+            journal.begin(huge)
+        assert journal.files == {"index/kept": expected(b"kept")} and not journal.uncertain
+        os.unlink(mount / "filler")
+        journal.set("index/later", *expected(b"later"))
+        journal.flush()
+        assert DigestJournal(mount / ".digests").files == {
+            "index/kept": expected(b"kept"), "index/later": expected(b"later")}
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs: needs root")
+def test_a_full_filesystem_never_leaves_a_torn_line_behind(tmp_path: Path) -> None:
+    mount = tmp_path / "ram"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], check=True)
+    try:
+        journal = DigestJournal(mount / ".digests")
+        journal.set("index/kept", 4, digest(b"kept"))
+        journal.flush()
+        filler = os.open(mount / "filler", os.O_WRONLY | os.O_CREAT)
+        with contextlib.suppress(OSError):
+            while os.write(filler, bytes(4096)):
+                pass
+        os.close(filler)
+        for i in range(100):  # more than the room left in the journal's last page
+            journal.set(f"index/{'n' * 200}{i}", 1, digest(b"x"))
+        with pytest.raises(OSError):
+            journal.flush()
+        os.unlink(mount / "filler")
+        journal.set("index/later", 5, digest(b"later"))
+        journal.flush()
+        assert DigestJournal(mount / ".digests").files == journal.files
+        assert "index/later" in journal.files
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
