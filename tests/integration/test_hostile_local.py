@@ -255,7 +255,9 @@ def test_idle_connections_of_one_user_cannot_take_the_daemons_descriptors() -> N
         finally:
             attacker.kill()
             attacker.wait(30)
-        assert held - before <= 256 + 2, (before, held)
+        # 256 control connections, plus a few the daemon may open meanwhile for other reasons
+        # (a link's socket, a replica's journal and space reserve): far below the 1 100 of old
+        assert held - before <= 256 + 8, (before, held)
         assert a.log_text().count("control connection from uid 65534 refused") == 1
 
 

@@ -30,9 +30,10 @@ from replicator.delta.codec import compress
 from replicator.delta.ops import Codec, Op, OpCode, Result, encode_ops
 from replicator.dovecot.instance import free_port
 from replicator.hashing import digest
-from replicator.testing.cluster import PeerSpec, ReplicatorNode, pair, stop_all
+from replicator.testing.cluster import TEST_PSK, PeerSpec, ReplicatorNode, pair, stop_all
 from replicator.verify.trees import compare_trees
-from replicator.wire.messages import Ack, Batch, Hello, Message, Nack, Resync
+from replicator.wire.auth import ClientAuth
+from replicator.wire.messages import Ack, Auth, Batch, Hello, Message, Nack, Resync
 from replicator.wire.session import Session
 
 pytestmark = [pytest.mark.integration,
@@ -242,18 +243,25 @@ def peak_rss_kib(node: ReplicatorNode) -> int:
 
 
 async def hostile_origin(port: int, batches: list[Batch], max_frame: int) -> list[Message]:
-    """Speak as origin `a` (as any host that reaches the port could, unless the link is
-    authenticated): HELLO, RESYNC, the crafted batches; the replica's answers until the last
-    batch is answered."""
+    """Speak as origin `a` (a configured peer that holds the cluster key, turned hostile or
+    buggy): the authenticated handshake, RESYNC, the crafted batches; the replica's answers
+    until the last batch is answered."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     session = Session("client", max_frame_bytes=max_frame)
-    writer.write(session.send(Hello("a", "origin", "hostile", 1, "s1")))
+    auth = ClientAuth(TEST_PSK, "a", "b", "origin")
+    writer.write(session.send(auth.hello(Hello("a", "origin", "hostile", 1, "s1"))))
     answers: list[Message] = []
     last = batches[-1].seq
     async with asyncio.timeout(30):
-        while not answers:
-            answers = session.receive_data(await reader.read(1 << 16))
-        assert isinstance(answers[0], Hello), answers
+        for expected in (Auth, Hello):
+            while not answers:
+                answers = session.receive_data(await reader.read(1 << 16))
+            reply = answers.pop(0)
+            assert isinstance(reply, expected), reply
+            if isinstance(reply, Auth):
+                writer.write(session.send(auth.answer(reply)))
+            else:
+                auth.check_server(reply)
         writer.write(session.send(Resync("s1", 1)))
         for batch in batches:
             writer.write(session.send(batch))
