@@ -54,32 +54,6 @@ def parent_rel(relpath: str) -> str:
     return relpath.rpartition("/")[0]
 
 
-def resolve_under(base: Path | str, relpath: str, trusted: set[str] | None = None) -> str:
-    """`base/relpath`, refusing if any existing component below `base` is a symlink.
-
-    The replica tree is written only by the receiver, so a symlink inside it means tampering or
-    a bug; following it could write outside the replica directory. `trusted` caches directories
-    already checked (the caller forgets them when it deletes directories).
-    """
-    check_relpath(relpath, allow_empty=True)
-    top = current = os.fspath(base)
-    parts = relpath.split("/") if relpath else []
-    for index, part in enumerate(parts):
-        current = f"{current}/{part}"
-        is_dir = index < len(parts) - 1
-        if trusted is not None and is_dir and current in trusted:
-            continue
-        try:
-            mode = os.lstat(current).st_mode
-        except (FileNotFoundError, NotADirectoryError):
-            break
-        if stat.S_ISLNK(mode):
-            raise PathError(f"refusing to follow symlink {current}")
-        if trusted is not None and is_dir and stat.S_ISDIR(mode):
-            trusted.add(current)
-    return f"{top}/{relpath}" if relpath else top
-
-
 def wire_path_under(root: Path | str, path: str) -> str | None:
     """The wire path of the absolute `path` below `root`, proven to stay there; None when
     `path` is elsewhere; PathError when it is malformed or would lead out of `root`.

@@ -161,20 +161,27 @@ class OriginReplica:
                 for root, reldir, _seq, _why in self.state.broken_dirs()]
 
     def _refuse(self, batch: Batch, reason: str) -> Outcome:
-        self._check_place(batch)
+        if (misplaced := self._misplaced(batch)) is not None:
+            return misplaced
         key = f"{batch.root}\0{batch.dir}"
         self.state.broken[key], self.state.why[key] = batch.seq, reason
         return Outcome(batch.seq, False, batch.root, batch.dir, reason)
 
-    def _check_place(self, batch: Batch) -> None:
+    def _misplaced(self, batch: Batch) -> Outcome | None:
+        """A refusal (NACK) for a batch addressed to no place we hold: an unknown root or a
+        bad directory. Nothing is written and nothing is marked broken (there is no such
+        directory to repair); the stream goes on, so one bad batch cannot stall the link."""
         try:
             check_root_name(batch.root, self.roots)
             check_relpath(batch.dir, allow_empty=True)
         except PathError as exc:
-            raise ProtocolError(str(exc)) from None
+            log.warning("batch %d from %s refused: %s", batch.seq, self.origin, exc)
+            return Outcome(batch.seq, False, batch.root, batch.dir, f"bad place: {exc}")
+        return None
 
     def _apply(self, batch: Batch, ops: list[Op], budget: Budget) -> Outcome:
-        self._check_place(batch)
+        if (misplaced := self._misplaced(batch)) is not None:
+            return misplaced
         key = f"{batch.root}\0{batch.dir}"
         if key in self.state.broken and not batch.resync:
             return Outcome(batch.seq, False, batch.root, batch.dir, AWAITING_RESYNC)

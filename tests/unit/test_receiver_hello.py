@@ -71,3 +71,25 @@ def test_broken_directories_are_named_root_slash_dir(tmp_path: Path, reldir: str
     assert replica.broken_dirs() == [text]
     root, _, rest = text.partition("/")
     assert (root, rest) == ("index", reldir)
+
+
+@pytest.mark.parametrize(("root", "directory"), [("nosuch", "u1"), ("index", "u1/../.."),
+                                                  ("index", "/etc")])
+def test_a_batch_for_no_place_we_hold_is_refused_and_the_stream_goes_on(
+        tmp_path: Path, root: str, directory: str) -> None:
+    """Before, such a batch raised a protocol error: the link dropped, the origin resent the
+    same batch on reconnect, and nothing after it ever arrived."""
+    store = ReplicaStore(tmp_path / "replica", tmp_path / "state", frozenset({"index"}), 1 << 20)
+    replica = store.origin("a")
+    replica.resync("s", 1, 1)
+    refused = replica.receive(Batch(1, "s", 1, root, directory,
+                                    payload=encode_ops([Op(OpCode.ENSURE_DIR, "u1")])))
+    assert refused is not None and not refused.ok and "bad place" in refused.reason
+    assert replica.broken_dirs() == [], "nothing to repair: no such directory is held"
+    data = b"next"
+    op = Op(OpCode.REPLACE, "u1/f", 0, data, raw_size=len(data),
+            result=Result(len(data), digest(data)))
+    outcome = replica.receive(Batch(1, "s", 2, "index", "u1", payload=encode_ops([op])))
+    assert outcome is not None and outcome.ok
+    assert (tmp_path / "replica" / "a" / "index" / "u1" / "f").read_bytes() == data
+    assert not any(p.is_symlink() or p.name == "etc" for p in (tmp_path / "replica").rglob("*"))
