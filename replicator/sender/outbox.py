@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from replicator.delta.ops import encode_ops
+from replicator.delta.ops import MAX_OPS_PER_PART, encode_ops
 from replicator.sender.batcher import DirKey, Draft
 from replicator.wire.frames import encode_frame
 from replicator.wire.messages import Batch
@@ -81,7 +81,9 @@ class Outbox:
         size = 0
         for op in draft.ops:
             encoded = encode_ops([op])
-            if parts[-1] and size + len(encoded) > limit:
+            # a new part when this one is full in bytes, or in operations (the receiver's
+            # decoder refuses a payload of more than MAX_OPS_PER_PART)
+            if parts[-1] and (size + len(encoded) > limit or len(parts[-1]) >= MAX_OPS_PER_PART):
                 parts.append([])
                 size = 0
             parts[-1].append(encoded)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+import replicator.sender.outbox as outbox_module
 from replicator.delta.ops import Op, OpCode, Result, encode_ops
 from replicator.hashing import digest
 from replicator.replica.store import ReplicaStore
@@ -93,3 +94,14 @@ def test_a_batch_for_no_place_we_hold_is_refused_and_the_stream_goes_on(
     assert outcome is not None and outcome.ok
     assert (tmp_path / "replica" / "a" / "index" / "u1" / "f").read_bytes() == data
     assert not any(p.is_symlink() or p.name == "etc" for p in (tmp_path / "replica").rglob("*"))
+
+
+def test_a_directory_of_more_ops_than_one_payload_may_hold_is_sent_in_parts(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The receiver's decoder refuses a payload of more than MAX_OPS_PER_PART operations, so
+    the outbox starts a new part by count as well as by bytes."""
+    monkeypatch.setattr(outbox_module, "MAX_OPS_PER_PART", 3)
+    outbox = Outbox("s", 1, ["b"], retain_bytes=1 << 20, max_frame_bytes=1 << 20)
+    ops = [Op(OpCode.ENSURE_DIR, f"u1/d{i}") for i in range(7)]
+    numbered = outbox.add(Draft(*KEY, ops))
+    assert len(numbered.frames) == 3
