@@ -22,6 +22,7 @@ import pytest
 
 from replicator.dovecot.instance import DovecotInstance, DovecotLayout, MailFormat
 from replicator.dovecot.instance_conf import MAIL_FORMATS
+from replicator.testing.cluster import ReplicatorNode, stop_all
 from tests.integration.plugin_support import NATIVE
 
 DEFAULT_USERS = ("u1", "u2", "u3")
@@ -86,3 +87,11 @@ def plugin_dir() -> Path:
     """The sync-commit plugin, built once per run (native/Makefile)."""
     subprocess.run(["make", "-s", "-C", str(NATIVE)], check=True)
     return NATIVE
+
+
+@pytest.fixture
+def nodes() -> Iterator[list[ReplicatorNode]]:
+    """Daemons a test starts (append them); all are stopped at teardown."""
+    made: list[ReplicatorNode] = []
+    yield made
+    stop_all(made)

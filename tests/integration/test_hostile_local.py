@@ -15,8 +15,7 @@ import os
 import shutil
 import subprocess
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from typing import Any
 import pytest
 
 from replicator.testing.cluster import PeerSpec, ReplicatorNode, stop_all
+from tests.integration.daemon_support import poll
 
 pytestmark = pytest.mark.integration
 NOBODY = 65534
@@ -93,14 +93,6 @@ def run_as(uid: int, *args: str, timeout: float = 120) -> Any:
 
 def flush(request_id: int, policy: str, user: str, *dirs: str, timeout_ms: int = 3000) -> str:
     return "\t".join(["FLUSH", str(request_id), str(timeout_ms), policy, user, *dirs])
-
-
-def poll(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def files_holding(tree: Path, needle: bytes) -> list[Path]:

@@ -15,8 +15,7 @@ import contextlib
 import socket
 import ssl
 import threading
-import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,7 @@ from replicator.hashing import digest, frame_checksum
 from replicator.sender.link import LinkHost, PeerLink
 from replicator.sender.outbox import Outbox
 from replicator.testing.certs import TestCA
-from replicator.testing.cluster import PeerSpec, ReplicatorNode, pair, stop_all
+from replicator.testing.cluster import PeerSpec, ReplicatorNode, pair
 from replicator.transport import tcp
 from replicator.transport.handshake import Credentials
 from replicator.verify.trees import compare_trees
@@ -47,31 +46,10 @@ from replicator.wire.messages import (
     Resync,
     decode_message,
 )
+from tests.integration.daemon_support import poll, roots
 
 pytestmark = pytest.mark.integration
 SAFETY = 20.0  # seconds: a bound for socket reads, far above every configured timeout here
-
-
-def roots(base: Path) -> dict[str, Path]:
-    made = {name: base / name for name in ("index", "control")}
-    for path in made.values():
-        path.mkdir(parents=True, exist_ok=True)
-    return made
-
-
-def poll(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    end = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
-@pytest.fixture
-def nodes() -> Iterator[list[ReplicatorNode]]:
-    made: list[ReplicatorNode] = []
-    yield made
-    stop_all(made)
 
 
 def tree(path: Path) -> dict[str, bytes]:

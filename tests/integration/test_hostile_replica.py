@@ -30,24 +30,18 @@ from replicator.delta.codec import compress
 from replicator.delta.ops import Codec, Op, OpCode, Result, encode_ops
 from replicator.dovecot.instance import free_port
 from replicator.hashing import digest
-from replicator.testing.cluster import TEST_PSK, PeerSpec, ReplicatorNode, pair, stop_all
+from replicator.testing.cluster import TEST_PSK, PeerSpec, ReplicatorNode, pair
 from replicator.verify.trees import compare_trees
 from replicator.wire.auth import ClientAuth
 from replicator.wire.messages import Ack, Auth, Batch, Hello, Message, Nack, Resync
 from replicator.wire.session import Session
+from tests.integration.daemon_support import roots
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs: needs root")]
 
 FILE_BYTES = 24 << 10
 NOBODY = 65534
-
-
-def roots(base: Path) -> dict[str, Path]:
-    made = {name: base / name for name in ("index", "control")}
-    for path in made.values():
-        path.mkdir(parents=True, exist_ok=True)
-    return made
 
 
 @pytest.fixture
@@ -60,13 +54,6 @@ def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
         yield mount
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
-@pytest.fixture
-def nodes() -> Iterator[list[ReplicatorNode]]:
-    made: list[ReplicatorNode] = []
-    yield made
-    stop_all(made)
 
 
 def flush(node: ReplicatorNode, directory: Path, timeout_ms: int = 3000) -> str:

@@ -9,39 +9,17 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from replicator.dovecot.instance import free_port
-from replicator.testing.cluster import PeerSpec, ReplicatorNode, pair, stop_all
+from replicator.testing.cluster import PeerSpec, ReplicatorNode, pair
 from replicator.verify.trees import compare_trees
+from tests.integration.daemon_support import poll, roots
 
 pytestmark = pytest.mark.integration
-
-
-def roots(base: Path) -> dict[str, Path]:
-    made = {name: base / name for name in ("index", "control")}
-    for path in made.values():
-        path.mkdir(parents=True, exist_ok=True)
-    return made
-
-
-def poll(condition: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
-@pytest.fixture
-def nodes() -> Iterator[list[ReplicatorNode]]:
-    made: list[ReplicatorNode] = []
-    yield made
-    stop_all(made)
 
 
 def test_unreachable_peer_is_reported_clearly(tmp_path: Path,
