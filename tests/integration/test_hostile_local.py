@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from replicator.testing.cluster import PeerSpec, ReplicatorNode, stop_all
+from replicator.testing.tmpfs import small_tmpfs
 from tests.integration.daemon_support import poll
 
 pytestmark = pytest.mark.integration
@@ -278,12 +279,9 @@ def tiny_tmpfs() -> Iterator[Path]:
     """A 300 KiB tmpfs for b's replicas: a's 1 MiB file cannot fit, so b keeps refusing the
     directory holding it, and names it in its state."""
     where = Path(tempfile.mkdtemp(prefix="hostile-ram-"))
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(where)], check=True)
-    try:
+    with small_tmpfs(where, "300k"):
         yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], check=False)
-        where.rmdir()
+    where.rmdir()
 
 
 def test_status_shows_no_user_names_to_an_unprivileged_user(tiny_tmpfs: Path) -> None:

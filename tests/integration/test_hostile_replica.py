@@ -31,6 +31,7 @@ from replicator.delta.ops import Codec, Op, OpCode, Result, encode_ops
 from replicator.dovecot.instance import free_port
 from replicator.hashing import digest
 from replicator.testing.cluster import TEST_PSK, PeerSpec, ReplicatorNode, pair
+from replicator.testing.tmpfs import small_tmpfs as mounted_tmpfs
 from replicator.verify.trees import compare_trees
 from replicator.wire.auth import ClientAuth
 from replicator.wire.messages import Ack, Auth, Batch, Hello, Message, Nack, Resync
@@ -46,14 +47,8 @@ NOBODY = 65534
 
 @pytest.fixture
 def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
-    mount = tmp_path / "ram"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k,mode=0700", "tmpfs", str(mount)],
-                   check=True)
-    try:
+    with mounted_tmpfs(tmp_path / "ram", "300k", mode="0700") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def flush(node: ReplicatorNode, directory: Path, timeout_ms: int = 3000) -> str:

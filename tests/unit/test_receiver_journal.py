@@ -3,15 +3,14 @@ promote then accept (finding 9 of issue 13)."""
 
 from __future__ import annotations
 
-import contextlib
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from replicator.hashing import digest
 from replicator.replica.journal import DigestJournal
+from replicator.testing.tmpfs import fill, small_tmpfs
 from replicator.verify.runner import verify_replica
 
 
@@ -122,53 +121,35 @@ def test_a_later_record_settles_a_file_of_an_uncommitted_batch(tmp_path: Path) -
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs: needs root")
 def test_a_record_that_does_not_fit_leaves_no_trace(tmp_path: Path) -> None:
-    mount = tmp_path / "ram"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], check=True)
-    try:
+    with small_tmpfs(tmp_path / "ram", "64k") as mount:
         journal = DigestJournal(mount / ".digests")
         journal.set("index/kept", *expected(b"kept"))
         journal.flush()
-        filler = os.open(mount / "filler", os.O_WRONLY | os.O_CREAT)
-        with contextlib.suppress(OSError):
-            while os.write(filler, bytes(4096)):
-                pass
-        os.close(filler)
+        filler = fill(mount)
         huge = [(f"index/{'n' * 200}{i}", expected(b"x")) for i in range(100)]  # > 4 KiB
         with pytest.raises(OSError):
             journal.begin(huge)
         assert journal.files == {"index/kept": expected(b"kept")} and not journal.uncertain
-        os.unlink(mount / "filler")
+        filler.unlink()
         journal.set("index/later", *expected(b"later"))
         journal.flush()
         assert DigestJournal(mount / ".digests").files == {
             "index/kept": expected(b"kept"), "index/later": expected(b"later")}
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounts a tmpfs: needs root")
 def test_a_full_filesystem_never_leaves_a_torn_line_behind(tmp_path: Path) -> None:
-    mount = tmp_path / "ram"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], check=True)
-    try:
+    with small_tmpfs(tmp_path / "ram", "64k") as mount:
         journal = DigestJournal(mount / ".digests")
         journal.set("index/kept", 4, digest(b"kept"))
         journal.flush()
-        filler = os.open(mount / "filler", os.O_WRONLY | os.O_CREAT)
-        with contextlib.suppress(OSError):
-            while os.write(filler, bytes(4096)):
-                pass
-        os.close(filler)
+        filler = fill(mount)
         for i in range(100):  # more than the room left in the journal's last page
             journal.set(f"index/{'n' * 200}{i}", 1, digest(b"x"))
         with pytest.raises(OSError):
             journal.flush()
-        os.unlink(mount / "filler")
+        filler.unlink()
         journal.set("index/later", 5, digest(b"later"))
         journal.flush()
         assert DigestJournal(mount / ".digests").files == journal.files
         assert "index/later" in journal.files
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
