@@ -144,6 +144,7 @@ class PeerLink:
             if hello.stream == outbox.stream and outbox.after(hello.seq) is not None:
                 position = hello.seq
                 cursor.acked = max(cursor.acked, hello.seq)
+                outbox.mark_synced(self.peer.id)
             cursor.connected = True
             self._last_progress = time.monotonic()
             # Directories the replica could not apply (a full tmpfs, a failed check) are not
@@ -217,6 +218,7 @@ class PeerLink:
         cursor.acked = max(cursor.acked, start - 1)
         for key in untrusted:
             cursor.broken[key] = start - 1
+        self.host.outbox.mark_synced(self.peer.id)
         await transport.send(session.send(Resync(self.host.outbox.stream, start)))
         log.info("resync of %s: %d directories differ (of %d listed), resuming at seq %d",
                  self.peer.id, len(untrusted), manifest.entries, start)

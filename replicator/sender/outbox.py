@@ -42,7 +42,14 @@ class Numbered:
 
 @dataclass
 class PeerCursor:
+    """How far one peer got in this stream. Until `synced` (the peer resumed from a position
+    in this stream, or a manifest resync told us what it holds) it holds nothing we can count:
+    `acked` 0 would otherwise pass for "holds everything numbered so far" while nothing is
+    numbered yet, and a BARRIER or FLUSH right after start would say OK for a peer that has
+    not even connected."""
+
     acked: int = 0
+    synced: bool = False
     broken: dict[DirKey, int] = field(default_factory=dict)
     connected: bool = False
     lag: deque[float] = field(default_factory=lambda: deque(maxlen=4096))
@@ -179,7 +186,12 @@ class Outbox:
 
     def _holders(self, target: int, keys: frozenset[DirKey]) -> list[str]:
         return [peer for peer, c in self.cursors.items()
-                if c.acked >= target and not any(k in c.broken for k in keys)]
+                if c.synced and c.acked >= target and not any(k in c.broken for k in keys)]
+
+    def mark_synced(self, peer: str) -> None:
+        """`peer` agreed on its position in this stream: from now on what it acked counts."""
+        self.cursors[peer].synced = True
+        self._wake_waiters()
 
     def _wake_waiters(self) -> None:
         for target, keys, quorum, future in list(self._waiters):

@@ -31,6 +31,7 @@ def held_by(outbox: Outbox) -> list[str]:
 
 def test_a_directory_the_hello_calls_broken_is_not_held_until_resent() -> None:
     outbox = Outbox("s", 1, ["b"], retain_bytes=1 << 20, max_frame_bytes=1 << 20)
+    outbox.mark_synced("b")
     outbox.add(Draft(*KEY, [Op(OpCode.ENSURE_DIR, "u1")]))
     outbox.ack("b", 1)
     assert held_by(outbox) == ["b"]
@@ -105,3 +106,19 @@ def test_a_directory_of_more_ops_than_one_payload_may_hold_is_sent_in_parts(
     ops = [Op(OpCode.ENSURE_DIR, f"u1/d{i}") for i in range(7)]
     numbered = outbox.add(Draft(*KEY, ops))
     assert len(numbered.frames) == 3
+
+
+def test_a_peer_that_never_agreed_on_a_position_holds_nothing() -> None:
+    """Nothing numbered yet (a daemon just started: its files reach peers through a manifest
+    resync once they connect) must not read as "every peer holds everything": a BARRIER
+    answered OK for a peer that had not even connected."""
+    outbox = Outbox("s", 1, ["b"], retain_bytes=1 << 20, max_frame_bytes=1 << 20)
+
+    async def barrier() -> list[str]:
+        try:
+            return await outbox.wait_replicated(frozenset(), 1, 0, target=0)
+        except TimeoutError:
+            return []
+    assert asyncio.run(barrier()) == []
+    outbox.mark_synced("b")
+    assert asyncio.run(barrier()) == ["b"]
