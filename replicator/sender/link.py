@@ -97,7 +97,7 @@ class PeerLink:
             except Exception as exc:
                 self._failed(exc, unexpected=True)
             finally:
-                self.host.outbox.cursors[self.peer.id].connected = False
+                self.host.outbox.mark_disconnected(self.peer.id)
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.host.reconnect_max_delay)
 

@@ -46,7 +46,8 @@ class PeerCursor:
     in this stream, or a manifest resync told us what it holds) it holds nothing we can count:
     `acked` 0 would otherwise pass for "holds everything numbered so far" while nothing is
     numbered yet, and a BARRIER or FLUSH right after start would say OK for a peer that has
-    not even connected."""
+    not even connected. A peer is unsynced again from the moment its connection ends: one that
+    rebooted lost its tmpfs, and only its next HELLO says what it still holds."""
 
     acked: int = 0
     synced: bool = False
@@ -187,6 +188,12 @@ class Outbox:
     def _holders(self, target: int, keys: frozenset[DirKey]) -> list[str]:
         return [peer for peer, c in self.cursors.items()
                 if c.synced and c.acked >= target and not any(k in c.broken for k in keys)]
+
+    def mark_disconnected(self, peer: str) -> None:
+        """`peer`'s connection ended: until it agrees on a position again, what it acked no
+        longer counts (it may have restarted with an empty tmpfs meanwhile)."""
+        cursor = self.cursors[peer]
+        cursor.connected = cursor.synced = False
 
     def mark_synced(self, peer: str) -> None:
         """`peer` agreed on its position in this stream: from now on what it acked counts."""

@@ -122,3 +122,17 @@ def test_a_peer_that_never_agreed_on_a_position_holds_nothing() -> None:
     assert asyncio.run(barrier()) == []
     outbox.mark_synced("b")
     assert asyncio.run(barrier()) == ["b"]
+
+
+def test_a_peer_whose_connection_ended_holds_nothing_until_it_agrees_again() -> None:
+    """A peer that rebooted lost its tmpfs: what it acknowledged before no longer counts
+    until its next HELLO says what it holds (resume, or a manifest resync)."""
+    outbox = Outbox("s", 1, ["b"], retain_bytes=1 << 20, max_frame_bytes=1 << 20)
+    outbox.mark_synced("b")
+    outbox.add(Draft(*KEY, [Op(OpCode.ENSURE_DIR, "u1")]))
+    outbox.ack("b", 1)
+    assert held_by(outbox) == ["b"]
+    outbox.mark_disconnected("b")
+    assert held_by(outbox) == []
+    outbox.mark_synced("b")
+    assert held_by(outbox) == ["b"]
