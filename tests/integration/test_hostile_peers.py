@@ -60,6 +60,16 @@ def tree(path: Path) -> dict[str, bytes]:
 
 # -- a hand-made client: frames only, no credentials -------------------------------------------
 
+def start_with_a_change(nodes: list[ReplicatorNode], a: ReplicatorNode,
+                        b: ReplicatorNode) -> None:
+    """Start b, then a, and give a one change to replicate to b (or to be refused)."""
+    nodes += [a, b]
+    b.start()
+    a.start()
+    (a.roots["index"] / "u1").mkdir()
+    (a.roots["index"] / "u1" / "dovecot.index.log").write_bytes(b"record")
+
+
 def _read_messages(sock: socket.socket, decoder: FrameDecoder) -> list[Message]:
     """The next messages, [] once the server closed (or reset) the connection."""
     while True:
@@ -134,11 +144,7 @@ def test_a_daemon_with_a_wrong_key_is_refused(tmp_path: Path,
                                               nodes: list[ReplicatorNode]) -> None:
     a, b = pair(tmp_path, roots(tmp_path / "a-roots"), roots(tmp_path / "b-roots"))
     a.psk = b"wrong-key-" * 4
-    nodes += [a, b]
-    b.start()
-    a.start()
-    (a.roots["index"] / "u1").mkdir()
-    (a.roots["index"] / "u1" / "dovecot.index.log").write_bytes(b"record")
+    start_with_a_change(nodes, a, b)
     poll(lambda: "authentication of 'a' failed" in a.status()["peers"]["b"]["last_error"],
          "a's refusal")
     assert not b.replica_of("a", "index").exists()
@@ -171,11 +177,7 @@ def test_node_cs_certificate_cannot_claim_to_be_a(tmp_path: Path,
     """c holds a certificate of the cluster's CA and (here) even the cluster's key; it runs as
     `a`. The listener compares the HELLO's node id with the certificate: refused."""
     a, b = tls_pair(tmp_path, "c", "b")
-    nodes += [a, b]
-    b.start()
-    a.start()
-    (a.roots["index"] / "u1").mkdir()
-    (a.roots["index"] / "u1" / "dovecot.index.log").write_bytes(b"record")
+    start_with_a_change(nodes, a, b)
     poll(lambda: "(identity)" in a.status()["peers"]["b"]["last_error"], "the refusal")
     assert "the client certificate names 'c', not node 'a'" in b.log_text()
     assert not b.replica_of("a", "index").exists()
@@ -184,11 +186,7 @@ def test_node_cs_certificate_cannot_claim_to_be_a(tmp_path: Path,
 def test_a_server_whose_certificate_names_another_node_is_refused_by_the_dialer(
         tmp_path: Path, nodes: list[ReplicatorNode]) -> None:
     a, b = tls_pair(tmp_path, "a", "c")
-    nodes += [a, b]
-    b.start()
-    a.start()
-    (a.roots["index"] / "u1").mkdir()
-    (a.roots["index"] / "u1" / "dovecot.index.log").write_bytes(b"record")
+    start_with_a_change(nodes, a, b)
     poll(lambda: "certificate names 'c', not node 'b'" in
          a.status()["peers"]["b"]["last_error"], "a's refusal of b")
     assert not b.replica_of("a", "index").exists()
@@ -198,11 +196,7 @@ def test_certificates_naming_their_node_replicate(tmp_path: Path,
                                                   nodes: list[ReplicatorNode]) -> None:
     """The control: the same set-up with the right certificates (and no PSK: TLS suffices)."""
     a, b = tls_pair(tmp_path, "a", "b", psk=None)
-    nodes += [a, b]
-    b.start()
-    a.start()
-    (a.roots["index"] / "u1").mkdir()
-    (a.roots["index"] / "u1" / "dovecot.index.log").write_bytes(b"record")
+    start_with_a_change(nodes, a, b)
     a.barrier()
     assert compare_trees(a.roots["index"], b.replica_of("a", "index")).consistent
     assert a.status()["peers"]["b"]["transport"]["peer_names"] == ["b"]
