@@ -10,7 +10,7 @@ SYSTEM_PYTHON := /usr/bin/python3
 VENV          := .venv
 PY            := $(VENV)/bin/python
 DEB_PACKAGES  := dovecot-imapd dovecot-core dovecot-dev python3-pyverbs rdma-core \
-                 nftables iproute2 python3-venv python3-pip gcc libc6-dev openssl procps
+                 nftables iproute2 etcd-server python3-venv python3-pip gcc libc6-dev openssl procps
 STAMP         := $(VENV)/.bootstrapped
 PYTEST_ARGS   ?=
 
