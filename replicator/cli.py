@@ -14,6 +14,7 @@ from pathlib import Path
 
 from replicator import __version__
 from replicator.config import DEFAULT_CONTROL_SOCKET, load_config
+from replicator.coordination.commands import add_commands
 from replicator.errors import ReplicatorError
 
 DESCRIPTION = """\
@@ -28,6 +29,8 @@ examples:
   dovecot-replicator status --config /etc/dovecot-replicator/node.toml
   dovecot-replicator verify --source /var/lib/dovecot-index \\
       --replica /run/dovecot-replicator/a/index
+  dovecot-replicator owner --config /etc/dovecot-replicator/node.toml alice
+  dovecot-replicator switchover --config /etc/dovecot-replicator/node.toml --to b
 exit codes: 0 ok, 1 differences found (verify), 2 error (message on stderr)
 """
 
@@ -111,6 +114,7 @@ def _parser() -> argparse.ArgumentParser:
                          help="raise next UIDs by N (default: [replication] promote_uid_gap, "
                               "or 0 if the origin ran sync commit with the fail policy)")
     promote.add_argument("--json", action="store_true", help="machine-readable output")
+    add_commands(commands)
     return parser
 
 
@@ -148,4 +152,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         from replicator.promote.show import run_promote
 
         return run_promote(args)
+    if args.command in ("owner", "switchover"):
+        from replicator.coordination.commands import run_owner, run_switchover
+
+        return run_owner(args) if args.command == "owner" else run_switchover(args)
     raise AssertionError(args.command)

@@ -20,6 +20,7 @@ from replicator.config_values import (
     parse_address,
     read_psk,
 )
+from replicator.coordination.config import CoordinationConfig, parse_coordination
 from replicator.errors import ConfigError
 from replicator.paths import NODE_ID, ROOT_NAME
 
@@ -95,6 +96,7 @@ class Config:
     tls: TlsConfig | None = None
     tuning: Tuning = field(default_factory=Tuning)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    coordination: CoordinationConfig | None = None  # [coordination]: ownership on etcd
 
     def peer(self, peer_id: str) -> PeerConfig | None:
         return next((p for p in self.peers if p.id == peer_id), None)
@@ -120,7 +122,7 @@ def load_config(path: Path) -> Config:
 def parse_config(raw: Mapping[str, Any], path: Path) -> Config:
     """Validate an already-parsed TOML document."""
     top = ConfigReader(raw, str(path), "")
-    top.only_keys("node", "roots", "peers", "tls", "replication", "auth")
+    top.only_keys("node", "roots", "peers", "tls", "replication", "auth", "coordination")
     node = top.table("node", required=True)
     node.only_keys("id", "listen", "replica_dir", "state_dir", "control_socket",
                    "control_socket_mode")
@@ -138,6 +140,7 @@ def parse_config(raw: Mapping[str, Any], path: Path) -> Config:
         tls=_tls(top),
         tuning=_tuning(top, len(peers)),
         auth=_auth(top),
+        coordination=parse_coordination(top),
     )
     _check_layout(config)
     _check_authentication(config)

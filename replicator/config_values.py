@@ -124,6 +124,10 @@ class ConfigReader:
             raise ConfigError(f"{self.where(key)}: missing key")
         return default
 
+    def raw(self, key: str) -> Any:
+        """The value as TOML gave it (the caller checks its type); a missing key is an error."""
+        return self._get(key, None)
+
     def string(self, key: str, default: str | None = None) -> str:
         value = self._get(key, default)
         if not isinstance(value, str) or not value:

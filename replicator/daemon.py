@@ -23,6 +23,10 @@ from replicator.config import Config
 from replicator.control.limits import ConnectionLimits
 from replicator.control.protocol import FlushRequest
 from replicator.control.server import ControlServer
+from replicator.coordination.actions import Actions
+from replicator.coordination.coordinator import Coordinator
+from replicator.coordination.switchover import Handovers
+from replicator.coordination.view import tokens
 from replicator.manifest_codec import decode_entries, diff, origin_entries
 from replicator.mounts import filesystem_type
 from replicator.replica.listener import Listener
@@ -42,7 +46,7 @@ from replicator.verify.runner import verify_replica
 log = logging.getLogger("replicator")
 SOFTWARE = f"dovecot-replicator/{__version__}"
 COUNTERS = ("flushes", "batches", "resync_batches", "busy_retries", "sync_ok", "sync_failed",
-            "sync_degraded", "sync_refused", "rescans", "bytes_read")
+            "sync_degraded", "sync_refused", "rescans", "bytes_read", "unowned_skipped")
 
 
 class Daemon(LinkHost):
@@ -80,9 +84,30 @@ class Daemon(LinkHost):
             config.control_socket, config.control_socket_mode, self,
             ConnectionLimits(tuning.control_max_per_uid, tuning.control_max_connections),
             tuning.control_idle_timeout)
+        self.ownership = self._ownership(config)
         self.started = time.time()
         self._repairs: dict[DirKey, tuple[float, float]] = {}
         self._repair_pending: set[DirKey] = set()
+
+    def _ownership(self, config: Config) -> Coordinator | None:
+        """With [coordination]: etcd decides who owns which user (DESIGN §10)."""
+        if config.coordination is None:
+            return None
+        coordinator = Coordinator(config)
+        actions = Actions(coordinator, lambda view: self.store.tokens.learn(tokens(view)),
+                          self.outbox.forgive)
+        actions.handovers = Handovers(actions, self.barrier)
+        coordinator.actions = actions
+        self.sync.ownership = coordinator
+        return coordinator
+
+    def ownership_status(self) -> dict[str, Any] | None:
+        if self.ownership is None:
+            return None
+        status = self.ownership.status()
+        if self.ownership.actions is not None:
+            status["diverged"] = dict(self.ownership.actions.diverged)
+        return status
 
     @property
     def sync_policy(self) -> str:  # type: ignore[override]
@@ -109,6 +134,8 @@ class Daemon(LinkHost):
                                                      self.capture.rescan), name="rescan"))
         tasks.append(asyncio.create_task(self._every(self.config.tuning.scrub_interval,
                                                      self._scrub), name="scrub"))
+        if self.ownership is not None:
+            tasks.append(asyncio.create_task(self.ownership.run(), name="ownership"))
         log.info("listening on %s; control socket %s; peers: %s", self.config.listen,
                  self.config.control_socket, ", ".join(self.links) or "none")
         sdnotify.notify("READY=1", f"STATUS=replicating to {len(self.links)} peer(s)")
@@ -159,6 +186,8 @@ class Daemon(LinkHost):
                         "connect to %s and pose as a peer", self.config.listen)
 
     def _enqueue(self, drafts: list[Draft]) -> None:
+        if self.ownership is not None:
+            drafts = self._owned_drafts(drafts)
         for draft in drafts:
             self.outbox.add(draft)
             self.traffic.count(draft)
@@ -167,6 +196,20 @@ class Daemon(LinkHost):
         if drafts:
             for link in self.links.values():
                 link.wake.set()
+
+    def _owned_drafts(self, drafts: list[Draft]) -> list[Draft]:
+        """Only the users this node owns are replicated, each batch with the user's fencing
+        token; a user another node owns is that node's to replicate (what is left of it here
+        is set aside by the coordinator)."""
+        assert self.ownership is not None
+        kept = []
+        for draft in drafts:
+            if self.ownership.ships(draft.user):
+                draft.token = self.ownership.token(draft.user)
+                kept.append(draft)
+            else:
+                self.counters["unowned_skipped"] += 1
+        return kept
 
     # -- link host ---------------------------------------------------------------------------
     def resync(self, untrusted: Mapping[DirKey, set[str] | None]) -> int:

@@ -28,7 +28,11 @@ def build_status(daemon: Daemon, *, full: bool = True) -> dict[str, Any]:
 
 
 def public_view(status: dict[str, Any]) -> dict[str, Any]:
-    view = {k: v for k, v in status.items() if k not in ("peers", "replicas")}
+    view = {k: v for k, v in status.items() if k not in ("peers", "replicas", "ownership")}
+    if status.get("ownership"):  # who owns which user names users: counts only
+        view["ownership"] = {k: v for k, v in status["ownership"].items()
+                             if k not in ("owners", "blocked", "diverged", "last_error",
+                                          "serving")}
     view["peers"] = {peer: _public_peer(info) for peer, info in status["peers"].items()}
     view["replicas"] = {origin: {**{k: v for k, v in info.items() if k != "broken_dirs"},
                                  "broken_dirs": len(info["broken_dirs"])}
@@ -65,6 +69,7 @@ def _full_status(daemon: Daemon) -> dict[str, Any]:
                             "epoch": replica.state.epoch,
                             "fence": daemon.store.fences.minimum(origin),
                             "broken_dirs": sorted(replica.state.broken),
+                            "stale_token_refused": daemon.store.tokens.refused.get(origin, 0),
                             **daemon.listener.stats.get(origin, {})}
     return {
         "node": daemon.node_id, "software": daemon.software,
@@ -80,4 +85,5 @@ def _full_status(daemon: Daemon) -> dict[str, Any]:
                         "replicate": _percentiles(list(daemon.sync.replicate_times))},
         "counters": dict(daemon.counters), "traffic": daemon.traffic.as_dict(),
         "peers": peers, "replicas": replicas, "redacted": False,
+        "ownership": daemon.ownership_status(),
     }

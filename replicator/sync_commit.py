@@ -34,6 +34,7 @@ from replicator.sender.batcher import DirKey
 from replicator.sender.outbox import Outbox
 
 if TYPE_CHECKING:
+    from replicator.coordination.coordinator import Coordinator
     from replicator.sender.link import PeerLink
 
 log = logging.getLogger("replicator.sync")
@@ -56,6 +57,7 @@ class SyncCommit:
         # Where a confirmed FLUSH spent its time (seconds, recent ones): reading and numbering
         # the changes, then the peers' round trip (send, apply, ack). STATUS reports both.
         self.capture_times: deque[float] = deque(maxlen=4096)
+        self.ownership: Coordinator | None = None  # set by the daemon with [coordination]
         self.replicate_times: deque[float] = deque(maxlen=4096)
 
     @property
@@ -83,10 +85,15 @@ class SyncCommit:
         if not keys:
             return self._result(False, 0, "no directory of the request is under a replicated "
                                 "root", request)
+        if self.ownership is not None and (refusal := await self.ownership.admit(
+                _users(keys))) is not None:
+            return self._result(False, 0, refusal, request)
         self.capture.expect_flush_requests()
         started = time.monotonic()
         margin = min(0.1, request.timeout_ms / 1000 * 0.2)
         deadline = started + request.timeout_ms / 1000 - margin
+        if self.ownership is not None:  # never wait past the lease's commit deadline
+            deadline = min(deadline, self.ownership.commit_deadline())
         self.capture.catch_up(keys)
         if not await self._numbered(keys, deadline):
             return self._result(False, 0, "files stayed locked by Dovecot", request)
@@ -96,9 +103,18 @@ class SyncCommit:
                                                         max(0.0, deadline - numbered))
         except TimeoutError:
             return self._result(False, 0, self.why_not_replicated(self.quorum), request)
+        if (refusal := self._not_owner(keys)) is not None:  # the lease ran out meanwhile
+            return self._result(False, 0, refusal, request)
         self.capture_times.append(numbered - started)
         self.replicate_times.append(time.monotonic() - numbered)
         return self._result(True, len(holders), "", request)
+
+    def _not_owner(self, keys: set[DirKey]) -> str | None:
+        """With ownership on etcd: why this node may not acknowledge a commit touching
+        `keys` (another node owns the user, or the lease is not certainly valid), or None."""
+        if self.ownership is None:
+            return None
+        return self.ownership.refuse_commit(_users(keys))
 
     async def _numbered(self, keys: set[DirKey] | None, deadline: float) -> bool:
         """Flush until no change in `keys` (None: anywhere) waits to be numbered."""
@@ -160,6 +176,11 @@ class SyncCommit:
             log.warning("sync commit for %s not confirmed (%s policy): %s", request.user,
                         request.policy, reason)
         return ok, peers, reason
+
+
+def _users(keys: set[DirKey]) -> set[str]:
+    """The users whose directories `keys` name (the first component below a root)."""
+    return {rel.partition("/")[0] for _, rel in keys} - {""}
 
 
 def _spellings(root: Path) -> list[Path]:

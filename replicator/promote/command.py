@@ -58,10 +58,15 @@ def marker_path(config: Config, origin: str) -> Path:
 
 
 def promote(config: Config, origin: str, *, users: list[str] | None = None,
-            force: bool = False, uid_gap: int | None = None) -> PromoteResult:
+            force: bool = False, uid_gap: int | None = None, token: int = 0) -> PromoteResult:
     """Promote `users` (default: every user of the copy). Users promoted before are left
     alone unless `force`: Dovecot here may have changed them since. Promoting in several
-    steps (a few users at a time) is fine: each step takes the users not yet done."""
+    steps (a few users at a time) is fine: each step takes the users not yet done.
+
+    With a fencing `token` (ownership on etcd), etcd already decided that this node owns the
+    users: the origin is neither probed nor fenced as a whole (it may still own, and
+    replicate, other users; batches for these users with an older token are refused), and
+    the token names this promote instead of an epoch."""
     started = time.monotonic()
     replica = _checked_replica(config, origin)
     state = AppliedState.load(replica / ".applied.json")
@@ -69,13 +74,15 @@ def promote(config: Config, origin: str, *, users: list[str] | None = None,
     done = set(json.loads(marker.read_text())["users"]) if marker.exists() else set()
     wanted = _wanted_users(replica, config, origin, users)
     todo = wanted if force else [u for u in wanted if u not in done]
-    epoch = max(state.epoch, 1) + 1
+    epoch = token or max(state.epoch, 1) + 1
     if not todo:
         return PromoteResult(origin, epoch, wanted, already=True)
-    _refuse_if_alive(config, origin, force)
+    if not token:
+        _refuse_if_alive(config, origin, force)
     _refuse_if_damaged(replica, config)
-    Fences(config.state_dir / "fences.json").raise_to(origin, epoch)
-    tell_daemon_fenced(config, origin)
+    if not token:
+        Fences(config.state_dir / "fences.json").raise_to(origin, epoch)
+        tell_daemon_fenced(config, origin)
     gap = uid_gap if uid_gap is not None else (
         0 if state.sync_policy == "fail" else config.tuning.promote_uid_gap)
     result = PromoteResult(origin, epoch, todo, uid_gap=gap)

@@ -25,6 +25,7 @@ from replicator.transport.gate import Admission, RefusalLog
 from replicator.transport.handshake import Accepted, Credentials, Refusal, accept
 from replicator.wire.messages import (
     AWAITING_RESYNC,
+    STALE_OWNER,
     Ack,
     Batch,
     ErrorMessage,
@@ -184,7 +185,11 @@ class Listener:
             stats["nacks"] += 1
             if outcome.full:
                 stats["replica_enospc"] = stats.get("replica_enospc", 0) + 1
-            level = logging.DEBUG if outcome.reason == AWAITING_RESYNC else logging.WARNING
+            stale = outcome.reason.startswith(STALE_OWNER)  # TokenFence logged it once
+            if stale:
+                stats["stale_token"] = stats.get("stale_token", 0) + 1
+            level = logging.DEBUG if outcome.reason == AWAITING_RESYNC or stale else \
+                logging.WARNING
             log.log(level, "batch %d from %s refused for %s/%s: %s", outcome.seq, hello.node,
                     outcome.root, outcome.dir or ".", outcome.reason)
             return Nack(outcome.seq, outcome.root, outcome.dir, outcome.reason), 0

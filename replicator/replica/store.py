@@ -27,6 +27,7 @@ from replicator.replica.journal import DigestJournal
 from replicator.replica.parts import BUDGET_FRAMES, Parts
 from replicator.replica.space import SpaceGuard, is_full
 from replicator.replica.state import AppliedState, Fences
+from replicator.replica.tokens import TokenFence
 from replicator.wire.messages import AWAITING_RESYNC, Batch
 
 log = logging.getLogger(__name__)
@@ -47,8 +48,9 @@ class OriginReplica:
     """replica_dir/<origin>: the copy of one origin's roots."""
 
     def __init__(self, base: Path, origin: str, roots: frozenset[str], staging: Path,
-                 max_size: int, space: SpaceGuard) -> None:
+                 max_size: int, space: SpaceGuard, tokens: TokenFence | None = None) -> None:
         self.base, self.origin, self.roots = base, origin, roots
+        self.tokens = tokens or TokenFence()
         self.state_path = base / ".applied.json"
         self.staging, self.max_size, self.space = staging, max_size, space
         make_private(base, 0o700)  # mail users own directories inside: keep them out
@@ -94,7 +96,9 @@ class OriginReplica:
         if not batch.final:
             return None
         ops, refused, buffered = self.parts.take()
-        if refused:
+        if (stale := self.tokens.refusal(self.origin, batch)) is not None:
+            outcome = Outcome(batch.seq, False, batch.root, batch.dir, stale)
+        elif refused:
             outcome = self._refuse(batch, refused)
         else:
             outcome = self._apply(batch, ops, Budget(self.parts.budget, buffered))
@@ -222,6 +226,7 @@ class ReplicaStore:
         make_private(self.staging, 0o700)
         self.fences = Fences(state_dir / "fences.json")
         self.space = SpaceGuard(replica_dir, self.staging)
+        self.tokens = TokenFence()  # newest fencing token per user, shared by every origin
         self._origins: dict[str, OriginReplica] = {}
 
     def origin(self, origin: str) -> OriginReplica:
@@ -229,7 +234,7 @@ class ReplicaStore:
         if replica is None:
             replica = self._origins[origin] = OriginReplica(
                 self.replica_dir / origin, origin, self.roots,
-                self.staging / f"{origin}.tmp", self.max_size, self.space)
+                self.staging / f"{origin}.tmp", self.max_size, self.space, self.tokens)
         return replica
 
     def origins(self) -> dict[str, OriginReplica]:

@@ -42,6 +42,12 @@ class Draft:
     reldir: str
     ops: list[Op]
     resync: bool = False
+    token: int = 0  # fencing token of the directory's user (ownership on etcd), 0 without
+
+    @property
+    def user(self) -> str:
+        """The user whose directory this is: the first component below the root."""
+        return self.reldir.partition("/")[0]
 
     @property
     def deletes_only(self) -> bool:

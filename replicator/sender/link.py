@@ -26,6 +26,7 @@ from replicator.transport.select import choose
 from replicator.wire.auth import AuthError
 from replicator.wire.messages import (
     AWAITING_RESYNC,
+    STALE_OWNER,
     Ack,
     ErrorMessage,
     Hello,
@@ -248,6 +249,11 @@ class PeerLink:
 
     def _on_nack(self, nack: Nack) -> None:
         key = (nack.root, nack.dir)
+        if nack.reason.startswith(STALE_OWNER):
+            log.warning("%s refused batch %d (%s/%s): %s: another node owns that user now",
+                        self.peer.id, nack.seq, nack.root, nack.dir or ".", nack.reason)
+            self.host.outbox.fenced(self.peer.id, key)
+            return
         # Once a directory is refused, its later batches are too until the resend arrives:
         # only the first refusal says why.
         level = logging.DEBUG if nack.reason == AWAITING_RESYNC else logging.WARNING

@@ -52,6 +52,7 @@ class PeerCursor:
     acked: int = 0
     synced: bool = False
     broken: dict[DirKey, int] = field(default_factory=dict)
+    fenced: set[str] = field(default_factory=set)  # users whose batches it refused (token)
     connected: bool = False
     lag: deque[float] = field(default_factory=lambda: deque(maxlen=4096))
 
@@ -98,7 +99,7 @@ class Outbox:
             size += len(encoded)
         return [
             encode_frame(Batch(self.epoch, self.stream, seq, draft.root, draft.reldir,
-                               draft.resync, index, index == len(parts) - 1,
+                               draft.resync, index, index == len(parts) - 1, draft.token,
                                b"".join(chunks)).to_frame())
             for index, chunks in enumerate(parts)
         ]
@@ -141,6 +142,17 @@ class Outbox:
         cursor = self.cursors[peer]
         cursor.broken[key] = max(seq, cursor.broken.get(key, 0))
         return self._last_resync.get(key, 0) <= seq
+
+    def fenced(self, peer: str, key: DirKey) -> None:
+        """`peer` refused a batch of `key` for a stale fencing token: another node owns that
+        user for it. Nothing of the user counts as held by `peer` until this node owns the user
+        again (`forgive`); resending would be refused the same way."""
+        self.cursors[peer].fenced.add(key[1].partition("/")[0])
+
+    def forgive(self, users: set[str]) -> None:
+        """This node (again) owns `users` under a new token: peers' refusals are history."""
+        for cursor in self.cursors.values():
+            cursor.fenced -= users
 
     def reported_broken(self, peer: str, dirs: Iterable[str]) -> list[DirKey]:
         """The replica says (HELLO) it holds `dirs` (`root/dir`) broken: none of them counts as
@@ -187,7 +199,8 @@ class Outbox:
 
     def _holders(self, target: int, keys: frozenset[DirKey]) -> list[str]:
         return [peer for peer, c in self.cursors.items()
-                if c.synced and c.acked >= target and not any(k in c.broken for k in keys)]
+                if c.synced and c.acked >= target and not any(k in c.broken for k in keys)
+                and not (c.fenced and any(k[1].partition("/")[0] in c.fenced for k in keys))]
 
     def mark_disconnected(self, peer: str) -> None:
         """`peer`'s connection ended: until it agrees on a position again, what it acked no

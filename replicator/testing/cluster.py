@@ -56,6 +56,7 @@ class ReplicatorNode:
     ram: Path | None = None  # replica_dir somewhere else (tmpfs) than under workdir
     host: str = "127.0.0.1"  # listen address
     wrap: list[str] = field(default_factory=list)  # e.g. ["ip", "netns", "exec", "ns"]
+    coordination: Mapping[str, Any] = field(default_factory=dict)  # [coordination] keys
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -97,6 +98,9 @@ class ReplicatorNode:
             lines.append("[tls]")
             lines += [f'{key} = "{value}"' for key, value in self.tls.items()]
         lines += self._auth_lines()
+        if self.coordination:
+            lines.append("[coordination]")
+            lines += [f"{key} = {json.dumps(value)}" for key, value in self.coordination.items()]
         self.config_path.write_text("\n".join(lines) + "\n")
         return self.config_path
 

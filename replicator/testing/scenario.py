@@ -96,12 +96,15 @@ def two_nodes(mail_format: MailFormat = "maildir", users: tuple[str, ...] = ("u1
               *, base: Path | None = None, replication: dict[str, Any] | None = None,
               churn: bool = False, sync_commit: str | None = None,
               sync_timeout_ms: int = 2000, mail_fsync: str = "always",
-              start: bool = True, hosts: HostPair | None = None) -> Iterator[TwoNodes]:
+              start: bool = True, hosts: HostPair | None = None,
+              coordination: dict[str, Any] | None = None) -> Iterator[TwoNodes]:
     """Node a (serving IMAP) and node b (holding a's copy). With `sync_commit` ("fail" or
     "degrade"), a's Dovecot loads the sync-commit plugin talking to a's daemon, and a's daemon
     is configured with that `sync_policy`. With `hosts`,
     the two daemons run in their own network namespaces, linked by a veth pair the test can
-    cut (Dovecot and the test stay on the host's loopback)."""
+    cut (Dovecot and the test stay on the host's loopback). With `coordination` ([coordination]
+    keys, endpoints included), ownership is on etcd: both Dovecots run, each daemon kicks
+    sessions through its own Dovecot's doveadm."""
     made = base is None or not base.exists()
     if base is None:
         base = Path(tempfile.mkdtemp(prefix="dovecot-replicator-"))
@@ -129,6 +132,10 @@ def two_nodes(mail_format: MailFormat = "maildir", users: tuple[str, ...] = ("u1
     dovecot_b = DovecotInstance(base / "b" / "dovecot", "b", layouts["b"], users, **options)
     for instance in (dovecot_a, dovecot_b):
         instance.write_config()
+    if coordination is not None:
+        for node, instance in ((repl_a, dovecot_a), (repl_b, dovecot_b)):
+            node.coordination = {"doveadm": f"doveadm -c {instance.config_path}",
+                                 **coordination}
     nodes = TwoNodes(base, dovecot_a, dovecot_b, repl_a, repl_b, users,
                      [replicas] + ([base] if made else []))
     try:
@@ -136,6 +143,8 @@ def two_nodes(mail_format: MailFormat = "maildir", users: tuple[str, ...] = ("u1
             repl_b.start()
             repl_a.start()
             dovecot_a.start()
+            if coordination is not None:
+                dovecot_b.start()
         yield nodes
     finally:
         nodes.stop()

@@ -147,6 +147,7 @@ class Batch(Message):
     resync: bool = False
     part: int = 0
     final: bool = True
+    token: int = 0         # the origin's fencing token for the user of `dir` (0: no etcd)
     payload: bytes = b""
 
 
@@ -157,6 +158,9 @@ class Ack(Message):
 
 
 AWAITING_RESYNC = "awaiting resync"  # Nack reason: an earlier batch for the directory failed
+# Nack reason: the batch's fencing token is older than the newest this replica saw for the
+# user (another node owns the user now). Not a damaged copy: the origin must not resend.
+STALE_OWNER = "stale owner token"
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,202 @@
+"""The daemon's side of ownership: keep the lease, follow the view, gate every commit.
+
+One task: every tick it keeps the lease alive when due (a third of the TTL), reads the
+ownership view when etcd's revision moved, and lets `Actions` act on it (claim, take over,
+promote what was handed over, give up what was lost, run switchovers). Commits ask
+`refuse_commit`, which costs a dictionary lookup and a clock read, never an etcd round trip:
+while this node holds its lease without a gap, no other node can change its users' owner
+(a takeover needs the lease gone, a switchover is started by this node), so the view read
+after the lease was (re)acquired stays true until the lease's commit deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from replicator.config import Config
+from replicator.coordination.etcd import Etcd, EtcdUnavailable
+from replicator.coordination.keys import Keys
+from replicator.coordination.lease import LeaseClock
+from replicator.coordination.owned import OwnedRecord
+from replicator.coordination.view import View
+
+if TYPE_CHECKING:
+    from replicator.coordination.actions import Actions
+
+log = logging.getLogger("replicator.coordination")
+TICK = 0.2  # seconds between looks at etcd's revision: bounds how late a takeover starts
+
+
+class Coordinator:
+    def __init__(self, config: Config) -> None:
+        assert config.coordination is not None
+        self.config, self.settings = config, config.coordination
+        self.me = config.node_id
+        self.etcd = Etcd(self.settings)
+        self.keys = Keys(self.settings.prefix)
+        self.lease = LeaseClock(self.settings.margin)
+        self.view = View()
+        self.requests: list[Any] = []
+        self.owned = OwnedRecord(config.state_dir / "owned.json")
+        self.blocked: dict[str, str] = {}   # user -> why its commits are refused for now
+        self.counters = {"keepalives": 0, "keepalive_failures": 0, "leases_granted": 0,
+                         "commits_refused": 0, "claims": 0, "takeovers": 0, "handovers": 0,
+                         "lost": 0}
+        self.state, self.last_error = "starting", ""
+        self._view_lease = 0            # the lease the current view was read under
+        self._next_keepalive = 0.0
+        self._changed = asyncio.Event()
+        self.actions: Actions | None = None
+
+    # -- the loop ---------------------------------------------------------------------------
+    async def run(self) -> None:
+        while True:
+            try:
+                await self._tick()
+            except EtcdUnavailable as exc:
+                self._unavailable(exc)
+            except Exception:
+                log.exception("coordination tick failed; trying again")
+            try:
+                async with asyncio.timeout(TICK):
+                    await self._changed.wait()
+            except TimeoutError:
+                pass
+            self._changed.clear()
+
+    def poke(self) -> None:
+        """Look at etcd now rather than at the next tick (a FLUSH for an unclaimed user)."""
+        self._changed.set()
+
+    async def _tick(self) -> None:
+        await self._keep_lease()
+        revision = await asyncio.to_thread(self.etcd.revision, self.keys.all)
+        if revision != self.view.revision or self._view_lease != self.lease.lease_id:
+            await self.refresh()
+        if self.actions is not None and self.lease.may_commit(time.monotonic()):
+            await self.actions.act()
+
+    async def refresh(self) -> None:
+        lease = self.lease.lease_id
+        revision, entries = await asyncio.to_thread(self.etcd.range_prefix, self.keys.all)
+        self.view, self.requests = self.keys.view(revision, entries)
+        self._view_lease = lease
+        if self.actions is not None:
+            self.actions.learned(self.view)
+
+    async def _keep_lease(self) -> None:
+        now = time.monotonic()
+        if not self.lease.lease_id or now >= self.lease.expires_at:
+            await self._new_lease()
+        elif now >= self._next_keepalive:
+            try:
+                ttl, sent_at = await asyncio.to_thread(self.etcd.keepalive, self.lease.lease_id)
+            except EtcdUnavailable as exc:
+                self.counters["keepalive_failures"] += 1
+                if self.settings.on_quorum_loss == "keep" and (
+                        exc.no_leader or await asyncio.to_thread(self.etcd.without_leader)):
+                    self.lease.held_without_leader(exc.sent_at, self.settings.lease_ttl)
+                    raise EtcdUnavailable(str(exc), no_leader=True) from exc
+                raise
+            self.counters["keepalives"] += 1
+            self.lease.renewed(sent_at, ttl)
+            if not ttl:
+                log.warning("ownership lease expired before it could be renewed (this node "
+                            "was cut off from etcd); getting a new one")
+                await self._new_lease()
+                return
+            self._next_keepalive = sent_at + self.settings.keepalive_interval
+        if self.state != "ok":
+            log.info("etcd reachable again; lease valid for %.1f s", self.lease.remaining(now))
+            self.state, self.last_error = "ok", ""
+
+    async def _new_lease(self) -> None:
+        self.lease.lost()
+        lease_id, ttl, sent_at = await asyncio.to_thread(self.etcd.grant,
+                                                         self.settings.lease_ttl)
+        await asyncio.to_thread(self.etcd.put, self.keys.node(self.me),
+                                f'{{"listen": "{self.config.listen}"}}', lease_id)
+        self.lease.granted(lease_id, sent_at, ttl)
+        self.counters["leases_granted"] += 1
+        self._next_keepalive = sent_at + self.settings.keepalive_interval
+        log.info("ownership lease %x granted for %d s", lease_id, ttl)
+
+    def _unavailable(self, exc: EtcdUnavailable) -> None:
+        state = "no-leader" if exc.no_leader else "unreachable"
+        if state != self.state:
+            remaining = self.lease.remaining(time.monotonic())
+            log.warning("etcd %s (%s); commits stop in %.1f s unless it answers", state, exc,
+                        remaining)
+        self.state, self.last_error = state, str(exc)
+
+    # -- what the rest of the daemon asks -----------------------------------------------------
+    async def admit(self, users: set[str]) -> str | None:
+        """Why a commit touching `users` may not be acknowledged, or None. A user nobody owns
+        yet (its first mail on this node) is claimed here first: one etcd transaction on the
+        first commit of a user, none after."""
+        unclaimed = [u for u in users if self.view.owner(u) is None]
+        if unclaimed and self.actions is not None and self._lease_and_view_ok():
+            try:
+                await self.actions.claim_now(sorted(unclaimed))
+            except EtcdUnavailable as exc:
+                self._unavailable(exc)
+        return self.refuse_commit(users)
+
+    def _lease_and_view_ok(self) -> bool:
+        return self.lease.may_commit(time.monotonic()) and \
+            self._view_lease == self.lease.lease_id
+
+    def refuse_commit(self, users: set[str]) -> str | None:
+        """Why a commit touching `users` may not be acknowledged now, or None."""
+        reason = self._refusal(users)
+        if reason is not None:
+            self.counters["commits_refused"] += 1
+        return reason
+
+    def _refusal(self, users: set[str]) -> str | None:
+        if not self.lease.may_commit(time.monotonic()):
+            return (f"this node holds no valid ownership lease (etcd {self.state}"
+                    + (f": {self.last_error}" if self.last_error else "") + ")")
+        if self._view_lease != self.lease.lease_id:
+            return "ownership not read from etcd yet under the current lease"
+        for user in sorted(users):
+            owner = self.view.owner(user)
+            if owner is None:
+                self.poke()
+                return f"{user} has no owner yet (claiming it now; try again)"
+            if owner.node != self.me:
+                return f"{user} is owned by {owner.node} (token {owner.token}), not {self.me}"
+            if user in self.blocked:
+                return f"{user}: {self.blocked[user]}"
+            if self.owned.token(user) != owner.token:
+                return f"{user} is being promoted on {self.me}"
+        return None
+
+    def commit_deadline(self) -> float:
+        return self.lease.commit_deadline()
+
+    def ships(self, user: str) -> bool:
+        """Whether this node replicates `user`'s directories (not if another node owns it)."""
+        owner = self.view.owner(user)
+        return owner is None or owner.node == self.me or not user
+
+    def token(self, user: str) -> int:
+        owner = self.view.owner(user)
+        return owner.token if owner is not None and owner.node == self.me else 0
+
+    def status(self) -> dict[str, Any]:
+        now = time.monotonic()
+        mine = self.view.owned_by(self.me)
+        serving = sorted(u for u, o in mine.items()
+                         if self.owned.token(u) == o.token and u not in self.blocked)
+        return {"serving_users": len(serving), "serving": serving[:200],"state": self.state, "last_error": self.last_error,
+                "lease_id": f"{self.lease.lease_id:x}", "commit_window_s":
+                round(self.lease.remaining(now), 3), "may_commit": self.lease.may_commit(now),
+                "revision": self.view.revision, "alive": sorted(self.view.alive),
+                "owned_users": len(mine), "owners": {u: {"node": o.node, "token": o.token}
+                                                     for u, o in sorted(self.view.owners.items())
+                                                     [:200]},
+                "blocked": dict(self.blocked), "counters": dict(self.counters)}
