@@ -117,8 +117,13 @@ def two_nodes(mail_format: MailFormat = "maildir", users: tuple[str, ...] = ("u1
     policy = {"sync_policy": sync_commit} if sync_commit else {}
     repl_a = ReplicatorNode(base / "a" / "replicator", "a", _roots(layouts["a"]),
                             replication={**policy, **(replication or {})})
+    # With ownership on etcd the pair is symmetric: either node may own users and serve them.
+    symmetric = coordination is not None
     repl_b = ReplicatorNode(base / "b" / "replicator", "b", _roots(layouts["b"]),
-                            replication=replication or {}, ram=replicas)
+                            replication={**(policy if symmetric else {}), **(replication or {})},
+                            ram=replicas)
+    if symmetric:
+        repl_a.ram = ram_dir("dovecot-replicator-ram-")
     repl_a.peers, repl_b.peers = [PeerSpec("b", repl_b.port)], [PeerSpec("a", repl_a.port)]
     if hosts is not None:
         for node, host, peer in ((repl_a, hosts.a, hosts.b), (repl_b, hosts.b, hosts.a)):
@@ -129,7 +134,10 @@ def two_nodes(mail_format: MailFormat = "maildir", users: tuple[str, ...] = ("u1
               if sync_commit else {})
     dovecot_a = DovecotInstance(base / "a" / "dovecot", "a", layouts["a"], users,
                                 **options, **plugin)
-    dovecot_b = DovecotInstance(base / "b" / "dovecot", "b", layouts["b"], users, **options)
+    plugin_b = (sync_commit_settings(repl_b.control_socket, sync_commit, sync_timeout_ms)
+                if sync_commit and symmetric else {})
+    dovecot_b = DovecotInstance(base / "b" / "dovecot", "b", layouts["b"], users, **options,
+                                **plugin_b)
     for instance in (dovecot_a, dovecot_b):
         instance.write_config()
     if coordination is not None:
@@ -137,7 +145,7 @@ def two_nodes(mail_format: MailFormat = "maildir", users: tuple[str, ...] = ("u1
             node.coordination = {"doveadm": f"doveadm -c {instance.config_path}",
                                  **coordination}
     nodes = TwoNodes(base, dovecot_a, dovecot_b, repl_a, repl_b, users,
-                     [replicas] + ([base] if made else []))
+                     [replicas] + ([repl_a.ram] if repl_a.ram else []) + ([base] if made else []))
     try:
         if start:
             repl_b.start()
