@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING
 
 from replicator.coordination.etcd import MAX_TXN_KEYS, Compare
@@ -105,6 +105,7 @@ class Actions:
                 self.c.counters["claims"] += len(chunk)
                 log.info("claimed %d user(s) at revision %d: %s", len(chunk), revision,
                          ", ".join(chunk[:10]))
+                self.spawn(self._hook("claim", "", chunk), "on-owner-change")
         await self.c.refresh()
         return True
 
@@ -196,10 +197,13 @@ class Actions:
         self.c.owned.record(tokens)
         self.forgive(set(users))
         self.local |= set(present)
-        await asyncio.to_thread(run_hook, self.c.settings.on_owner_change, why, origin,
-                                self.c.me, users)
+        await self._hook(why, origin, users)()
         if self.handovers is not None:
             await self.handovers.received(users)
+
+    def _hook(self, why: str, old: str, users: list[str]) -> Callable[[], Awaitable[None]]:
+        return lambda: asyncio.to_thread(run_hook, self.c.settings.on_owner_change, why, old,
+                                         self.c.me, users)
 
     # -- give up what another node owns now ------------------------------------------------------
     async def _give_up(self, view: View) -> None:

@@ -192,7 +192,8 @@ class Coordinator:
         mine = self.view.owned_by(self.me)
         serving = sorted(u for u, o in mine.items()
                          if self.owned.token(u) == o.token and u not in self.blocked)
-        return {"serving_users": len(serving), "serving": serving[:200],"state": self.state, "last_error": self.last_error,
+        return {"serving_users": len(serving), "serving": serving[:200], "state": self.state,
+                "last_error": self.last_error,
                 "lease_id": f"{self.lease.lease_id:x}", "commit_window_s":
                 round(self.lease.remaining(now), 3), "may_commit": self.lease.may_commit(now),
                 "revision": self.view.revision, "alive": sorted(self.view.alive),

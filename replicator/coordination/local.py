@@ -68,7 +68,7 @@ def run_hook(hook: Path | None, why: str, old: str, new: str, users: list[str]) 
         return
     started = time.monotonic()
     try:
-        result = subprocess.run([str(hook), why, old, new], input="\n".join(users) + "\n",
+        result = subprocess.run([str(hook), why, old or "-", new], input="\n".join(users) + "\n",
                                 capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired) as exc:
         log.error("on_owner_change hook %s failed: %s", hook, exc)
