@@ -98,11 +98,13 @@ class SyncCommit:
         if not await self._numbered(keys, deadline):
             return self._result(False, 0, "files stayed locked by Dovecot", request)
         numbered = time.monotonic()
+        quorum = self.quorum if self.ownership is None else \
+            self.ownership.quorum(self.quorum, list(self.links))
         try:
-            holders = await self.outbox.wait_replicated(frozenset(keys), self.quorum,
+            holders = await self.outbox.wait_replicated(frozenset(keys), quorum,
                                                         max(0.0, deadline - numbered))
         except TimeoutError:
-            return self._result(False, 0, self.why_not_replicated(self.quorum), request)
+            return self._result(False, 0, self.why_not_replicated(quorum), request)
         if (refusal := self._not_owner(keys)) is not None:  # the lease ran out meanwhile
             return self._result(False, 0, refusal, request)
         self.capture_times.append(numbered - started)

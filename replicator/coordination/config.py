@@ -9,10 +9,18 @@
     on_owner_change = "/usr/local/sbin/move-users"   # optional hook
     doveadm = "doveadm"              # how to reach the local Dovecot (kick)
     takeover = true                  # take over a dead owner's users by itself
+    quorum_counts = "live"           # or "configured" (see below)
 
 The margin must exceed one etcd request's timeout plus the clock drift the operator expects
 over one TTL: a keep-alive answered late still counts from when it was *sent*, so the lease
 this node believes in always ends before the one etcd enforces.
+
+`quorum_counts = "live"`: a sync commit waits for min(sync_quorum, peers holding a lease) acks.
+A peer without a lease cannot commit anything (it stopped at its own deadline), so waiting for
+it buys no safety against two owners, only durability, and in a two-node pair it would turn
+every commit on the survivor of a failover into NO. The survivor then commits with no copy
+elsewhere until its peer is back (status and the log say so); "configured" keeps waiting for
+`sync_quorum` peers (the survivor refuses commits until a peer is back).
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from replicator.config_values import ConfigReader
 from replicator.errors import ConfigError
 
 QUORUM_POLICIES = ("stop", "keep")
+QUORUM_COUNTS = ("live", "configured")
 DEFAULT_PREFIX = "/dovecot-replicator"
 
 
@@ -39,6 +48,7 @@ class CoordinationConfig:
     on_owner_change: Path | None = None
     doveadm: tuple[str, ...] = ("doveadm",)
     takeover: bool = True
+    quorum_counts: str = "live"
     ca: Path | None = None
     cert: Path | None = None
     key: Path | None = None
@@ -57,7 +67,7 @@ def parse_coordination(top: ConfigReader) -> CoordinationConfig | None:
         return None
     table.only_keys("endpoints", "prefix", "lease_ttl", "margin", "request_timeout",
                     "on_quorum_loss", "on_owner_change", "doveadm", "takeover", "ca", "cert",
-                    "key", "switchover_timeout")
+                    "key", "switchover_timeout", "quorum_counts")
     names = set(table.names())
     values: dict[str, object] = {"endpoints": _endpoints(table)}
     if "prefix" in names:
@@ -71,6 +81,8 @@ def parse_coordination(top: ConfigReader) -> CoordinationConfig | None:
                                 ("switchover_timeout", float, 1.0)):
         if name in names:
             values[name] = table.number(name, kind, minimum=kind(minimum))
+    if "quorum_counts" in names:
+        values["quorum_counts"] = table.choice("quorum_counts", QUORUM_COUNTS, "live")
     if "on_quorum_loss" in names:
         values["on_quorum_loss"] = table.choice("on_quorum_loss", QUORUM_POLICIES, "stop")
     for name in ("on_owner_change", "ca", "cert", "key"):

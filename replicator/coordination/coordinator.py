@@ -48,6 +48,7 @@ class Coordinator:
         self.state, self.last_error = "starting", ""
         self._view_lease = 0            # the lease the current view was read under
         self._next_keepalive = 0.0
+        self._alone_noted = -1
         self._changed = asyncio.Event()
         self.actions: Actions | None = None
 
@@ -174,6 +175,18 @@ class Coordinator:
             if self.owned.token(user) != owner.token:
                 return f"{user} is being promoted on {self.me}"
         return None
+
+    def quorum(self, configured: int, peers: list[str]) -> int:
+        """Acks a sync commit waits for: with quorum_counts = "live", peers without a lease
+        (down, or cut off: they cannot commit either) are not waited for."""
+        if self.settings.quorum_counts != "live":
+            return configured
+        live = sum(1 for peer in peers if peer in self.view.alive)
+        if live < configured and self._alone_noted != live:
+            log.warning("only %d of the %d peer(s) a sync commit waits for hold a lease: "
+                        "committing with %d ack(s) until they are back", live, configured, live)
+        self._alone_noted = live if live < configured else -1
+        return min(configured, live)
 
     def commit_deadline(self) -> float:
         return self.lease.commit_deadline()

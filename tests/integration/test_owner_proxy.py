@@ -1,0 +1,94 @@
+"""Clients find the owner: a Dovecot proxy in front of the pair, whose passwd-file the
+`on_owner_change` hook shipped in systemd/ rewrites, sends each login to the user's owner,
+before and after an automatic failover. The proxy configuration README shows is this one."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from replicator.dovecot.instance import DovecotInstance, DovecotLayout
+from replicator.testing.etcd import EtcdCluster, etcd_cluster, have_etcd
+from replicator.testing.failover import body_bytes
+from replicator.testing.imap import parse_appenduid
+from replicator.testing.scenario import TwoNodes, two_nodes
+
+pytestmark = pytest.mark.integration
+HOOK = Path(__file__).resolve().parents[2] / "systemd" / "on-owner-change-proxy-map"
+COORDINATION = {"lease_ttl": 2, "margin": 0.5, "request_timeout": 0.3}
+
+
+@pytest.fixture
+def etcd(tmp_path: Path) -> Iterator[EtcdCluster]:
+    if (reason := have_etcd()) is not None:
+        pytest.skip(reason)
+    with etcd_cluster(tmp_path / "etcd") as cluster:
+        yield cluster
+
+
+def proxy_config(proxy_map: Path) -> str:
+    """What README shows: the proxy's only passdb is the map the hook keeps."""
+    return (f"passdb {{\n  driver = passwd-file\n  args = {proxy_map}\n}}\n"
+            "login_trusted_networks = 127.0.0.0/8\n")
+
+
+def wrapper(path: Path, proxy_map: Path, hosts: Path) -> Path:
+    """How an operator sets the hook's environment (systemd: Environment= lines)."""
+    path.write_text(f"#!/bin/sh\nPROXY_MAP={proxy_map} NODE_HOSTS={hosts} exec {HOOK} \"$@\"\n")
+    path.chmod(0o755)
+    return path
+
+
+def wait_serving(nodes: TwoNodes, node: str, user: str, timeout: float = 30.0) -> None:
+    repl = nodes.repl_a if node == "a" else nodes.repl_b
+    deadline = time.monotonic() + timeout
+    while user not in repl.status()["ownership"]["serving"]:
+        assert time.monotonic() < deadline, repl.log_text()[-3000:]
+        time.sleep(0.05)
+
+
+def wait_map(proxy_map: Path, user: str, port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    want = f"port={port}"
+    while not any(line.startswith(f"{user}:") and line.endswith(want)
+                  for line in (proxy_map.read_text().splitlines() if proxy_map.exists() else [])):
+        assert time.monotonic() < deadline, proxy_map.read_text() if proxy_map.exists() else ""
+        time.sleep(0.05)
+
+
+def test_a_proxy_follows_the_owner_through_a_failover(tmp_path: Path, etcd: EtcdCluster) -> None:
+    proxy_map, hosts = tmp_path / "proxy-users", tmp_path / "node-hosts"
+    hook = wrapper(tmp_path / "hook", proxy_map, hosts)
+    coordination = {"endpoints": etcd.endpoints, "on_owner_change": str(hook), **COORDINATION}
+    with two_nodes("mdbox", ("u1",), base=tmp_path / "n", sync_commit="fail",
+                   coordination=coordination) as nodes:
+        hosts.write_text(f"a 127.0.0.1 {nodes.dovecot_a.imap_port}\n"
+                         f"b 127.0.0.1 {nodes.dovecot_b.imap_port}\n")
+        first = nodes.dovecot_a.imap("u1")
+        validity, uids = parse_appenduid(first.append("INBOX", body_bytes("u1", 1)))
+        first.logout()
+        wait_map(proxy_map, "u1", nodes.dovecot_a.imap_port)  # the claim ran the hook on a
+        proxy = DovecotInstance(tmp_path / "proxy", "proxy",
+                                DovecotLayout(*(tmp_path / "proxy" / d for d in
+                                                ("mail", "index", "control")), "mdbox"),
+                                (), extra_config=proxy_config(proxy_map))
+        proxy.start()
+        try:
+            client = proxy.imap("u1")
+            assert parse_appenduid(client.append("INBOX", body_bytes("u1", 2))) == \
+                (validity, [uids[0] + 1])
+            client.logout()
+            nodes.dovecot_a.kill9()
+            nodes.repl_a.kill9()
+            wait_serving(nodes, "b", "u1")
+            wait_map(proxy_map, "u1", nodes.dovecot_b.imap_port)  # failover ran it on b
+            client = proxy.imap("u1")  # the same address, now answered by b
+            assert parse_appenduid(client.append("INBOX", body_bytes("u1", 3))) == \
+                (validity, [uids[0] + 2])
+            client.logout()
+        finally:
+            proxy.kill9()
+        assert "on_owner_change" in nodes.repl_b.log_text()
