@@ -60,12 +60,33 @@ def show_status(config: Path | None, socket_path: Path | None, *, as_json: bool)
               f"capture p50 {sync['capture']['p50_ms']} ms p99 {sync['capture']['p99_ms']} ms, "
               f"peers' acks p50 {sync['replicate']['p50_ms']} ms "
               f"p99 {sync['replicate']['p99_ms']} ms")
+    if data.get("ownership"):
+        _show_ownership(data["ownership"])
     print("  counters: " + ", ".join(f"{k}={v}" for k, v in data["counters"].items()))
     control = data["control"]
     print(f"  control socket: {control['connections']} connections (+{control['admin']} admin), "
           f"{control['refused']} refused; at most {control['max_per_uid']} per uid, "
           f"{control['max_connections']} in all, closed after {control['idle_timeout_s']} s idle")
     return 0
+
+
+def _show_ownership(own: dict[str, Any]) -> None:
+    """Ownership on etcd: the lease, the users served here, and the owners with their tokens
+    (for root; any other local user sees counts)."""
+    window = (f"commits acknowledged for {own['commit_window_s']} s more" if own["may_commit"]
+              else "NOT acknowledging commits")
+    print(f"  ownership (etcd {own['state']}, revision {own['revision']}): lease "
+          f"{own['lease_id']}, {window}; nodes alive: {', '.join(own['alive']) or '-'}; "
+          f"serving {own['serving_users']} user(s)"
+          + (f", last error: {own['last_error']}" if own.get("last_error") else ""))
+    if "owners" in own:
+        owners = ", ".join(f"{u}={o['node']}@{o['token']}" for u, o in own["owners"].items())
+        print(f"    owners (user=node@token): {owners or '-'}")
+    for user, why in own.get("blocked", {}).items():
+        print(f"    {user}: commits refused: {why}")
+    for user, where in own.get("diverged", {}).items():
+        print(f"    {user}: DIVERGED, not served; local copy kept in {where}")
+    print("    " + ", ".join(f"{k}={v}" for k, v in own["counters"].items()))
 
 
 def _listed(dirs: list[str] | int) -> str:

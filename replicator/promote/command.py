@@ -78,6 +78,7 @@ def promote(config: Config, origin: str, *, users: list[str] | None = None,
     if not todo:
         return PromoteResult(origin, epoch, wanted, already=True)
     if not token:
+        _refuse_if_coordinated(config, force)
         _refuse_if_alive(config, origin, force)
     _refuse_if_damaged(replica, config)
     if not token:
@@ -118,6 +119,16 @@ def _checked_replica(config: Config, origin: str) -> Path:
     if not (replica / ".applied.json").exists():
         raise ReplicatorError(f"no replica of {origin} here ({replica} holds none)")
     return replica
+
+
+def _refuse_if_coordinated(config: Config, force: bool) -> None:
+    """With ownership on etcd, a promote by hand would bypass the owner keys (and with them
+    the fencing tokens): the old owner could still hold its lease and commit."""
+    if config.coordination is not None and not force:
+        raise PromoteRefused("ownership is on etcd here ([coordination]): a failover happens by "
+                             "itself once the owner's lease expires, and `switchover --to` "
+                             "moves users between live nodes. Use --force only if etcd itself "
+                             "is gone for good")
 
 
 def _refuse_if_alive(config: Config, origin: str, force: bool) -> None:
