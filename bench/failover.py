@@ -368,9 +368,11 @@ def switchover_sizes(etcd: EtcdCluster, base: Path, sizes: list[int]) -> dict[st
 
 def _claim_for_a(nodes: TwoNodes, users: tuple[str, ...]) -> None:
     """Write the users' owner keys for a before Dovecot touches them, as a's own claims would
-    (compare: absent), 100 per transaction, and wait until a serves them all. Claims made by
-    the users' first APPENDs race the first batches of the users' new directories (they carry
-    token 0, and b may learn the claim before they arrive): see the note in RESULTS.md."""
+    (compare: absent), 100 per transaction, and wait until a serves them all. Not claims made
+    by the users' first APPENDs: with many new users at once, the first batches of a user's new
+    directories (drafted before the claim, token 0) can reach b after b learned the claim's
+    token; b refuses them, a then counts b as holding nothing of that user, and its FLUSHes
+    (and every BARRIER, so every switchover) fail from then on."""
     config = load_config(nodes.repl_a.config_path)
     assert config.coordination is not None
     etcd, keys = Etcd(config.coordination), Keys(config.coordination.prefix)
