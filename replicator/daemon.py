@@ -237,6 +237,10 @@ class Daemon(LinkHost):
             self.resync({key: None})
         asyncio.get_running_loop().call_later(delay, resend)
 
+    def owns_now(self, reldir: str) -> bool:
+        user = reldir.partition("/")[0]
+        return self.ownership is not None and self.ownership.token(user) > 0
+
     def diff_manifest(self, payload: bytes) -> dict[DirKey, set[str] | None]:
         return dict(diff(origin_entries(self.manifest), decode_entries(payload)))
 

@@ -1,8 +1,9 @@
 """The daemon's side of ownership: keep the lease, follow the view, gate every commit.
 
-One task: every tick it keeps the lease alive when due (a third of the TTL), reads the
-ownership view when etcd's revision moved, and lets `Actions` act on it (claim, take over,
-promote what was handed over, give up what was lost, run switchovers). Commits ask
+Two loops: one keeps the lease alive (a keep-alive every third of the TTL, on a thread of its
+own); the other reads the ownership view every tick when etcd's revision moved and lets
+`Actions` act on it (claim, take over, promote what was handed over, give up what was lost,
+run switchovers). Commits ask
 `refuse_commit`, which costs a dictionary lookup and a clock read, never an etcd round trip:
 while this node holds its lease without a gap, no other node can change its users' owner
 (a takeover needs the lease gone, a switchover is started by this node), so the view read
@@ -14,7 +15,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from replicator.config import Config
 from replicator.coordination.etcd import Etcd, EtcdUnavailable
@@ -28,6 +31,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("replicator.coordination")
 TICK = 0.2  # seconds between looks at etcd's revision: bounds how late a takeover starts
+T = TypeVar("T")
 
 
 class Coordinator:
@@ -36,6 +40,8 @@ class Coordinator:
         self.config, self.settings = config, config.coordination
         self.me = config.node_id
         self.etcd = Etcd(self.settings)
+        self._lease_etcd = Etcd(self.settings)  # the lease loop's own sessions and thread
+        self._lease_thread = ThreadPoolExecutor(1, thread_name_prefix="etcd-lease")
         self.keys = Keys(self.settings.prefix)
         self.lease = LeaseClock(self.settings.margin)
         self.view = View()
@@ -52,15 +58,39 @@ class Coordinator:
         self._changed = asyncio.Event()
         self.actions: Actions | None = None
 
-    # -- the loop ---------------------------------------------------------------------------
+    # -- the loops --------------------------------------------------------------------------
     async def run(self) -> None:
+        """Two loops: the lease's keep-alives, on a thread and an etcd session of their own,
+        so that nothing the view loop does (promoting 1 000 users, kicking their sessions)
+        and no other worker thread can delay them; and the view loop, which acts."""
+        lease = asyncio.create_task(self._lease_loop(), name="ownership-lease")
+        try:
+            await self._view_loop()
+        finally:
+            lease.cancel()
+            await asyncio.gather(lease, return_exceptions=True)
+            self._lease_thread.shutdown(wait=False, cancel_futures=True)
+
+    async def _lease_loop(self) -> None:
         while True:
             try:
-                await self._tick()
+                await self._keep_lease()
             except EtcdUnavailable as exc:
                 self._unavailable(exc)
             except Exception:
-                log.exception("coordination tick failed; trying again")
+                log.exception("keeping the ownership lease failed; trying again")
+            due = self._next_keepalive - time.monotonic() if self.lease.lease_id else TICK
+            await asyncio.sleep(min(max(due, 0.01), TICK))
+
+    async def _view_loop(self) -> None:
+        while True:
+            try:
+                if self.lease.lease_id:
+                    await self._look()
+            except EtcdUnavailable as exc:
+                self._unavailable(exc)
+            except Exception:
+                log.exception("coordination step failed; trying again")
             try:
                 async with asyncio.timeout(TICK):
                     await self._changed.wait()
@@ -68,12 +98,14 @@ class Coordinator:
                 pass
             self._changed.clear()
 
+    async def _on_lease_thread(self, job: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._lease_thread, job, *args)
+
     def poke(self) -> None:
         """Look at etcd now rather than at the next tick (a FLUSH for an unclaimed user)."""
         self._changed.set()
 
-    async def _tick(self) -> None:
-        await self._keep_lease()
+    async def _look(self) -> None:
         revision = await asyncio.to_thread(self.etcd.revision, self.keys.all)
         if revision != self.view.revision or self._view_lease != self.lease.lease_id:
             await self.refresh()
@@ -94,11 +126,13 @@ class Coordinator:
             await self._new_lease()
         elif now >= self._next_keepalive:
             try:
-                ttl, sent_at = await asyncio.to_thread(self.etcd.keepalive, self.lease.lease_id)
+                ttl, sent_at = await self._on_lease_thread(self._lease_etcd.keepalive,
+                                                           self.lease.lease_id)
             except EtcdUnavailable as exc:
                 self.counters["keepalive_failures"] += 1
                 if self.settings.on_quorum_loss == "keep" and (
-                        exc.no_leader or await asyncio.to_thread(self.etcd.without_leader)):
+                        exc.no_leader or await self._on_lease_thread(
+                            self._lease_etcd.without_leader)):
                     self.lease.held_without_leader(exc.sent_at, self.settings.lease_ttl)
                     raise EtcdUnavailable(str(exc), no_leader=True) from exc
                 raise
@@ -116,12 +150,13 @@ class Coordinator:
 
     async def _new_lease(self) -> None:
         self.lease.lost()
-        lease_id, ttl, sent_at = await asyncio.to_thread(self.etcd.grant,
-                                                         self.settings.lease_ttl)
-        await asyncio.to_thread(self.etcd.put, self.keys.node(self.me),
-                                f'{{"listen": "{self.config.listen}"}}', lease_id)
+        lease_id, ttl, sent_at = await self._on_lease_thread(self._lease_etcd.grant,
+                                                             self.settings.lease_ttl)
+        await self._on_lease_thread(self._lease_etcd.put, self.keys.node(self.me),
+                                    f'{{"listen": "{self.config.listen}"}}', lease_id)
         self.lease.granted(lease_id, sent_at, ttl)
         self.counters["leases_granted"] += 1
+        self.poke()  # the view loop reads the view under this lease at once
         self._next_keepalive = sent_at + self.settings.keepalive_interval
         log.info("ownership lease %x granted for %d s", lease_id, ttl)
 
@@ -138,12 +173,15 @@ class Coordinator:
         """Why a commit touching `users` may not be acknowledged, or None. A user nobody owns
         yet (its first mail on this node) is claimed here first: one etcd transaction on the
         first commit of a user, none after."""
-        unclaimed = [u for u in users if self.view.owner(u) is None]
-        if unclaimed and self.actions is not None and self._lease_and_view_ok():
-            try:
+        try:
+            if self.lease.may_commit(time.monotonic()) and \
+                    self._view_lease != self.lease.lease_id:
+                await self.refresh()  # a lease just (re)granted: read the view now
+            unclaimed = [u for u in users if self.view.owner(u) is None]
+            if unclaimed and self.actions is not None and self._lease_and_view_ok():
                 await self.actions.claim_now(sorted(unclaimed))
-            except EtcdUnavailable as exc:
-                self._unavailable(exc)
+        except EtcdUnavailable as exc:
+            self._unavailable(exc)
         return self.refuse_commit(users)
 
     def _lease_and_view_ok(self) -> bool:

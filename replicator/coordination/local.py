@@ -30,8 +30,12 @@ def local_users(roots: Mapping[str, Path]) -> set[str]:
 
 def kick(doveadm: Sequence[str], users: Iterable[str]) -> None:
     """End the users' IMAP/POP3 sessions here (`doveadm kick`): their next command must meet
-    the new owner. A failure is logged: commits are refused for them anyway."""
-    for user in users:
+    the new owner. One `doveadm who` first, so that only users with a session cost a kick
+    (~20 ms each: 1 000 users kicked blindly would pause their commits for 20 s). A failure
+    is logged: commits are refused for them anyway."""
+    wanted = set(users)
+    connected = _connected(doveadm)
+    for user in sorted(wanted if connected is None else wanted & connected):
         try:
             result = subprocess.run([*doveadm, "kick", user], capture_output=True, text=True,
                                     timeout=10)
@@ -41,6 +45,19 @@ def kick(doveadm: Sequence[str], users: Iterable[str]) -> None:
         if result.returncode not in (0, 68):  # 68: EX_NOUSER (nobody to kick)
             log.warning("doveadm kick %s: exit %d: %s", user, result.returncode,
                         result.stderr.strip()[:200])
+
+
+def _connected(doveadm: Sequence[str]) -> set[str] | None:
+    """Users with a session here (`doveadm who -1`), or None when that cannot be told."""
+    try:
+        result = subprocess.run([*doveadm, "who", "-1"], capture_output=True, text=True,
+                                timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if result.returncode != 0:
+        return None
+    lines = result.stdout.splitlines()
+    return {line.split()[0] for line in lines[1:] if line.split()}  # first line: the header
 
 
 def quarantine(roots: Mapping[str, Path], user: str, area: Path) -> list[Path]:

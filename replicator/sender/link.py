@@ -70,6 +70,11 @@ class LinkHost:
         """Resend a directory a peer refused, whole (with backoff if it keeps refusing)."""
         raise NotImplementedError
 
+    def owns_now(self, reldir: str) -> bool:
+        """Whether this node owns the user of `reldir` under a fencing token now (ownership on
+        etcd); False without etcd, where no batch carries a token."""
+        return False
+
 
 class PeerLink:
     def __init__(self, host: LinkHost, peer: PeerConfig) -> None:
@@ -249,11 +254,13 @@ class PeerLink:
 
     def _on_nack(self, nack: Nack) -> None:
         key = (nack.root, nack.dir)
-        if nack.reason.startswith(STALE_OWNER):
+        if nack.reason.startswith(STALE_OWNER) and not self.host.owns_now(nack.dir):
             log.warning("%s refused batch %d (%s/%s): %s: another node owns that user now",
                         self.peer.id, nack.seq, nack.root, nack.dir or ".", nack.reason)
             self.host.outbox.fenced(self.peer.id, key)
             return
+        # A stale token for a user this node owns now: the batch was numbered before its
+        # claim (a new user's first changes); the resend below carries the current token.
         # Once a directory is refused, its later batches are too until the resend arrives:
         # only the first refusal says why.
         level = logging.DEBUG if nack.reason == AWAITING_RESYNC else logging.WARNING
