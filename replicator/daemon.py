@@ -248,6 +248,11 @@ class Daemon(LinkHost):
     async def flush_and_wait(self, request: FlushRequest) -> Answer:
         return await self.sync.flush_and_wait(request)
 
+    async def owner(self, user: str) -> Answer:
+        """The plugin's question at login: may this node serve `user`?"""
+        elsewhere = None if self.ownership is None else self.ownership.serves_elsewhere(user)
+        return (False, 0, elsewhere) if elsewhere else (True, 0, "")
+
     async def barrier(self, timeout: float) -> Answer:
         return await self.sync.barrier(timeout)
 

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 from replicator.capture.pipeline import BUSY_RETRY, Capture
 from replicator.config import SYNC_POLICIES
 from replicator.control.limits import OncePerMinute
-from replicator.control.protocol import FlushRequest
+from replicator.control.protocol import REFUSED, FlushRequest
 from replicator.errors import PathError
 from replicator.paths import wire_path_under
 from replicator.sender.batcher import DirKey
@@ -87,7 +87,7 @@ class SyncCommit:
                                 "root", request)
         if self.ownership is not None and (refusal := await self.ownership.admit(
                 _users(keys))) is not None:
-            return self._result(False, 0, refusal, request)
+            return self._result(False, REFUSED, refusal, request)
         self.capture.expect_flush_requests()
         started = time.monotonic()
         margin = min(0.1, request.timeout_ms / 1000 * 0.2)
@@ -106,7 +106,7 @@ class SyncCommit:
         except TimeoutError:
             return self._result(False, 0, self.why_not_replicated(quorum), request)
         if (refusal := self._not_owner(keys)) is not None:  # the lease ran out meanwhile
-            return self._result(False, 0, refusal, request)
+            return self._result(False, REFUSED, refusal, request)
         self.capture_times.append(numbered - started)
         self.replicate_times.append(time.monotonic() - numbered)
         return self._result(True, len(holders), "", request)
@@ -174,7 +174,8 @@ class SyncCommit:
         if ok:
             self.counters["sync_ok"] += 1
         else:
-            self.counters["sync_degraded" if request.policy == "degrade" else "sync_failed"] += 1
+            degraded = request.policy == "degrade" and peers != REFUSED
+            self.counters["sync_degraded" if degraded else "sync_failed"] += 1
             log.warning("sync commit for %s not confirmed (%s policy): %s", request.user,
                         request.policy, reason)
         return ok, peers, reason

@@ -1,8 +1,13 @@
 """Control protocol v1: TAB-separated lines, Dovecot-style escaping (README documents it).
 
-    client: VERSION\treplicator-control\t1\t0
+    client: VERSION\treplicator-control\t1\t<minor>   (the plugin speaks 1.1)
     client: FLUSH\t<id>\t<timeout_ms>\t<policy>\t<user>\t<dir>[\t<dir>...]
     daemon: OK\t<id>\t<peers_acked>        or   FAIL\t<id>\t<reason>
+            or, to a 1.1 client, REFUSED\t<id>\t<reason>: no policy may answer OK (another
+            node owns the user, or this node's ownership lease is not certainly valid)
+    client: OWNER\t<id>\t<user>            ->   OK: this node may serve <user> (it owns it, or
+                                                 ownership is not on etcd); FAIL: another
+                                                 node does (1.1: the plugin asks at login)
     client: STATUS\t<id>                   ->   STATUS\t<id>\t<json>
     client: BARRIER\t<id>\t<timeout_ms>     ->   OK / FAIL: every change on disk now is
                                                  acknowledged by every peer (tests, tools)
@@ -25,7 +30,8 @@ from dataclasses import dataclass
 from replicator.errors import ProtocolError
 
 NAME = "replicator-control"
-MAJOR, MINOR = 1, 0
+MAJOR, MINOR = 1, 1
+REFUSED = -1  # the peers count of an Answer that no policy may turn into OK
 VERSION_LINE = f"VERSION\t{NAME}\t{MAJOR}\t{MINOR}"
 MAX_LINE = 64 * 1024
 MAX_DIGITS = 18  # timeouts: below 10**18 < 2**63, so any later use of them fits
@@ -80,13 +86,15 @@ def decimal(text: str, what: str, *, max_digits: int = MAX_DIGITS) -> int:
     return int(text)
 
 
-def parse_version(line: str) -> None:
+def parse_version(line: str) -> int:
+    """The client's minor version (what it understands of our replies)."""
     fields = line.split("\t")
     if len(fields) != 4 or fields[0] != "VERSION" or fields[1] != NAME:
         raise ProtocolError(f"expected a VERSION line, got {line[:80]!r}")
     if fields[2] != str(MAJOR):
         raise ProtocolError(f"control protocol version {fields[2][:20]!r} not supported (we speak "
                             f"{MAJOR})")
+    return decimal(fields[3], "VERSION minor", max_digits=6)
 
 
 def parse_flush(fields: list[str]) -> FlushRequest:
@@ -114,3 +122,8 @@ def ok(ident: str, peers: int) -> str:
 
 def fail(ident: str, reason: str) -> str:
     return f"FAIL\t{ident}\t{escape(reason)}"
+
+
+def refused(ident: str, reason: str, minor: int) -> str:
+    """A refusal no policy may turn into OK; a 1.0 client only knows FAIL."""
+    return f"REFUSED\t{ident}\t{escape(reason)}" if minor >= 1 else fail(ident, reason)

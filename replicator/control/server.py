@@ -49,6 +49,8 @@ class ControlHost(Protocol):
 
     async def fence(self, origin: str) -> Answer: ...
 
+    async def owner(self, user: str) -> Answer: ...
+
     def status(self, *, full: bool) -> dict[str, Any]: ...
 
 
@@ -114,10 +116,10 @@ class ControlServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                      admin: bool) -> None:
-        protocol.parse_version(await self._next_line(reader))
+        minor = protocol.parse_version(await self._next_line(reader))
         await self._reply(writer, protocol.VERSION_LINE)
         while line := await self._next_line(reader):
-            await self._reply(writer, await self._answer(line, admin))
+            await self._reply(writer, await self._answer(line, admin, minor))
 
     async def _reply(self, writer: asyncio.StreamWriter, line: str) -> None:
         """Send a reply; TimeoutError if the client does not read it within `idle_timeout`
@@ -131,12 +133,12 @@ class ControlServer:
         async with asyncio.timeout(self.idle_timeout):
             return await _line(reader)
 
-    async def _answer(self, line: str, admin: bool) -> str:
+    async def _answer(self, line: str, admin: bool, minor: int = 0) -> str:
         """The reply to one request: a malformed one gets a FAIL saying what is wrong, one that
         failed inside the daemon a FAIL naming the error (and the log a traceback); neither
         closes the connection (the line was read whole, so the next one is in step)."""
         try:
-            return await self._request(line, admin)
+            return await self._request(line, admin, minor)
         except ProtocolError as exc:  # the line was whole: refuse it, keep the connection
             self._warn.warning(("request",), "malformed control request: %s", exc)
             return protocol.fail(_echoed_id(line), f"malformed request: {exc}")
@@ -146,14 +148,17 @@ class ControlServer:
             return protocol.fail(fields[1] if len(fields) > 1 else "",
                                  f"internal error: {type(exc).__name__}: {exc}")
 
-    async def _request(self, line: str, admin: bool) -> str:
+    async def _request(self, line: str, admin: bool, minor: int) -> str:
         fields = line.split("\t")
         verb, ident = fields[0], fields[1] if len(fields) > 1 else ""
         if verb in ADMIN_VERBS and not admin:
             return protocol.fail(ident, f"{verb} is for root or the daemon's user")
         if verb == "FLUSH":
             request = protocol.parse_flush(fields)
-            return _reply(request.id, await self.host.flush_and_wait(request))
+            return _reply(request.id, await self.host.flush_and_wait(request), minor)
+        if verb == "OWNER" and len(fields) == 3:
+            user = protocol.unescape(fields[2])
+            return _reply(ident, await self.host.owner(user), minor)
         if verb == "BARRIER" and len(fields) == 3:
             timeout_ms = protocol.decimal(fields[2], "BARRIER timeout_ms")
             return _reply(ident, await self.host.barrier(timeout_ms / 1000))
@@ -223,9 +228,13 @@ def _peer_uid(writer: asyncio.StreamWriter) -> int | None:
     return int(uid)
 
 
-def _reply(ident: str, answer: Answer) -> str:
+def _reply(ident: str, answer: Answer, minor: int = 0) -> str:
     ok, count, reason = answer
-    return protocol.ok(ident, count) if ok else protocol.fail(ident, reason)
+    if ok:
+        return protocol.ok(ident, count)
+    if count == protocol.REFUSED:
+        return protocol.refused(ident, reason, minor)
+    return protocol.fail(ident, reason)
 
 
 async def _line(reader: asyncio.StreamReader) -> str:

@@ -226,6 +226,15 @@ class Coordinator:
         self._alone_noted = live if live < configured else -1
         return min(configured, live)
 
+    def serves_elsewhere(self, user: str) -> str | None:
+        """Why `user` must not be served here at all (its Dovecot refuses the login), or None.
+        Only a positive answer counts: another node owns the user. Without a lease or a view
+        the answer is None; reads then go on, commits are refused anyway."""
+        owner = self.view.owner(user)
+        if owner is None or owner.node == self.me:
+            return None
+        return f"{user} is served by {owner.node} (token {owner.token}), not by {self.me}"
+
     def commit_deadline(self) -> float:
         return self.lease.commit_deadline()
 
