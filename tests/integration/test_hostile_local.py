@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from replicator.control import protocol
 from replicator.testing.cluster import PeerSpec, ReplicatorNode, stop_all
 from replicator.testing.tmpfs import small_tmpfs
 from tests.integration.daemon_support import poll
@@ -30,7 +31,7 @@ pytestmark = pytest.mark.integration
 NOBODY = 65534
 OTHER_UID = 65533  # a second unprivileged user (a mail user, say)
 SECRET = b"0600 root-only secret that must never leave this host\n" * 4
-VERSION = "VERSION\treplicator-control\t1\t0"
+VERSION = protocol.VERSION_LINE  # what the daemon answers (the attacker speaks 1.0)
 
 # The attacker: plain Python run as an unprivileged uid, talking the control protocol.
 ATTACKER = r'''
