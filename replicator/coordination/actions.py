@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from replicator.coordination.etcd import MAX_TXN_KEYS, Compare
@@ -227,8 +228,8 @@ class Actions:
         mine = user_digest(roots, user)
         clean = not mine or (owner.origin == self.c.me and
                              (owner.why == "switchover" or owner.tree == mine))
-        area = self.config.state_dir / "quarantine" / (
-            f"{'superseded' if clean else 'diverged'}-{owner.token}")
+        area = self._free_area(f"{'superseded' if clean else 'diverged'}-{owner.token}",
+                               roots, user)
         moved = quarantine(roots, user, area)
         if clean:
             log.info("%s is owned by %s now (token %d): this node holds its replica only; "
@@ -240,3 +241,15 @@ class Actions:
                     "replicated batch). Not serving it; local copy kept in %s for a merge",
                     user, owner.node, owner.token, owner.why, owner.origin or "-", owner.node,
                     ", ".join(str(p) for p in moved) or area)
+
+    def _free_area(self, name: str, roots: dict[str, Path], user: str) -> Path:
+        """quarantine/<name>, or <name>.2, .3...: the first that holds nothing of `user` yet.
+        The same user can be set aside twice under one token (any access on this node, a
+        misrouted client or a delivery, recreates its directories), and a second move into
+        the same place fails: it must never stop the coordinator."""
+        base = self.config.state_dir / "quarantine"
+        area, copies = base / name, 1
+        while any((area / root / user).exists() for root in roots):
+            copies += 1
+            area = base / f"{name}.{copies}"
+        return area
