@@ -14,6 +14,7 @@ import secrets
 import signal
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from replicator.coordination.actions import Actions
 from replicator.coordination.coordinator import Coordinator
 from replicator.coordination.switchover import Handovers
 from replicator.coordination.view import tokens
+from replicator.delta.ops import Op, OpCode
 from replicator.manifest_codec import decode_entries, diff, origin_entries
 from replicator.mounts import filesystem_type
 from replicator.replica.listener import Listener
@@ -204,11 +206,29 @@ class Daemon(LinkHost):
         assert self.ownership is not None
         kept = []
         for draft in drafts:
-            if self.ownership.ships(draft.user):
+            if not draft.user:
+                draft.ops = self._own_entries_only(draft.ops)
+            if draft.ops and self.ownership.ships(draft.user):
                 draft.token = self.ownership.token(draft.user)
                 kept.append(draft)
             else:
                 self.counters["unowned_skipped"] += 1
+        return kept
+
+    def _own_entries_only(self, ops: list[Op]) -> list[Op]:
+        """A root's own batch (directory "") names the user directories in it: a DELETE when
+        one vanished, the names a resync keeps. Those of users another node owns are not
+        this node's to touch on a peer: the coordinator moving a lost user aside here must
+        not delete the copy a peer is promoting (or serving from) there."""
+        assert self.ownership is not None
+        others = {u for u, o in self.ownership.view.owners.items() if o.node != self.node_id}
+        kept = []
+        for op in ops:
+            if op.code == OpCode.KEEP_ONLY:
+                op = replace(op, names=tuple(sorted(set(op.names) | others)))
+            elif op.path and not self.ownership.ships(op.path.partition("/")[0]):
+                continue
+            kept.append(op)
         return kept
 
     # -- link host ---------------------------------------------------------------------------
