@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
 import signal
 import time
@@ -99,6 +100,7 @@ class Daemon(LinkHost):
         actions = Actions(coordinator, lambda view: self.store.tokens.learn(tokens(view)),
                           self.outbox.forgive)
         actions.handovers = Handovers(actions, self.barrier)
+        actions.resync_users = self.resync_users
         coordinator.actions = actions
         self.sync.ownership = coordinator
         return coordinator
@@ -236,6 +238,17 @@ class Daemon(LinkHost):
         first = self.outbox.next_seq
         self._enqueue(self.capture.resync(untrusted))
         return first
+
+    def resync_users(self, users: list[str]) -> None:
+        """Resend every directory of `users` whole (ENSURE_DIR with owner and mode, every
+        file, KEEP_ONLY): after a promote put them in place here."""
+        keys: dict[DirKey, set[str] | None] = {}
+        for name, root in self.config.roots.items():
+            for user in users:
+                for top, _, _ in os.walk(root / user):
+                    keys[(name, os.path.relpath(top, root))] = None
+        if keys:
+            self.resync(keys)
 
     def repair_directory(self, key: DirKey) -> None:
         """Resend `key` whole. A peer that refuses the resend too (its disk is full, its copy

@@ -44,6 +44,8 @@ class Actions:
         self.busy: set[str] = set()        # users being promoted or handed over right now
         self.diverged: dict[str, str] = {}  # user -> where its diverged copy was put
         self.handovers: Handovers | None = None
+        # Sends users' directories whole to every peer (the daemon's resync); set by it.
+        self.resync_users: Callable[[list[str]], object] = lambda users: None
         self._scanned = 0.0
         self._noted: dict[str, str] = {}   # once-only log lines (takeovers not possible)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -179,6 +181,10 @@ class Actions:
         present = [u for u in users
                    if any((replica / root / u).is_dir() for root in self.config.roots)]
         started = time.monotonic()
+        # Users with directories here already: a client sent here while another node owned
+        # them (a stale proxy, a retry on the wrong node) made a copy of its own.
+        stray = [u for u in present if any((root / u).exists()
+                                           for root in self.config.roots.values())]
         try:
             if present:
                 result = await asyncio.to_thread(
@@ -187,6 +193,13 @@ class Actions:
                 log.warning("promoted %d user(s) of %s (%s): %d mailbox(es), UID gap %d, "
                             "%.2f s", len(present), origin, why, result.mailboxes,
                             result.uid_gap, time.monotonic() - started)
+                if stray:
+                    # The capture followed the stray copy (never shipped: another node owned
+                    # the user), so it would send the promoted one as deltas against files
+                    # no peer holds, and without the directories' owner and mode (a peer's
+                    # replica then has root-owned 0755 directories, and Dovecot on that
+                    # peer cannot write after a promote there): send these users whole.
+                    self.resync_users(stray)
         except Exception as exc:
             for user in users:
                 self.c.blocked[user] = f"promote from {origin} failed: {exc}"
