@@ -182,10 +182,17 @@ class Actions:
                    if any((replica / root / u).is_dir() for root in self.config.roots)]
         started = time.monotonic()
         # Users with directories here already: a client sent here while another node owned
-        # them (a stale proxy, a retry on the wrong node) made a copy of its own.
+        # them (a stale proxy, a retry on the wrong node) made a copy of its own. A session
+        # still open on it when the promoted copy is renamed into place reopens files by
+        # path, takes the new ones for corrupted and recreates them (seen: an mdbox map log
+        # reset, every message gone). End those sessions before the swap and once more
+        # after it (commits stay refused until the record below); users without such a
+        # copy have no session that could hold one, and cost no doveadm run.
         stray = [u for u in present if any((root / u).exists()
                                            for root in self.config.roots.values())]
         try:
+            if stray:
+                await asyncio.to_thread(kick, self.c.settings.doveadm, stray)
             if present:
                 result = await asyncio.to_thread(
                     promote, self.config, origin, users=present, force=True,
@@ -194,6 +201,7 @@ class Actions:
                             "%.2f s", len(present), origin, why, result.mailboxes,
                             result.uid_gap, time.monotonic() - started)
                 if stray:
+                    await asyncio.to_thread(kick, self.c.settings.doveadm, stray)
                     # The capture followed the stray copy (never shipped: another node owned
                     # the user), so it would send the promoted one as deltas against files
                     # no peer holds, and without the directories' owner and mode (a peer's
