@@ -614,3 +614,86 @@ def test_a_batch_with_an_old_token_is_refused_and_counted(tmp_path: Path,
         status = nodes.repl_b.status()["replicas"]["a"]
         assert status["stale_token_refused"] == refused_before + 1, status
         assert f"token {old_token} is older than {new_token}" in nodes.repl_b.log_text()
+
+
+# -- 3. etcd member loss and quorum loss ----------------------------------------------------------
+
+def leader_index(etcd: EtcdCluster) -> int:
+    """The running member that leads now."""
+    for index, member in enumerate(etcd.members):
+        if member.running():
+            status = member.client(timeout=2.0).status()
+            if int(status["header"]["member_id"]) == int(status["leader"]):
+                return index
+    raise AssertionError("no member leads")
+
+
+def keepalives(node: Any) -> int:
+    return int(ownership(node).get("counters", {}).get("keepalives", 0))
+
+
+def test_etcd_member_loss_changes_nothing_and_quorum_loss_stops_commits(
+        tmp_path: Path, etcd: EtcdCluster) -> None:
+    """One member of three killed (the leader: the harder case) under APPEND load: not one
+    commit refused while it is down, nor after it is back. Two killed (quorum lost), under
+    the default on_quorum_loss = "stop": commits turn into tagged NO once a's lease can no
+    longer be certain, b takes nothing over, nothing acknowledged is lost, and commits go
+    through again once the members are back."""
+    with two_nodes("mdbox", USERS[:1], base=kept(tmp_path), sync_commit="fail",
+                   coordination=coordination(etcd.endpoints)) as nodes:
+        replies = claim_on_a(nodes, USERS[:1])
+        dovecots = {"a": nodes.dovecot_a, "b": nodes.dovecot_b}
+        writer = Writer(dovecots, USERS[0], lambda: ["a"], "members", store_every=4).start()
+        with explained(nodes, [writer]):
+            wait_for_oks([writer], 10, "load on a")
+            phases = {}
+            for phase in ("one member down", "all members back"):
+                begun, ticks = time.monotonic(), keepalives(nodes.repl_a)
+                if phase == "one member down":
+                    killed = leader_index(etcd)
+                    etcd.kill9(killed)
+                else:
+                    etcd.restart(killed)
+                    etcd.wait_healthy()
+                # two TTLs of keep-alives (three per TTL) with the load running throughout
+                poll(lambda t=ticks: keepalives(nodes.repl_a) >= t + 6,
+                     f"six keep-alives with {phase}")
+                count = len(writer.oks())
+                poll(lambda c=count: len(writer.oks()) >= c + 10, f"ten APPENDs ({phase})")
+                phases[phase] = [r for r in list(writer.replies)
+                                 if r.sent >= begun and r.received <= time.monotonic()]
+            replies += writer.stop()
+            for phase, seen in phases.items():
+                refused = [r.text for r in seen if not r.ok]
+                assert refused == [], f"{phase}: {len(refused)} refused: {refused[:3]}"
+                assert sum(r.ok for r in seen) >= 10, phase
+
+            # quorum lost: two of three down
+            survivor = (killed + 1) % 3
+            lost_at = time.monotonic()
+            for index in range(3):
+                if index != survivor:
+                    etcd.kill9(index)
+            no = poll(lambda: (r := append_once(nodes.dovecot_a, USERS[0], 2000)).ok is False
+                      and r, "a tagged NO once the quorum is gone")
+            refused_after = time.monotonic() - lost_at
+            replies.append(no)
+            assert "UNAVAILABLE" in no.text, no.text
+            later = append_once(nodes.dovecot_a, USERS[0], 2001)
+            assert not later.ok and "no valid ownership lease" in later.text, later.text
+            assert ownership(nodes.repl_b)["owners"][USERS[0]]["node"] == "a"
+            assert not serves(nodes.repl_b, USERS[:1])
+
+            for index in range(3):
+                if index != survivor:
+                    etcd.restart(index)
+            etcd.wait_healthy()
+            back = poll(lambda: (r := append_once(nodes.dovecot_a, USERS[0], 2002)).ok and r,
+                        "a commit on a once the quorum is back")
+            replies.append(back)
+            assert serves(nodes.repl_a, USERS[:1])
+            nodes.dovecot_a.wait_idle()
+            assert missing_on(nodes.dovecot_a, [r for r in replies if r.ok]) == []
+        print(f"\nquorum lost: first NO after {refused_after:.2f} s; "
+              f"{sum(len(p) for p in phases.values())} commits while one member was down "
+              "or back, none refused")
