@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -697,3 +699,95 @@ def test_etcd_member_loss_changes_nothing_and_quorum_loss_stops_commits(
         print(f"\nquorum lost: first NO after {refused_after:.2f} s; "
               f"{sum(len(p) for p in phases.values())} commits while one member was down "
               "or back, none refused")
+
+
+# -- 6. the old owner comes back ----------------------------------------------------------------
+
+def quarantined(node: Any, kind: str, user: str) -> list[Path]:
+    """Where the node set `user`'s index directory aside as `kind` (superseded|diverged)."""
+    return sorted((node.state_dir / "quarantine").glob(f"{kind}-*/index/{user}"))
+
+
+def test_a_rejoining_owner_whose_batches_were_all_acked_steps_aside_cleanly(
+        tmp_path: Path, etcd: EtcdCluster) -> None:
+    """a's last batches were all acknowledged (quiesce and barrier, then kill -9); b takes
+    over; a comes back: it serves none of the users, its own copy goes to quarantine as
+    `superseded` (not diverged), a commit on a is refused, and b's copy replicates to a
+    again (a's replica of b verifies against b)."""
+    with two_nodes("mdbox", USERS, base=kept(tmp_path), sync_commit="fail",
+                   coordination=coordination(etcd.endpoints)) as nodes:
+        replies = claim_on_a(nodes)
+        replies += [append_once(nodes.dovecot_a, user, 10 + i)
+                    for i, user in enumerate(USERS * 2)]
+        nodes.quiesce()
+        nodes.dovecot_a.kill9()
+        nodes.repl_a.kill9()
+        poll(lambda: serves(nodes.repl_b, USERS), "b to take a's users over")
+        replies.append(poll(lambda: (r := append_once(nodes.dovecot_b, USERS[0], 20)).ok and r,
+                            "a commit on b"))
+
+        nodes.repl_a.start()
+        nodes.dovecot_a.start()
+        with explained(nodes):
+            poll(lambda: all(quarantined(nodes.repl_a, "superseded", u) for u in USERS),
+                 "a to set its copies aside as superseded")
+            state = ownership(nodes.repl_a)
+            assert not set(USERS) & set(state["serving"]), state
+            assert state["diverged"] == {}, state
+            assert {state["owners"][u]["node"] for u in USERS} == {"b"}
+            assert not any(quarantined(nodes.repl_a, "diverged", u) for u in USERS)
+            assert "superseded" in nodes.repl_a.log_text()
+            # a tagged NO: the plugin's ("owned by b"), or on mdbox Dovecot's own, whose
+            # fresh map index meets b's storage files (see the switchover test)
+            refused = append_once(nodes.dovecot_a, USERS[0], 30)
+            assert not refused.ok and refused.text.startswith("append failed:"), refused.text
+
+            # b commits with a's acknowledgement now (a holds a lease again)
+            replies.append(poll(lambda: (r := append_once(nodes.dovecot_b, USERS[1], 21)).ok
+                                and r, "a commit on b with a back"))
+            nodes.repl_b.barrier()
+            verified = cli("verify", "--config", str(nodes.repl_a.config_path), "--origin", "b",
+                           check=False)
+            assert verified.returncode == 0, verified.stdout + verified.stderr
+            assert missing_on(nodes.dovecot_b, [r for r in replies if r.ok]) == []
+        refused_tokens = nodes.repl_b.status()["replicas"]["a"]["stale_token_refused"]
+        print(f"\nb refused {refused_tokens} batch(es) of the returning a for its old token")
+
+
+def test_a_rejoining_owner_that_wrote_after_its_last_replicated_batch_says_it_diverged(
+        tmp_path: Path, etcd: EtcdCluster) -> None:
+    """a's daemon is paused (SIGSTOP: a VM freeze, a long GC pause) while a client APPENDs on
+    a: the plugin times out and answers NO, but Dovecot has committed the message on a's disk
+    (a wrote after its last replicated batch). b takes over once a's lease is gone and
+    commits. a resumes: it refuses to serve the user and says why (status `diverged`, the
+    log), its copy kept aside as `diverged` for a merge; b's copy is untouched."""
+    user = USERS[0]
+    with two_nodes("mdbox", (user,), base=kept(tmp_path), sync_commit="fail",
+                   coordination=coordination(etcd.endpoints)) as nodes:
+        replies = claim_on_a(nodes, (user,))
+        replies += [append_once(nodes.dovecot_a, user, 10 + i) for i in range(3)]
+        nodes.quiesce()
+        assert nodes.repl_a.process is not None
+        paused = nodes.repl_a.process.pid
+        os.killpg(paused, signal.SIGSTOP)
+        try:
+            unacked = append_once(nodes.dovecot_a, user, 40)
+            assert not unacked.ok, "a paused daemon cannot confirm a commit"
+            poll(lambda: serves(nodes.repl_b, (user,)), "b to take the user over")
+            replies.append(poll(lambda: (r := append_once(nodes.dovecot_b, user, 41)).ok and r,
+                                "a commit on b"))
+        finally:
+            os.killpg(paused, signal.SIGCONT)
+        with explained(nodes):
+            state = poll(lambda: user in (s := ownership(nodes.repl_a)).get("diverged", {})
+                         and s, "a to say the user diverged")
+            assert user not in state["serving"] and state["owners"][user]["node"] == "b"
+            assert "diverged" in nodes.repl_a.log_text()
+            assert quarantined(nodes.repl_a, "diverged", user)
+            assert not quarantined(nodes.repl_a, "superseded", user)
+            assert serves(nodes.repl_b, (user,))
+            assert missing_on(nodes.dovecot_b, [r for r in replies if r.ok]) == []
+            bodies = fetch_body_hashes(nodes.dovecot_b.config_path, user, MAILBOX)
+            assert unacked.digest not in bodies.values(), "the unacknowledged APPEND is a's"
+        refused_tokens = nodes.repl_b.status()["replicas"]["a"]["stale_token_refused"]
+        print(f"\nb refused {refused_tokens} batch(es) of the resumed a for its old token")
