@@ -43,6 +43,7 @@ from replicator.dovecot.instance import DovecotInstance
 from replicator.testing.etcd import EtcdCluster, etcd_cluster, have_etcd
 from replicator.testing.failover import body_bytes
 from replicator.testing.imap import parse_appenduid, sha256
+from replicator.testing.netns import HostPair, Star
 from replicator.testing.scenario import TwoNodes, two_nodes
 
 pytestmark = pytest.mark.integration
@@ -120,6 +121,7 @@ class Writer:
     route: Callable[[], list[str]]
     tag: str
     store_every: int = 0
+    pause_after_no: float = 0.0
     replies: list[Reply] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)   # connection failures (not answers)
     _clients: dict[str, Any] = field(default_factory=dict)
@@ -158,9 +160,8 @@ class Writer:
             if not nodes:
                 time.sleep(0.02)  # nobody to send to yet (the router knows no live owner)
                 continue
-            for node in nodes:
-                if self._one(node):
-                    break
+            if not any(self._one(node) for node in nodes) and self.pause_after_no:
+                time.sleep(self.pause_after_no)  # the load's pace while refused, not a wait
 
     def _client(self, node: str) -> Any:
         client = self._clients.get(node)
@@ -791,3 +792,130 @@ def test_a_rejoining_owner_that_wrote_after_its_last_replicated_batch_says_it_di
             assert unacked.digest not in bodies.values(), "the unacknowledged APPEND is a's"
         refused_tokens = nodes.repl_b.status()["replicas"]["a"]["stale_token_refused"]
         print(f"\nb refused {refused_tokens} batch(es) of the resumed a for its old token")
+
+
+# -- 2. Troy's partition --------------------------------------------------------------------------
+
+@dataclass
+class Partitioned:
+    """a and b each in a network namespace, the three etcd members in a third one between
+    them (a Star: one link center-a, one center-b, routed, so a and b reach each other
+    through the center). Cutting link 0 cuts a from etcd and from b at once; `cut_etcd`
+    drops only a's traffic to and from the members."""
+
+    star: Star
+    etcd: EtcdCluster
+
+    @property
+    def hosts(self) -> HostPair:
+        return HostPair(self.star.leaves[0], self.star.leaves[1])
+
+    def cut_all(self) -> None:
+        self.star.pairs[0].cut()
+
+    def cut_etcd(self) -> None:
+        member = self.star.center[0].address
+        self.star.leaves[0].nft(
+            "table inet dretcd {\n"
+            f"  chain in {{ type filter hook input priority 0; ip saddr {member} drop; }}\n"
+            f"  chain out {{ type filter hook output priority 0; ip daddr {member} drop; }}\n"
+            "}\n")
+
+    def heal(self) -> None:
+        self.star.pairs[0].heal()
+        subprocess.run(self.star.leaves[0].exec("nft", "delete", "table", "inet", "dretcd"),
+                       capture_output=True)
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(args, check=True, capture_output=True)
+
+
+@pytest.fixture
+def partitioned(tmp_path: Path, plugin_dir: Path) -> Iterator[Partitioned]:
+    if (reason := have_etcd()) is not None:
+        pytest.skip(reason)
+    star = Star.create(2)
+    try:
+        center = star.center
+        for leaf, via in zip(star.leaves, center, strict=True):
+            _ip(*leaf.exec("ip", "route", "add", "10.232.0.0/16", "via", via.address))
+        _ip(*center[0].exec("sysctl", "-q", "-w", "net.ipv4.ip_forward=1"))
+        members = EtcdCluster.create(tmp_path / "etcd", hosts=[center[0].address] * 3,
+                                     wrap=[center[0].exec()] * 3)
+        try:
+            members.start()
+            yield Partitioned(star, members)
+        finally:
+            members.stop()
+    finally:
+        star.close()
+
+
+@pytest.mark.parametrize("cut", ["etcd-and-b", "etcd-only"])
+def test_troys_partition_a_refuses_b_takes_over_no_uid_twice_nothing_lost(
+        tmp_path: Path, partitioned: Partitioned, cut: str) -> None:
+    """Troy's scenario: a keeps running and keeps its IMAP clients (Dovecot and the test stay
+    on the host, the plugin reaches a's daemon over its unix socket) but its daemon loses
+    etcd, and b (`etcd-and-b`: the link is cut) or only etcd (`etcd-only`: a still reaches b,
+    so b would go on acknowledging a's batches: only a's lease stops a). APPENDs keep coming
+    to a throughout, and to b once b serves. a's commits turn into tagged NO, b takes over by
+    itself, no UID of the mailbox is handed out by both nodes, and every acknowledged APPEND
+    is on b afterwards.
+
+    maildir: both Dovecots keep writing into the shared mail directory during the partition
+    (in production a replicated filesystem); mdbox storage files would be appended to by two
+    map indexes at once, which no ownership can prevent for a node that keeps running."""
+    user = USERS[0]
+    with two_nodes("maildir", (user,), base=kept(tmp_path), sync_commit="fail",
+                   hosts=partitioned.hosts,
+                   coordination=coordination(partitioned.etcd.endpoints)) as nodes:
+        replies = claim_on_a(nodes, (user,))
+        dovecots = {"a": nodes.dovecot_a, "b": nodes.dovecot_b}
+        on_a = Writer(dovecots, user, lambda: ["a"], "partition-a", pause_after_no=0.05).start()
+        on_b: Writer | None = None
+        with explained(nodes, [on_a]):
+            wait_for_oks([on_a], 10, "load on a")
+            partitioned.cut_all() if cut == "etcd-and-b" else partitioned.cut_etcd()
+            cut_at = time.monotonic()  # the rules are in place
+            try:
+                poll(lambda: serves(nodes.repl_b, (user,)), "b to take the user over")
+                took_over = time.monotonic()
+                on_b = Writer(dovecots, user, lambda: ["b"], "partition-b",
+                              pause_after_no=0.05).start()
+                wait_for_oks([on_b], 10, "load on b")
+                refused = len(on_a.refusals())
+                poll(lambda: len(on_a.refusals()) >= refused + 5, "a to go on refusing")
+            finally:
+                partitioned.heal()
+            poll(lambda: user not in ownership(nodes.repl_a).get("serving", [user]),
+                 "a, healed, not to serve the user")
+            count = len(on_b.oks())
+            poll(lambda: len(on_b.oks()) >= count + 5, "b to go on committing after the heal")
+        replies += on_a.stop() + on_b.stop()
+        save(tmp_path, replies, cut_at=cut_at, took_over=took_over)
+
+        from_a = [r for r in replies if r.node == "a"]
+        # a's lease, last renewed before the cut, ends at most lease_ttl after it, and a
+        # stops acknowledging `margin` earlier: a commit sent after that cannot get an OK
+        settings = coordination(())
+        deadline = cut_at + settings["lease_ttl"] - settings["margin"]
+        late = [r for r in from_a if r.ok and r.sent > deadline]
+        assert late == [], f"a acknowledged commits sent after its lease: {late[:3]}"
+        if cut == "etcd-and-b":  # and without b nothing can be acknowledged at all
+            late = [r for r in from_a if r.ok and r.sent > cut_at]
+            assert late == [], f"a acknowledged commits sent after the cut: {late[:3]}"
+        last_ok = max(r.received for r in from_a if r.ok)
+        first_b = min(r.sent for r in on_b.oks())
+        assert last_ok < took_over <= first_b
+        after = [r for r in from_a if r.sent > deadline]
+        assert after and all(not r.ok for r in after)
+        assert any("no valid ownership lease" in r.text for r in after), \
+            "a's lease ran out and its own gate refused (not only a missing ack)"
+        told_a = {(r.validity, r.uid) for r in from_a if r.ok and r.op == "append"}
+        told_b = {(r.validity, r.uid) for r in on_b.oks()}
+        assert told_a and told_b and not told_a & told_b, sorted(told_a & told_b)[:5]
+        assert missing_on(nodes.dovecot_b, [r for r in replies if r.ok]) == []
+        print(f"\n{cut}: a's last OK {last_ok - cut_at:+.2f} s after the cut, b serving "
+              f"{took_over - cut_at:.2f} s after it; {len(after)} APPENDs on a refused, "
+              f"{len(told_b)} acknowledged by b")
