@@ -1,16 +1,18 @@
 """Ownership on etcd end to end: a real 3-member etcd, two real Dovecots running the
 sync-commit plugin (`fail`), real IMAP clients, real daemons killed with SIGKILL.
 
-What each test shows (DESIGN §10):
-1. kill -9 of node a under APPEND/STORE load: b takes a's users over by itself, and every
-   APPENDUID (and STORE) a client was told by a is on b, under the same UIDVALIDITY.
-2. Troy's partition: a cut from etcd and from b keeps its IMAP clients, whose commits turn
-   into tagged NO; b takes over; no UID was handed out for one mailbox by both nodes.
-3. etcd member loss: one of three killed changes nothing for clients; two killed (quorum
-   lost) stops commits under the default `on_quorum_loss = "stop"`, nothing acknowledged is
-   lost, and commits resume once the members are back.
-4. Switchover a -> b -> a under load: nothing lost, UIDNEXT not raised, and the tagged OKs of
-   the two nodes never interleave across an ownership change.
+What each test shows (DESIGN §10, the numbers of the issue):
+1. kill -9 of node a under APPEND/STORE load: b takes a's users over by itself and serves
+   them; every APPENDUID (and STORE) a client was told by a is on b under the same
+   UIDVALIDITY, and b's first APPEND gets a UID above all of a's.
+2. Troy's partition (network namespaces): a cut from etcd and from b, or from etcd only,
+   keeps its IMAP clients, whose commits turn into tagged NO (its own lease gate); b takes
+   over; no UID of the mailbox acknowledged by both nodes; nothing acknowledged lost.
+3. etcd member loss: one of three killed (the leader) refuses no commit; two killed (quorum
+   lost) turns commits into tagged NO under the default `on_quorum_loss = "stop"`, nothing
+   acknowledged is lost, and commits resume once the members are back.
+4. Switchover a -> b -> a under load: nothing lost, no hole in the UIDs (UIDNEXT not raised),
+   and no OK of a between two OKs of b (nor outside the switchover windows).
 5. A batch carrying an old fencing token is refused by the receiver and counted.
 6. Rejoin: a node whose batches were all acknowledged sets its copy aside as superseded and
    replicates the new owner's; one that wrote after its last replicated batch says it
@@ -360,7 +362,7 @@ def test_kill9_of_the_owner_under_load_b_takes_over_and_keeps_every_appenduid(
         tmp_path: Path, etcd: EtcdCluster, mail_format: str) -> None:
     with two_nodes(mail_format, USERS, base=kept(tmp_path),  # type: ignore[arg-type]
                    sync_commit="fail", coordination=coordination(etcd.endpoints)) as nodes:
-        claim_on_a(nodes)
+        claimed = claim_on_a(nodes)
         dovecots = {"a": nodes.dovecot_a, "b": nodes.dovecot_b}
         writers = [Writer(dovecots, user, lambda: ["a"], f"kill-{user}", store_every=4).start()
                    for user in USERS]
@@ -368,7 +370,7 @@ def test_kill9_of_the_owner_under_load_b_takes_over_and_keeps_every_appenduid(
         nodes.dovecot_a.kill9()
         nodes.repl_a.kill9()
         killed = time.monotonic()
-        replies = [r for w in writers for r in w.stop()]
+        replies = claimed + [r for w in writers for r in w.stop()]
         told = [r for r in replies if r.ok]
         validity = {r.user: r.validity for r in told}
         assert all(r.validity == validity[r.user] for r in told), "one UIDVALIDITY per user"
