@@ -15,7 +15,6 @@ import secrets
 import signal
 import time
 from collections.abc import Mapping
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +26,8 @@ from replicator.control.protocol import FlushRequest
 from replicator.control.server import ControlServer
 from replicator.coordination.actions import Actions
 from replicator.coordination.coordinator import Coordinator
+from replicator.coordination.shipping import OwnedShipping
 from replicator.coordination.switchover import Handovers
-from replicator.coordination.view import tokens
-from replicator.delta.ops import Op, OpCode
 from replicator.manifest_codec import decode_entries, diff, origin_entries
 from replicator.mounts import filesystem_type
 from replicator.replica.listener import Listener
@@ -87,6 +85,7 @@ class Daemon(LinkHost):
             config.control_socket, config.control_socket_mode, self,
             ConnectionLimits(tuning.control_max_per_uid, tuning.control_max_connections),
             tuning.control_idle_timeout)
+        self.shipping: OwnedShipping | None = None
         self.ownership = self._ownership(config)
         self.started = time.time()
         self._repairs: dict[DirKey, tuple[float, float]] = {}
@@ -97,11 +96,13 @@ class Daemon(LinkHost):
         if config.coordination is None:
             return None
         coordinator = Coordinator(config)
-        actions = Actions(coordinator, lambda view: self.store.tokens.learn(tokens(view)),
-                          self.outbox.forgive)
+        self.shipping = OwnedShipping(coordinator, self.outbox, self.store.tokens,
+                                      self._enqueue, self.resync_users, self.counters)
+        actions = Actions(coordinator, self.shipping.learned, self.outbox.forgive)
         actions.handovers = Handovers(actions, self.barrier)
         actions.resync_users = self.resync_users
         coordinator.actions = actions
+        coordinator.peers_hold_everything = self.shipping.peers_hold_everything
         self.sync.ownership = coordinator
         return coordinator
 
@@ -190,8 +191,8 @@ class Daemon(LinkHost):
                         "connect to %s and pose as a peer", self.config.listen)
 
     def _enqueue(self, drafts: list[Draft]) -> None:
-        if self.ownership is not None:
-            drafts = self._owned_drafts(drafts)
+        if self.shipping is not None:
+            drafts = self.shipping.admit(drafts)
         for draft in drafts:
             self.outbox.add(draft)
             self.traffic.count(draft)
@@ -200,38 +201,6 @@ class Daemon(LinkHost):
         if drafts:
             for link in self.links.values():
                 link.wake.set()
-
-    def _owned_drafts(self, drafts: list[Draft]) -> list[Draft]:
-        """Only the users this node owns are replicated, each batch with the user's fencing
-        token; a user another node owns is that node's to replicate (what is left of it here
-        is set aside by the coordinator)."""
-        assert self.ownership is not None
-        kept = []
-        for draft in drafts:
-            if not draft.user:
-                draft.ops = self._own_entries_only(draft.ops)
-            if draft.ops and self.ownership.ships(draft.user):
-                draft.token = self.ownership.token(draft.user)
-                kept.append(draft)
-            else:
-                self.counters["unowned_skipped"] += 1
-        return kept
-
-    def _own_entries_only(self, ops: list[Op]) -> list[Op]:
-        """A root's own batch (directory "") names the user directories in it: a DELETE when
-        one vanished, the names a resync keeps. Those of users another node owns are not
-        this node's to touch on a peer: the coordinator moving a lost user aside here must
-        not delete the copy a peer is promoting (or serving from) there."""
-        assert self.ownership is not None
-        others = {u for u, o in self.ownership.view.owners.items() if o.node != self.node_id}
-        kept = []
-        for op in ops:
-            if op.code == OpCode.KEEP_ONLY:
-                op = replace(op, names=tuple(sorted(set(op.names) | others)))
-            elif op.path and not self.ownership.ships(op.path.partition("/")[0]):
-                continue
-            kept.append(op)
-        return kept
 
     # -- link host ---------------------------------------------------------------------------
     def resync(self, untrusted: Mapping[DirKey, set[str] | None]) -> int:

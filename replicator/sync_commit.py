@@ -99,7 +99,7 @@ class SyncCommit:
             return self._result(False, 0, "files stayed locked by Dovecot", request)
         numbered = time.monotonic()
         quorum = self.quorum if self.ownership is None else \
-            self.ownership.quorum(self.quorum, list(self.links))
+            await self.ownership.quorum(self.quorum, list(self.links))
         try:
             holders = await self.outbox.wait_replicated(frozenset(keys), quorum,
                                                         max(0.0, deadline - numbered))

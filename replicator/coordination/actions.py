@@ -71,6 +71,7 @@ class Actions:
         if self.handovers is not None:
             await self.handovers.act(view)
         await self._publish_pending(view)
+        await self.c.caught_up(self.c.peers_hold_everything())
 
     async def _publish_pending(self, view: View) -> None:
         """Tell etcd (serving/<node>, bound to the lease) which of this node's users are in
@@ -124,6 +125,12 @@ class Actions:
 
     # -- failover: the owner's lease expired ------------------------------------------------------
     async def _take_over(self, origin: str, owners: dict[str, Owner]) -> bool:
+        if origin in self.c.view.alone:
+            self._note(origin, f"{origin}'s lease expired, but it acknowledged commits that no "
+                       "peer may hold (it committed alone, its peers had no lease): not taking "
+                       f"its {len(owners)} user(s) over automatically. Bring {origin} back, or "
+                       "check what this node's copy lacks and `promote --force`")
+            return False
         replica = self.config.replica_root(origin)
         present = sorted(u for u in owners
                          if any((replica / root / u).is_dir() for root in self.config.roots))
@@ -216,6 +223,8 @@ class Actions:
             return
         finally:
             self.busy -= set(users)
+        for user in users:  # its own again: a copy set aside earlier is history now
+            self.diverged.pop(user, None)
         self.c.owned.record(tokens)
         self.forgive(set(users))
         self.local |= set(present)

@@ -54,7 +54,8 @@ class Coordinator:
         self.state, self.last_error = "starting", ""
         self._view_lease = 0            # the lease the current view was read under
         self._next_keepalive = 0.0
-        self._alone_noted = -1
+        self.config_peers = [p.id for p in config.peers]
+        self.peers_hold_everything: Callable[[], bool] = lambda: False  # set by the daemon
         self._changed = asyncio.Event()
         self.actions: Actions | None = None
 
@@ -214,17 +215,39 @@ class Coordinator:
                 return f"{user} is being promoted on {self.me}"
         return None
 
-    def quorum(self, configured: int, peers: list[str]) -> int:
+    async def quorum(self, configured: int, peers: list[str]) -> int:
         """Acks a sync commit waits for: with quorum_counts = "live", peers without a lease
-        (down, or cut off: they cannot commit either) are not waited for."""
+        (down, or cut off: they cannot commit either) are not waited for. Before the first
+        such commit is acknowledged, etcd records that this node commits alone (alone/<id>):
+        from then on no peer takes its users over by itself, since its copy may lack them."""
         if self.settings.quorum_counts != "live":
             return configured
         live = sum(1 for peer in peers if peer in self.view.alive)
-        if live < configured and self._alone_noted != live:
+        if live >= configured:
+            return configured
+        if self.me not in self.view.alone:
+            try:
+                await asyncio.to_thread(self.etcd.put, self.keys.alone(self.me),
+                                        f'{{"since": {time.time()}, "acks": {live}}}')
+                await self.refresh()
+            except EtcdUnavailable as exc:
+                self._unavailable(exc)
+                return configured  # unrecorded: keep waiting for the configured quorum
             log.warning("only %d of the %d peer(s) a sync commit waits for hold a lease: "
-                        "committing with %d ack(s) until they are back", live, configured, live)
-        self._alone_noted = live if live < configured else -1
-        return min(configured, live)
+                        "committing with %d ack(s) until they are back (recorded in etcd: "
+                        "no automatic takeover of this node's users meanwhile)", live,
+                        configured, live)
+        return live
+
+    async def caught_up(self, peers_hold_everything: bool) -> None:
+        """Called by the view loop: once every peer holds everything again, this node's
+        copies are whole and automatic takeovers of its users may resume."""
+        if self.me in self.view.alone and peers_hold_everything and \
+                all(peer in self.view.alive for peer in self.config_peers):
+            await asyncio.to_thread(self.etcd.delete, self.keys.alone(self.me))
+            log.warning("every peer holds everything again: committing with the configured "
+                        "quorum, automatic takeover of this node's users possible again")
+            await self.refresh()
 
     def serves_elsewhere(self, user: str) -> str | None:
         """Why `user` must not be served here at all (its Dovecot refuses the login), or None.
@@ -257,6 +280,8 @@ class Coordinator:
                 "lease_id": f"{self.lease.lease_id:x}", "commit_window_s":
                 round(self.lease.remaining(now), 3), "may_commit": self.lease.may_commit(now),
                 "revision": self.view.revision, "alive": sorted(self.view.alive),
+                "committing_alone": self.me in self.view.alone,
+                "alone": sorted(self.view.alone),
                 "owned_users": len(mine), "owners": {u: {"node": o.node, "token": o.token}
                                                      for u, o in sorted(self.view.owners.items())
                                                      [:200]},

@@ -26,6 +26,9 @@ class Keys:
     def serving(self, node: str) -> str:
         return f"{self.prefix}/serving/{node}"
 
+    def alone(self, node: str) -> str:
+        return f"{self.prefix}/alone/{node}"
+
     def switchover(self, ident: str) -> str:
         return f"{self.prefix}/switchover/{ident}"
 
@@ -33,6 +36,7 @@ class Keys:
         """The ownership view, and the switchover requests, from one read of the prefix."""
         alive: set[str] = set()
         pending: dict[str, int] = {}
+        alone: set[str] = set()
         owners: dict[str, Owner] = {}
         requests: list[Entry] = []
         for entry in entries:
@@ -47,7 +51,9 @@ class Keys:
                 requests.append(entry)
             elif kind == "serving" and name:
                 pending[name] = _pending(entry.value)
-        return View(revision, frozenset(alive), owners, pending), requests
+            elif kind == "alone" and name:
+                alone.add(name)
+        return View(revision, frozenset(alive), owners, pending, frozenset(alone)), requests
 
 
 def _pending(raw: bytes) -> int:

@@ -6,6 +6,11 @@ Keys (below the configured prefix):
                    its owner, so a takeover is a decision (compare its revision), never a race
                    to recreate a vanished key
     switchover/<id>  a planned handover asked for by `dovecot-replicator switchover`
+    alone/<id>     bound to no lease: written by a node before it acknowledges a commit that
+                   fewer than sync_quorum peers hold (quorum_counts = "live", its peers have
+                   no lease), deleted once they hold everything again. While it exists no
+                   other node takes the node's users over automatically: their copies may
+                   lack changes a client was told about
 
 A user's fencing token is the etcd mod revision of its owner key: every change of owner
 raises it, and etcd revisions only grow, so "older token" means "an owner that has since been
@@ -51,6 +56,9 @@ class View:
     owners: dict[str, Owner] = field(default_factory=dict)
     # node -> lowest token among the users it owns but has not put in place yet (0: none)
     pending: dict[str, int] = field(default_factory=dict)
+    # nodes that acknowledged commits with fewer acks than sync_quorum since their peers were
+    # last all caught up: a replica of them may lack acknowledged changes
+    alone: frozenset[str] = frozenset()
 
     def owner(self, user: str) -> Owner | None:
         return self.owners.get(user)
