@@ -535,7 +535,8 @@ def report(result: dict[str, Any]) -> str:
     strict = [r for r in runs if not r.alone]
     if strict:
         reasons = sorted({why for r in strict for why in r.refused})
-        lines.append(f"b with quorum_counts = configured, a dead: {sum(len(r.refused) for r in strict)} "
+        refused = sum(len(r.refused) for r in strict)
+        lines.append(f"b with quorum_counts = configured, a dead: {refused} "
                      f"APPEND(s) refused in {len(strict)} run(s), "
                      f"{sum(r.append_s is not None for r in strict)} OK; "
                      + ("; ".join(reasons[:2]) or "-"))
