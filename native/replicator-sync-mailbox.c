@@ -96,9 +96,40 @@ static int replicator_sync_sync_failed(struct mailbox *box,
 	return -1;
 }
 
+/* REFUSED: the daemon may not acknowledge this user's changes at all
+   (another node owns the user, or this node's ownership lease is not
+   certainly valid).  That is not a replication failure a policy may
+   forgive: under degrade the client would hold an OK for a change the
+   owner never sees.  So the command fails whatever the policy, as under
+   fail (IMAP: tagged NO [UNAVAILABLE]; LDA: EX_TEMPFAIL, LMTP: 451; after
+   a maildir sync only an untagged NO), and the log has an error. */
+static int replicator_sync_refused(struct mailbox *box,
+				   enum replicator_sync_flush_point point,
+				   struct event_passthrough *e,
+				   const struct replicator_sync_reply *reply)
+{
+	struct mail_user *user = box->storage->user;
+	bool imap = strcmp(user->service, "imap") == 0;
+	bool sync = point == REPLICATOR_SYNC_FLUSH_SYNC;
+
+	e_error(e->set_name("replicator_sync_refused")->event(),
+		"replicator_sync: Change refused by the daemon, failing the "
+		"command whatever the policy: user=%s mailbox=%s: %s%s",
+		user->username, mailbox_get_vname(box), reply->detail,
+		!(imap && sync) ? "" : " (keyword names written by a mailbox "
+		"sync; the client gets an untagged NO, its tagged reply was "
+		"decided before the sync)");
+	mail_storage_set_error(box->storage, MAIL_ERROR_TEMP, t_strdup_printf(
+		"%s%s refused: this server may not accept changes for this "
+		"account now (replicator: %s); retry", imap ? "[UNAVAILABLE] " : "",
+		sync ? "Keyword change" : "Change", reply->reason));
+	return -1;
+}
+
 /* Apply the failure policy.  With "fail" a commit gets a tagged NO; the
    change stays committed locally, so a client retry may duplicate a
-   message, which is accepted: losing one is not. */
+   message, which is accepted: losing one is not.  A REFUSED reply fails
+   under every policy. */
 static int replicator_sync_failed(struct mailbox *box,
 				  const struct replicator_sync_settings *set,
 				  enum replicator_sync_flush_point point,
@@ -111,6 +142,8 @@ static int replicator_sync_failed(struct mailbox *box,
 		add_str("flush_point", replicator_sync_point_name(point))->
 		add_int("wait_usecs", (intmax_t)reply->waited_usecs);
 
+	if (reply->status == REPLICATOR_SYNC_STATUS_REFUSED)
+		return replicator_sync_refused(box, point, e, reply);
 	if (set->policy == REPLICATOR_SYNC_POLICY_DEGRADE) {
 		e_warning(e->set_name("replicator_sync_degraded")->event(),
 			  "replicator_sync: Change not replicated, answering OK "

@@ -16,7 +16,11 @@
    command, and when a keyword gets its first letter that sync also writes
    dovecot-keywords, after the commit's flush.  The sync wrapper flushes
    again when, and only when, that file changed (replicator-sync-keywords.c
-   says why a stat() and not the commit's change mask decides). */
+   says why a stat() and not the commit's change mask decides).
+
+   With ownership on etcd, a third hook refuses a user another node owns
+   when the user is created, before anything of it is opened (see
+   replicator_sync_check_owner()). */
 
 #include "lib.h"
 #include "array.h"
@@ -218,6 +222,87 @@ static void replicator_sync_mailbox_allocated(struct mailbox *box)
 	MODULE_CONTEXT_SET(box, replicator_sync_storage_module, rbox);
 }
 
+/* May this node serve the user at all?  A client routed to a node that
+   does not own the user must not be served: opening a mailbox already
+   writes (mdbox rebuilds the shared storage's map index, maildir renames
+   shared message files), long before any commit could be refused.  So the
+   daemon is asked (OWNER, one round trip on the process' connection,
+   pipelined behind VERSION on a fresh one) while the user is created, and
+   a FAIL sets user->error: mail_user_init() then fails before
+   mail_namespaces_init() has created any storage, and nothing of the user
+   is opened or written.
+
+   What clients see with Dovecot 2.3.19 (the reason reaches only the log):
+   - IMAP (imap-login hands the LOGIN over to imap, whose
+     login_client_connected() fails in client_create_from_input()): the
+     tagged "<tag> OK Logged in, but initialization failed." followed by
+     "* BYE Internal error occurred. Refer to server log for more
+     information." and the connection is closed; the log has
+     "imap(<pid>): Error: <user->error>".
+   - LMTP (read in lmtp-local.c, not run here): the recipient's reply to
+     DATA is "451 4.3.0 Temporary internal error" (with
+     lmtp_rcpt_check_quota = yes already the one to RCPT TO, which then
+     asks OWNER too), logged as "Failed to initialize user:
+     <user->error>"; the MTA retries.
+   - dovecot-lda: "lda(<pid>): Fatal: <user->error>", exit code 75
+     (EX_TEMPFAIL): the MTA retries.
+   - doveadm: "doveadm(<user>): Error: <user->error>", exit code 75; an
+     admin who means it passes -o plugin/replicator_sync_owner_check=no.
+
+   Only a FAIL refuses.  An unreachable daemon, a timeout or garbage allow
+   the user with a warning: every commit is still guarded by its FLUSH,
+   which the daemon refuses for a user it does not own.  A 1.0 daemon (no
+   OWNER, no ownership either) allows the user quietly.  Users Dovecot
+   creates itself (the raw user of a delivery, shared-namespace owners)
+   are not logins and are not asked about. */
+static void
+replicator_sync_check_owner(struct mail_user *user,
+			    const struct replicator_sync_settings *set)
+{
+	struct replicator_sync_reply reply;
+	struct event_passthrough *e;
+
+	if (!set->owner_check || user->autocreated)
+		return;
+	replicator_sync_owner(set->socket_path, set->timeout_msecs,
+			      user->username, &reply);
+	e = event_create_passthrough(user->event)->
+		add_int("wait_usecs", (intmax_t)reply.waited_usecs);
+	switch (reply.status) {
+	case REPLICATOR_SYNC_STATUS_OK:
+		e_debug(e->set_name("replicator_sync_owner_ok")->event(),
+			"replicator_sync: This node may serve user=%s "
+			"(asked in %"PRIu64" us)", user->username,
+			reply.waited_usecs);
+		return;
+	case REPLICATOR_SYNC_STATUS_FAILED:
+	case REPLICATOR_SYNC_STATUS_REFUSED:
+		user->error = p_strdup_printf(user->pool,
+			"replicator_sync: User %s refused, another node serves "
+			"it (dovecot-replicator: %s)", user->username,
+			reply.reason);
+		/* Dovecot logs user->error itself, as an error */
+		e_debug(e->set_name("replicator_sync_owner_refused")->
+			add_str("reason", reply.reason)->event(),
+			"replicator_sync: %s", user->error);
+		return;
+	case REPLICATOR_SYNC_STATUS_UNSUPPORTED:
+		e_debug(e->set_name("replicator_sync_owner_unchecked")->
+			add_str("reason", reply.reason)->event(),
+			"replicator_sync: Ownership of user=%s not checked: %s",
+			user->username, reply.detail);
+		return;
+	case REPLICATOR_SYNC_STATUS_ERROR:
+		e_warning(e->set_name("replicator_sync_owner_unchecked")->
+			  add_str("reason", reply.reason)->event(),
+			  "replicator_sync: Ownership of user=%s not checked, "
+			  "serving it (its commits are still checked): %s",
+			  user->username, reply.detail);
+		return;
+	}
+	i_unreached();
+}
+
 static void replicator_sync_mail_user_created(struct mail_user *user)
 {
 	struct replicator_sync_user *ruser;
@@ -231,6 +316,7 @@ static void replicator_sync_mail_user_created(struct mail_user *user)
 	ruser = p_new(user->pool, struct replicator_sync_user, 1);
 	ruser->set = set;
 	MODULE_CONTEXT_SET(user, replicator_sync_user_module, ruser);
+	replicator_sync_check_owner(user, &set);
 }
 
 static struct mail_storage_hooks replicator_sync_mail_storage_hooks = {

@@ -2,8 +2,9 @@
 
    A wrong value must not silently weaken the guarantee, so every invalid
    value falls back to the safe choice (sync on, policy fail, default
-   timeout) and is logged as an error.  Once per process is enough: lmtp
-   and doveadm create many users with the same global settings. */
+   timeout, owner check on) and is logged as an error.  Once per process
+   is enough: lmtp and doveadm create many users with the same global
+   settings. */
 
 #include "lib.h"
 #include "strnum.h"
@@ -15,6 +16,7 @@ enum replicator_sync_setting {
 	REPLICATOR_SYNC_SETTING_SOCKET,
 	REPLICATOR_SYNC_SETTING_TIMEOUT,
 	REPLICATOR_SYNC_SETTING_POLICY,
+	REPLICATOR_SYNC_SETTING_OWNER_CHECK,
 
 	REPLICATOR_SYNC_SETTING_COUNT
 };
@@ -24,6 +26,7 @@ static const char *const replicator_sync_setting_names[] = {
 	"replicator_sync_socket",
 	"replicator_sync_timeout",
 	"replicator_sync_policy",
+	"replicator_sync_owner_check",
 };
 
 static bool replicator_sync_setting_logged[REPLICATOR_SYNC_SETTING_COUNT];
@@ -48,17 +51,17 @@ replicator_sync_getenv(struct mail_user *user,
 				       replicator_sync_setting_names[setting]);
 }
 
-static bool replicator_sync_enabled(struct mail_user *user)
+/* yes|no, default (and fallback) yes */
+static bool replicator_sync_yes(struct mail_user *user,
+				enum replicator_sync_setting setting)
 {
-	const char *value =
-		replicator_sync_getenv(user, REPLICATOR_SYNC_SETTING_ENABLED);
+	const char *value = replicator_sync_getenv(user, setting);
 
 	if (value == NULL || strcasecmp(value, "yes") == 0)
 		return TRUE;
 	if (strcasecmp(value, "no") == 0)
 		return FALSE;
-	replicator_sync_setting_invalid(user, REPLICATOR_SYNC_SETTING_ENABLED,
-					value, "yes");
+	replicator_sync_setting_invalid(user, setting, value, "yes");
 	return TRUE;
 }
 
@@ -117,11 +120,13 @@ replicator_sync_socket(struct mail_user *user, pool_t pool)
 bool replicator_sync_settings_read(struct mail_user *user, pool_t pool,
 				   struct replicator_sync_settings *set_r)
 {
-	if (!replicator_sync_enabled(user))
+	if (!replicator_sync_yes(user, REPLICATOR_SYNC_SETTING_ENABLED))
 		return FALSE;
 	set_r->socket_path = replicator_sync_socket(user, pool);
 	set_r->timeout_msecs = replicator_sync_timeout(user);
 	set_r->policy = replicator_sync_policy(user);
+	set_r->owner_check =
+		replicator_sync_yes(user, REPLICATOR_SYNC_SETTING_OWNER_CHECK);
 	return TRUE;
 }
 

@@ -19,6 +19,9 @@ struct replicator_sync_settings {
 	const char *socket_path;
 	unsigned int timeout_msecs;
 	enum replicator_sync_policy policy;
+	/* ask the daemon (OWNER) whether this node may serve the user before
+	   anything of it is opened (replicator_sync_owner_check, default yes) */
+	bool owner_check;
 };
 
 /* Read the user's plugin {} settings.  Invalid values are logged (once per

@@ -1,9 +1,12 @@
-"""A scripted, misbehaving stand-in for the daemon's control socket (protocol v1).
+"""A scripted, misbehaving stand-in for the daemon's control socket (protocol 1.1).
 
 Only the sync-commit plugin's robustness tests use it: they need a daemon that answers OK, FAIL,
-garbage, the wrong id, half a line, nothing, or too late, on demand. Each FLUSH consumes the next
-scripted action; when the script runs out, `default` applies. Every request is recorded with the
-number of the connection it came on, so tests can see reconnects.
+REFUSED, garbage, the wrong id, half a line, nothing, or too late, on demand. Each FLUSH consumes
+the next scripted action; when the script runs out, `default` applies. OWNER requests (the
+plugin's question when a user logs in) have a script and a default of their own (`owner`: "ok",
+"fail" with `owner_reason`, "unknown" as a 1.0 daemon answers a request it does not know, or any
+FLUSH action). Every request is recorded with the number of the connection it came on, so tests
+can see reconnects; `pipelined` lists the requests that arrived together with a VERSION line.
 """
 
 from __future__ import annotations
@@ -18,9 +21,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-VERSION_LINE = b"VERSION\treplicator-control\t1\t0\n"
-ACTIONS = ("ok", "fail", "garbage", "wrong_id", "silent", "close_mid_line", "byte_by_byte",
-           "late", "flood")
+VERSION_LINE = b"VERSION\treplicator-control\t1\t1\n"
+VERSION_1_0 = b"VERSION\treplicator-control\t1\t0\n"
+ACTIONS = ("ok", "fail", "refused", "garbage", "wrong_id", "silent", "close_mid_line",
+           "byte_by_byte", "late", "flood", "unknown")
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,15 @@ class Flush:
     policy: str
     user: str
     dirs: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Owner:
+    """One OWNER request as the plugin sent it."""
+
+    conn: int
+    req_id: int
+    user: str
 
 
 def tab_unescape(field: str) -> str:
@@ -48,12 +61,19 @@ class FakeControl:
     """Listens on a unix socket in a background thread; one thread per client connection."""
 
     def __init__(self, path: Path, *, default: str = "ok", version_line: bytes = VERSION_LINE,
-                 fail_reason: str = "no peer connected", mode: int = 0o666) -> None:
+                 fail_reason: str = "no peer connected",
+                 refuse_reason: str = "u1 is served by b (token 7), not by a",
+                 owner: str = "ok", owner_reason: str = "u1 is served by b (token 7), not by a",
+                 mode: int = 0o666) -> None:
         self.path, self.default, self.version_line = path, default, version_line
-        self.fail_reason = fail_reason
+        self.fail_reason, self.refuse_reason = fail_reason, refuse_reason
+        self.owner_default, self.owner_reason = owner, owner_reason
         self.flushes: list[Flush] = []
+        self.owners: list[Owner] = []
         self.versions: list[str] = []
+        self.pipelined: list[str] = []
         self._script: deque[str] = deque()
+        self._owner_script: deque[str] = deque()
         self._lock = threading.Lock()
         self._conns: list[socket.socket] = []
         self._stale: tuple[socket.socket, int] | None = None
@@ -66,11 +86,13 @@ class FakeControl:
 
     def script(self, *actions: str) -> None:
         """Queues actions for the next FLUSH requests, in order."""
-        unknown = [a for a in actions if a not in ACTIONS]
-        if unknown:
-            raise ValueError(f"unknown actions {unknown}")
         with self._lock:
-            self._script.extend(actions)
+            self._script.extend(_checked(actions))
+
+    def script_owner(self, *actions: str) -> None:
+        """Queues actions for the next OWNER requests, in order."""
+        with self._lock:
+            self._owner_script.extend(_checked(actions))
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
         """Polls predicate until it holds or the deadline passes."""
@@ -113,6 +135,8 @@ class FakeControl:
                 buf += data
                 while b"\n" in buf:
                     line, buf = buf.split(b"\n", 1)
+                    if line.startswith(b"VERSION\t") and b"\n" in buf:
+                        self.pipelined.append(buf.split(b"\t", 1)[0].decode())
                     if not self._handle(conn, number, line.decode()):
                         return
 
@@ -123,6 +147,13 @@ class FakeControl:
             self.versions.append(line)
             conn.sendall(self.version_line)
             return True
+        if fields[0] == "OWNER":
+            owner = Owner(number, int(fields[1]), tab_unescape(fields[2]))
+            with self._lock:
+                action = self._owner_script.popleft() if self._owner_script else \
+                    self.owner_default
+                self.owners.append(owner)
+            return self._act(conn, owner.req_id, action, self.owner_reason)
         if fields[0] != "FLUSH":
             return False
         req = Flush(number, int(fields[1]), int(fields[2]), fields[3], tab_unescape(fields[4]),
@@ -133,12 +164,15 @@ class FakeControl:
             self.flushes.append(req)
         if stale is not None:
             _send_quietly(stale[0], f"OK\t{stale[1]}\t1\n".encode())
-        return self._act(conn, req.req_id, action)
+        return self._act(conn, req.req_id, action, self.fail_reason)
 
-    def _act(self, conn: socket.socket, req_id: int, action: str) -> bool:
+    def _act(self, conn: socket.socket, req_id: int, action: str, reason: str) -> bool:
         replies = {
             "ok": f"OK\t{req_id}\t1\n",
-            "fail": f"FAIL\t{req_id}\t{self.fail_reason}\n",
+            "fail": f"FAIL\t{req_id}\t{reason}\n",
+            "refused": f"REFUSED\t{req_id}\t{self.refuse_reason}\n",
+            # what a 1.0 daemon answers to a request it does not know (OWNER)
+            "unknown": f"FAIL\t{req_id}\tmalformed request: unknown control request 'OWNER'\n",
             "garbage": "HELLO? \x01\x02 what\n",
             "wrong_id": f"OK\t{req_id + 1000}\t1\n",
             "close_mid_line": f"OK\t{req_id}",
@@ -155,6 +189,13 @@ class FakeControl:
             with self._lock:
                 self._stale = (conn, req_id)
         return True  # "silent": keep the connection, never answer
+
+
+def _checked(actions: tuple[str, ...]) -> tuple[str, ...]:
+    unknown = [a for a in actions if a not in ACTIONS]
+    if unknown:
+        raise ValueError(f"unknown actions {unknown}")
+    return actions
 
 
 def dead_socket(path: Path) -> None:

@@ -11,7 +11,8 @@ from replicator.dovecot.instance import DovecotInstance
 NATIVE = Path(__file__).resolve().parents[2] / "native"
 MSG = b"From: a@example.org\r\nTo: u1@example.org\r\nSubject: t\r\n\r\nbody\r\n"
 METRICS = "".join(f"metric {n} {{\n  filter = event={n}\n}}\n"
-                  for n in ("replicator_sync_degraded", "replicator_sync_failed"))
+                  for n in ("replicator_sync_degraded", "replicator_sync_failed",
+                            "replicator_sync_refused"))
 CRASH_MARKERS = ("Panic:", "Fatal:", "killed with signal")
 
 

@@ -1,10 +1,11 @@
 """The native sync-commit plugin inside a real Dovecot, against a daemon that misbehaves.
 
-A scripted stand-in for the daemon (fake_control.py) answers OK, FAIL, garbage, wrong ids, half a
-line, nothing or too late; a real IMAP client drives APPEND, STORE, EXPUNGE, COPY and MOVE. The
-plugin must apply its policy (fail: tagged NO; degrade: OK plus a counted warning) and never crash
-or hang Dovecot: after every test the log has no Panic/Fatal/crashed child and the IMAP session
-that saw the failure still answers NOOP.
+A scripted stand-in for the daemon (fake_control.py) answers OK, FAIL, REFUSED, garbage, wrong
+ids, half a line, nothing or too late; a real IMAP client drives APPEND, STORE, EXPUNGE, COPY and
+MOVE. The plugin must apply its policy (fail: tagged NO; degrade: OK plus a counted warning; a
+REFUSED is a tagged NO under either) and never crash or hang Dovecot: after every test the log
+has no Panic/Fatal/crashed child and the IMAP session that saw the failure still answers NOOP.
+At login the plugin asks OWNER: a FAIL refuses the user before anything of it is opened.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import imaplib
 import shutil
+import socket
 import subprocess
 import tempfile
 import threading
@@ -23,11 +25,11 @@ from pathlib import Path
 import imapclient
 import pytest
 
-from replicator.control.protocol import FlushRequest
+from replicator.control.protocol import REFUSED, FlushRequest
 from replicator.control.server import ControlServer
-from replicator.dovecot.doveadm import mailbox_status
+from replicator.dovecot.doveadm import DoveadmError, mailbox_status
 from replicator.dovecot.instance import DovecotInstance, DovecotLayout, MailFormat
-from tests.integration.fake_control import FakeControl, Flush, dead_socket
+from tests.integration.fake_control import VERSION_1_0, FakeControl, Flush, Owner, dead_socket
 from tests.integration.plugin_support import CRASH_MARKERS, METRICS, MSG, stats_count
 
 pytestmark = pytest.mark.integration
@@ -43,6 +45,7 @@ class Rig:
     socket: Path
     control: FakeControl | None = None
     expect_errors: bool = False
+    expect_fatal: bool = False  # dovecot-lda reports a failed user initialization as Fatal
     clients: list[imapclient.IMAPClient] = field(default_factory=list)
 
     def imap(self) -> imapclient.IMAPClient:
@@ -53,6 +56,10 @@ class Rig:
     def flushes(self) -> list[Flush]:
         assert self.control is not None
         return list(self.control.flushes)
+
+    def owners(self) -> list[Owner]:
+        assert self.control is not None
+        return list(self.control.owners)
 
     def metric(self, name: str, expected: int) -> int:
         return stats_count(self.inst, name, expected)
@@ -70,7 +77,7 @@ def rig_factory(tmp_path: Path, plugin_dir: Path) -> Iterator[Callable[..., Rig]
              server: str | None = "listen", settings: dict[str, str | None] | None = None,
              extra: str = "", plugin_dir: Path = plugin_dir,
              plugins: tuple[str, ...] = ("replicator_sync",), expect_errors: bool = False,
-             **server_kw: object) -> Rig:
+             expect_fatal: bool = False, **server_kw: object) -> Rig:
         sock = sock_dir / f"control{len(made)}.sock"
         layout = DovecotLayout(tmp_path / "mail", tmp_path / "index", tmp_path / "control", fmt)
         plugin = {"replicator_sync_socket": str(sock), "replicator_sync_timeout": str(TIMEOUT_MS)}
@@ -83,7 +90,7 @@ def rig_factory(tmp_path: Path, plugin_dir: Path) -> Iterator[Callable[..., Rig]
         inst = DovecotInstance(tmp_path / f"dovecot{len(made)}", "sync", layout, ["u1"],
                                mail_plugins=plugins, mail_plugin_dir=plugin_dir,
                                plugin_settings=plugin, extra_config=METRICS + extra)
-        rig = Rig(inst, sock, expect_errors=expect_errors)
+        rig = Rig(inst, sock, expect_errors=expect_errors, expect_fatal=expect_fatal)
         if server == "listen":
             rig.control = FakeControl(sock, **server_kw)  # type: ignore[arg-type]
         elif server == "dead":
@@ -106,8 +113,9 @@ def rig_factory(tmp_path: Path, plugin_dir: Path) -> Iterator[Callable[..., Rig]
                 rig.control.close()
         shutil.rmtree(sock_dir, ignore_errors=True)
     for rig in made:
+        markers = [m for m in CRASH_MARKERS if not (rig.expect_fatal and m == "Fatal:")]
         crashes = [ln for ln in rig.inst.log_text().splitlines()
-                   if any(m in ln for m in CRASH_MARKERS)]
+                   if any(m in ln for m in markers)]
         assert crashes == []
         # the plugin reports replication trouble as warnings; errors mean something else broke
         assert rig.expect_errors or rig.inst.error_lines() == []
@@ -161,7 +169,10 @@ def test_ok_reply_append_gets_appenduid_and_flush_names_user_and_dirs(
         assert (Path(flush.dirs[1]) / "dovecot-uidlist").exists()
     assert 0 < flush.timeout_ms <= TIMEOUT_MS
     assert rig.control is not None and rig.control.versions == [
-        "VERSION\treplicator-control\t1\t0"]
+        "VERSION\treplicator-control\t1\t1"]
+    # the login asked OWNER once, pipelined behind VERSION on the connection the FLUSH reused
+    assert rig.owners() == [Owner(1, flush.req_id - 1, "u1")] and flush.conn == 1
+    assert rig.control.pipelined == ["OWNER"]
 
 
 @pytest.mark.parametrize("fmt", ["maildir", "mdbox"])
@@ -272,6 +283,150 @@ def test_every_write_command_is_refused_when_the_daemon_says_fail(
     assert "Change not yet replicated" in refused(actions[command])
 
 
+# --- the daemon says REFUSED: this node may not acknowledge the user's commits -----------------
+
+REFUSAL = "u1 is served by b (token 7), not by a"
+
+
+@pytest.mark.parametrize("policy", ["fail", "degrade"])
+def test_refused_reply_is_a_tagged_no_whatever_the_policy(
+        rig_factory: Callable[..., Rig], policy: str) -> None:
+    """degrade forgives a replication failure, never a refusal: the client would hold an OK for
+    a change the owner never sees."""
+    rig = rig_factory(policy, default="refused", refuse_reason=REFUSAL, expect_errors=True)
+    client = rig.imap()
+    text = refused(lambda: append(client))
+    assert "[UNAVAILABLE] Change refused: this server may not accept changes" in text
+    assert REFUSAL in text
+    (line,) = log_lines(rig, "Change refused by the daemon")
+    assert "Error: " in line and "user=u1 mailbox=INBOX" in line
+    assert f"daemon answered REFUSED: {REFUSAL}" in line
+    assert rig.metric("replicator_sync_refused", 1) == 1
+    assert rig.metric("replicator_sync_degraded", 0) == 0
+    assert warnings(rig, policy, count=0) == []
+    assert rig.control is not None
+    rig.control.default = "ok"
+    assert b"[APPENDUID " in append(client)  # the connection stays in step
+
+
+def test_refused_reply_tempfails_a_delivery_under_degrade(rig_factory: Callable[..., Rig]) -> None:
+    rig = rig_factory("degrade", default="refused", expect_errors=True)
+    lda = subprocess.run(["/usr/lib/dovecot/dovecot-lda", "-c", str(rig.inst.config_path),
+                          "-d", "u1", "-f", "a@example.org"], input=MSG, capture_output=True,
+                         timeout=60, check=False)
+    assert lda.returncode == 75, lda.stderr
+    assert [f.user for f in rig.flushes()] == ["u1"]
+
+
+# --- OWNER at login: may this node serve the user at all? ---------------------------------------
+
+REFUSED_LOGIN = ("replicator_sync: User u1 refused, another node serves it "
+                 f"(dovecot-replicator: {REFUSAL})")
+
+
+def raw_login(rig: Rig) -> bytes:
+    """LOGIN on a plain socket; everything the server sent until it closed (or 10 s passed)."""
+    with socket.create_connection(("127.0.0.1", rig.inst.imap_port), timeout=10) as sock:
+        sock.recv(4096)  # the greeting
+        sock.sendall(b"a LOGIN u1 " + rig.inst.password("u1").encode() + b"\r\n")
+        received = b""
+        while (data := sock.recv(4096)) and b"* BYE " not in received:
+            received += data
+        return received
+
+
+def nothing_of_u1(inst: DovecotInstance) -> None:
+    root = inst.layout
+    for top in (root.index_root, root.control_root, root.mail_root):
+        assert not (top / "u1").exists(), f"{top / 'u1'} was created"
+
+
+def test_owner_fail_refuses_the_login_before_anything_is_opened(
+        rig_factory: Callable[..., Rig]) -> None:
+    """What Dovecot 2.3.19 makes of user->error at login: imap sends the tagged OK for the
+    LOGIN (imap-login already authenticated) and then BYE with its generic text; the reason is
+    only in the log. mdbox: opening INBOX would already rebuild the shared storage's index."""
+    rig = rig_factory("fail", fmt="mdbox", owner="fail", owner_reason=REFUSAL,
+                      expect_errors=True)
+    assert raw_login(rig) == (b"a OK Logged in, but initialization failed.\r\n"
+                              b"* BYE Internal error occurred. Refer to server log for more "
+                              b"information.\r\n")
+    (line,) = log_lines(rig, REFUSED_LOGIN)
+    assert "imap(" in line and "Error: " in line
+    assert rig.owners() == [Owner(1, 1, "u1")] and rig.flushes() == []
+    nothing_of_u1(rig.inst)
+    with pytest.raises(imaplib.IMAP4.abort):  # imapclient: LOGIN is OK, the next command aborts
+        rig.inst.imap("u1").select_folder("INBOX")
+    nothing_of_u1(rig.inst)
+
+
+def test_owner_fail_tempfails_a_delivery_and_a_doveadm_command(
+        rig_factory: Callable[..., Rig]) -> None:
+    """dovecot-lda: i_fatal with the reason, exit 75 (the MTA retries). doveadm fails the
+    command for that user unless the admin says -o plugin/replicator_sync_owner_check=no."""
+    rig = rig_factory("fail", owner="fail", owner_reason=REFUSAL, expect_errors=True,
+                      expect_fatal=True)
+    lda = subprocess.run(["/usr/lib/dovecot/dovecot-lda", "-c", str(rig.inst.config_path),
+                          "-d", "u1", "-f", "a@example.org"], input=MSG, capture_output=True,
+                         timeout=60, check=False)
+    assert lda.returncode == 75, lda.stderr
+    assert REFUSED_LOGIN in log_lines(rig, REFUSED_LOGIN)[0]
+    with pytest.raises(DoveadmError, match="another node serves it"):
+        rig.inst.doveadm("mailbox", "list", "-u", "u1")
+    nothing_of_u1(rig.inst)
+    assert rig.flushes() == []
+    rig.inst.doveadm("-o", "plugin/replicator_sync_owner_check=no", "mailbox", "list",
+                     "-u", "u1")
+    assert [o.user for o in rig.owners()] == ["u1", "u1"]  # lda, the first doveadm
+
+
+def test_owner_check_no_skips_the_question(rig_factory: Callable[..., Rig]) -> None:
+    rig = rig_factory("fail", owner="fail", settings={"replicator_sync_owner_check": "no"})
+    assert b"[APPENDUID " in append(rig.imap())
+    assert rig.owners() == [] and len(rig.flushes()) == 1
+
+
+@pytest.mark.parametrize("server", ["dead", None])
+def test_owner_with_the_daemon_down_lets_the_user_in(
+        rig_factory: Callable[..., Rig], server: str | None) -> None:
+    """Commits stay guarded by FLUSH: under fail they are refused while the daemon is down."""
+    rig = rig_factory("fail", server=server)
+    client = rig.imap()
+    client.select_folder("INBOX")
+    (line,) = log_lines(rig, "replicator_sync: Ownership of user=u1 not checked, serving it")
+    assert "Warning: " in line and str(rig.socket) in line
+    assert "daemon unreachable" in refused(lambda: append(client))
+
+
+@pytest.mark.parametrize(("action", "logged"), [
+    ("garbage", "protocol error: unexpected reply 'HELLO? "),
+    ("silent", "timed out waiting for the reply"),
+    ("wrong_id", "while waiting for"),
+])
+def test_owner_bad_answer_lets_the_user_in_and_the_next_request_reconnects(
+        rig_factory: Callable[..., Rig], action: str, logged: str) -> None:
+    rig = rig_factory("fail")
+    assert rig.control is not None
+    rig.control.script_owner(action)
+    client = rig.imap()
+    (line,) = log_lines(rig, "replicator_sync: Ownership of user=u1 not checked")
+    assert logged in line
+    assert b"[APPENDUID " in append(client)
+    assert [f.conn for f in rig.flushes()] == [2]
+
+
+def test_owner_to_a_1_0_daemon_is_dropped_quietly_and_keeps_the_connection(
+        rig_factory: Callable[..., Rig]) -> None:
+    """A 1.0 daemon has no ownership; it answers the unknown OWNER with FAIL, which must not lock
+    the user out, and goes on: the FLUSH reuses the connection."""
+    rig = rig_factory("fail", version_line=VERSION_1_0, owner="unknown")
+    client = rig.imap()
+    assert b"[APPENDUID " in append(client)
+    assert b"[APPENDUID " in append(client)
+    assert [o.conn for o in rig.owners()] == [1] and [f.conn for f in rig.flushes()] == [1, 1]
+    assert log_lines(rig, "Ownership of user=u1 not checked", count=0) == []
+
+
 # --- the daemon cannot be reached ---------------------------------------------------------------
 
 UNREACHABLE = {  # server mode, fake daemon options, what the log must say
@@ -379,11 +534,16 @@ def test_the_daemons_own_control_server_understands_the_plugin(
         rig_factory: Callable[..., Rig]) -> None:
     """The contract end to end: the C client against replicator.control.server (asyncio)."""
     seen: list[FlushRequest] = []
+    asked: list[str] = []
 
     class Host:
         async def flush_and_wait(self, req: FlushRequest) -> tuple[bool, int, str]:
-            seen.append(req)
-            return len(seen) == 1, 1, "no peer connected"  # OK first, then FAIL
+            seen.append(req)  # OK first, then FAIL, then REFUSED
+            return len(seen) == 1, REFUSED if len(seen) == 3 else 1, "no peer connected"
+
+        async def owner(self, user: str) -> tuple[bool, int, str]:
+            asked.append(user)
+            return True, 0, ""
 
         async def barrier(self, timeout: float) -> tuple[bool, int, str]:
             return True, 0, ""
@@ -397,7 +557,7 @@ def test_the_daemons_own_control_server_understands_the_plugin(
         def status(self, *, full: bool) -> dict[str, object]:
             return {}
 
-    rig = rig_factory("fail", server=None)
+    rig = rig_factory("fail", server=None, expect_errors=True)  # the REFUSED is an error
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
@@ -407,6 +567,7 @@ def test_the_daemons_own_control_server_understands_the_plugin(
     try:
         assert b"[APPENDUID " in append(client)
         assert "(replicator: no peer connected)" in refused(lambda: append(client))
+        assert "Change refused" in refused(lambda: append(client))  # 1.1 client: REFUSED
     finally:
         client.logout()  # the imap process exits, so the server's client task ends
         asyncio.run_coroutine_threadsafe(server.stop(), loop).result(10)
@@ -414,7 +575,8 @@ def test_the_daemons_own_control_server_understands_the_plugin(
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
         loop.close()
-    assert [(r.user, r.policy, len(r.dirs)) for r in seen] == [("u1", "fail", 2)] * 2
+    assert [(r.user, r.policy, len(r.dirs)) for r in seen] == [("u1", "fail", 2)] * 3
+    assert asked == ["u1"]
 
 
 async def _settle() -> None:
@@ -450,13 +612,14 @@ def test_invalid_settings_are_logged_and_fall_back_to_safe_defaults(
         rig_factory: Callable[..., Rig]) -> None:
     rig = rig_factory(None, default="fail", expect_errors=True, settings={
         "replicator_sync_policy": "maybe", "replicator_sync_timeout": "soon",
-        "replicator_sync": "perhaps"})
+        "replicator_sync": "perhaps", "replicator_sync_owner_check": "never"})
     assert "Change not yet replicated" in refused(lambda: append(rig.imap()))
     errors = "\n".join(rig.inst.error_lines())
     for name, value in (("replicator_sync_policy", "maybe"), ("replicator_sync_timeout", "soon"),
-                        ("replicator_sync", "perhaps")):
+                        ("replicator_sync", "perhaps"), ("replicator_sync_owner_check", "never")):
         assert f"Invalid {name}={value}" in errors
     assert "using 2000 ms" in errors and "using fail" in errors
+    assert [o.user for o in rig.owners()] == ["u1"]  # the check stays on
 
 
 def test_default_socket_is_the_daemons_default(rig_factory: Callable[..., Rig]) -> None:
