@@ -228,7 +228,7 @@ static void replicator_sync_mailbox_allocated(struct mailbox *box)
    shared message files), long before any commit could be refused.  So the
    daemon is asked (OWNER, one round trip on the process' connection,
    pipelined behind VERSION on a fresh one) while the user is created, and
-   a FAIL sets user->error: mail_user_init() then fails before
+   a REFUSED sets user->error: mail_user_init() then fails before
    mail_namespaces_init() has created any storage, and nothing of the user
    is opened or written.
 
@@ -249,8 +249,9 @@ static void replicator_sync_mailbox_allocated(struct mailbox *box)
    - doveadm: "doveadm(<user>): Error: <user->error>", exit code 75; an
      admin who means it passes -o plugin/replicator_sync_owner_check=no.
 
-   Only a FAIL refuses.  An unreachable daemon, a timeout or garbage allow
-   the user with a warning: every commit is still guarded by its FLUSH,
+   Only a REFUSED refuses.  A FAIL (the daemon could not answer the
+   question: an error of its own), an unreachable daemon, a timeout or
+   garbage allow the user with a warning: every commit is still guarded by its FLUSH,
    which the daemon refuses for a user it does not own.  A 1.0 daemon (no
    OWNER, no ownership either) allows the user quietly.  Users Dovecot
    creates itself (the raw user of a delivery, shared-namespace owners)
@@ -275,7 +276,6 @@ replicator_sync_check_owner(struct mail_user *user,
 			"(asked in %"PRIu64" us)", user->username,
 			reply.waited_usecs);
 		return;
-	case REPLICATOR_SYNC_STATUS_FAILED:
 	case REPLICATOR_SYNC_STATUS_REFUSED:
 		user->error = p_strdup_printf(user->pool,
 			"replicator_sync: User %s refused, another node serves "
@@ -292,6 +292,7 @@ replicator_sync_check_owner(struct mail_user *user,
 			"replicator_sync: Ownership of user=%s not checked: %s",
 			user->username, reply.detail);
 		return;
+	case REPLICATOR_SYNC_STATUS_FAILED:
 	case REPLICATOR_SYNC_STATUS_ERROR:
 		e_warning(e->set_name("replicator_sync_owner_unchecked")->
 			  add_str("reason", reply.reason)->event(),

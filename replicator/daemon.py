@@ -21,6 +21,7 @@ from typing import Any
 from replicator import __version__, sdnotify
 from replicator.capture.pipeline import Capture
 from replicator.config import Config
+from replicator.control import protocol
 from replicator.control.limits import ConnectionLimits
 from replicator.control.protocol import FlushRequest
 from replicator.control.server import ControlServer
@@ -253,7 +254,7 @@ class Daemon(LinkHost):
     async def owner(self, user: str) -> Answer:
         """The plugin's question at login: may this node serve `user`?"""
         elsewhere = None if self.ownership is None else self.ownership.serves_elsewhere(user)
-        return (False, 0, elsewhere) if elsewhere else (True, 0, "")
+        return (False, protocol.REFUSED, elsewhere) if elsewhere else (True, 0, "")
 
     async def barrier(self, timeout: float) -> Answer:
         return await self.sync.barrier(timeout)

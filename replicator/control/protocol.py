@@ -6,8 +6,10 @@
             or, to a 1.1 client, REFUSED\t<id>\t<reason>: no policy may answer OK (another
             node owns the user, or this node's ownership lease is not certainly valid)
     client: OWNER\t<id>\t<user>            ->   OK: this node may serve <user> (it owns it, or
-                                                 ownership is not on etcd); FAIL: another
-                                                 node does (1.1: the plugin asks at login)
+                                                 ownership is not on etcd); REFUSED: another
+                                                 node does (the plugin asks at login); FAIL:
+                                                 the daemon could not tell (an error of its
+                                                 own: the plugin lets the user in)
     client: STATUS\t<id>                   ->   STATUS\t<id>\t<json>
     client: BARRIER\t<id>\t<timeout_ms>     ->   OK / FAIL: every change on disk now is
                                                  acknowledged by every peer (tests, tools)

@@ -4,9 +4,10 @@ Only the sync-commit plugin's robustness tests use it: they need a daemon that a
 REFUSED, garbage, the wrong id, half a line, nothing, or too late, on demand. Each FLUSH consumes
 the next scripted action; when the script runs out, `default` applies. OWNER requests (the
 plugin's question when a user logs in) have a script and a default of their own (`owner`: "ok",
-"fail" with `owner_reason`, "unknown" as a 1.0 daemon answers a request it does not know, or any
-FLUSH action). Every request is recorded with the number of the connection it came on, so tests
-can see reconnects; `pipelined` lists the requests that arrived together with a VERSION line.
+"refused" with `owner_reason`, "fail" (the daemon's own error), "unknown" as a 1.0 daemon
+answers a request it does not know, or any FLUSH action). Every request is recorded with the
+number of the connection it came on, so tests can see reconnects; `pipelined` lists the
+requests that arrived together with a VERSION line.
 """
 
 from __future__ import annotations
@@ -153,7 +154,7 @@ class FakeControl:
                 action = self._owner_script.popleft() if self._owner_script else \
                     self.owner_default
                 self.owners.append(owner)
-            return self._act(conn, owner.req_id, action, self.owner_reason)
+            return self._act(conn, owner.req_id, action, self.owner_reason, self.owner_reason)
         if fields[0] != "FLUSH":
             return False
         req = Flush(number, int(fields[1]), int(fields[2]), fields[3], tab_unescape(fields[4]),
@@ -166,11 +167,12 @@ class FakeControl:
             _send_quietly(stale[0], f"OK\t{stale[1]}\t1\n".encode())
         return self._act(conn, req.req_id, action, self.fail_reason)
 
-    def _act(self, conn: socket.socket, req_id: int, action: str, reason: str) -> bool:
+    def _act(self, conn: socket.socket, req_id: int, action: str, reason: str,
+             refuse_reason: str | None = None) -> bool:
         replies = {
             "ok": f"OK\t{req_id}\t1\n",
             "fail": f"FAIL\t{req_id}\t{reason}\n",
-            "refused": f"REFUSED\t{req_id}\t{self.refuse_reason}\n",
+            "refused": f"REFUSED\t{req_id}\t{refuse_reason or self.refuse_reason}\n",
             # what a 1.0 daemon answers to a request it does not know (OWNER)
             "unknown": f"FAIL\t{req_id}\tmalformed request: unknown control request 'OWNER'\n",
             "garbage": "HELLO? \x01\x02 what\n",

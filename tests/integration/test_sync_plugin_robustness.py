@@ -5,7 +5,8 @@ ids, half a line, nothing or too late; a real IMAP client drives APPEND, STORE, 
 MOVE. The plugin must apply its policy (fail: tagged NO; degrade: OK plus a counted warning; a
 REFUSED is a tagged NO under either) and never crash or hang Dovecot: after every test the log
 has no Panic/Fatal/crashed child and the IMAP session that saw the failure still answers NOOP.
-At login the plugin asks OWNER: a FAIL refuses the user before anything of it is opened.
+At login the plugin asks OWNER: a REFUSED refuses the user before anything of it is opened
+(a FAIL, the daemon's own error, lets the user in with a warning).
 """
 
 from __future__ import annotations
@@ -341,12 +342,12 @@ def nothing_of_u1(inst: DovecotInstance) -> None:
         assert not (top / "u1").exists(), f"{top / 'u1'} was created"
 
 
-def test_owner_fail_refuses_the_login_before_anything_is_opened(
+def test_owner_refused_refuses_the_login_before_anything_is_opened(
         rig_factory: Callable[..., Rig]) -> None:
     """What Dovecot 2.3.19 makes of user->error at login: imap sends the tagged OK for the
     LOGIN (imap-login already authenticated) and then BYE with its generic text; the reason is
     only in the log. mdbox: opening INBOX would already rebuild the shared storage's index."""
-    rig = rig_factory("fail", fmt="mdbox", owner="fail", owner_reason=REFUSAL,
+    rig = rig_factory("fail", fmt="mdbox", owner="refused", owner_reason=REFUSAL,
                       expect_errors=True)
     assert raw_login(rig) == (b"a OK Logged in, but initialization failed.\r\n"
                               b"* BYE Internal error occurred. Refer to server log for more "
@@ -360,11 +361,11 @@ def test_owner_fail_refuses_the_login_before_anything_is_opened(
     nothing_of_u1(rig.inst)
 
 
-def test_owner_fail_tempfails_a_delivery_and_a_doveadm_command(
+def test_owner_refused_tempfails_a_delivery_and_a_doveadm_command(
         rig_factory: Callable[..., Rig]) -> None:
     """dovecot-lda: i_fatal with the reason, exit 75 (the MTA retries). doveadm fails the
     command for that user unless the admin says -o plugin/replicator_sync_owner_check=no."""
-    rig = rig_factory("fail", owner="fail", owner_reason=REFUSAL, expect_errors=True,
+    rig = rig_factory("fail", owner="refused", owner_reason=REFUSAL, expect_errors=True,
                       expect_fatal=True)
     lda = subprocess.run(["/usr/lib/dovecot/dovecot-lda", "-c", str(rig.inst.config_path),
                           "-d", "u1", "-f", "a@example.org"], input=MSG, capture_output=True,
@@ -381,9 +382,21 @@ def test_owner_fail_tempfails_a_delivery_and_a_doveadm_command(
 
 
 def test_owner_check_no_skips_the_question(rig_factory: Callable[..., Rig]) -> None:
-    rig = rig_factory("fail", owner="fail", settings={"replicator_sync_owner_check": "no"})
+    rig = rig_factory("fail", owner="refused",
+                      settings={"replicator_sync_owner_check": "no"})
     assert b"[APPENDUID " in append(rig.imap())
     assert rig.owners() == [] and len(rig.flushes()) == 1
+
+
+def test_owner_fail_is_the_daemons_error_and_lets_the_user_in(
+        rig_factory: Callable[..., Rig]) -> None:
+    """FAIL to OWNER means the daemon could not tell (a bug of its own, say): locking every user
+    out for that would be worse than serving them; their commits are still checked."""
+    rig = rig_factory("fail", owner="fail", owner_reason="internal failure of the daemon")
+    assert b"[APPENDUID " in append(rig.imap())
+    (line,) = log_lines(rig, "replicator_sync: Ownership of user=u1 not checked, serving it")
+    assert "Warning: " in line and "internal failure of the daemon" in line
+    assert len(rig.owners()) == 1 and len(rig.flushes()) == 1
 
 
 @pytest.mark.parametrize("server", ["dead", None])
