@@ -76,9 +76,12 @@ class Actions:
     async def _publish_pending(self, view: View) -> None:
         """Tell etcd (serving/<node>, bound to the lease) which of this node's users are in
         place, so `owner` and proxies send clients here only once the promote is done."""
-        pending = min((o.token for u, o in view.owned_by(self.c.me).items()
-                       if self.c.owned.token(u) != o.token), default=0)
-        if view.pending.get(self.c.me) != pending:
+        mine = view.owned_by(self.c.me)
+        pending = min((o.token for u, o in mine.items() if self.c.owned.token(u) != o.token),
+                      default=0)
+        said, said_at = view.pending.get(self.c.me, (-1, 0))
+        newest = max((o.token for o in mine.values()), default=0)
+        if said != pending or said_at < newest:  # also: say it again for users gained since
             await asyncio.to_thread(self.c.etcd.put, self.c.keys.serving(self.c.me),
                                     f'{{"pending": {pending}}}', self.c.lease.lease_id)
             await self.c.refresh()
@@ -243,15 +246,22 @@ class Actions:
         if not lost:
             return
         self.busy |= set(lost)
+        given_up: set[str] = set()
         try:
             await asyncio.to_thread(kick, self.c.settings.doveadm, sorted(lost))
-            for user, owner in sorted(lost.items()):
+            for user in sorted(lost):
+                # the view may have moved while sessions were kicked (a switchover back to
+                # this node): only what another node owns *now* is set aside
+                owner = self.c.view.owner(user)
+                if owner is None or owner.node == self.c.me:
+                    continue
                 await asyncio.to_thread(self._set_aside, user, owner)
+                given_up.add(user)
         finally:
             self.busy -= set(lost)
-        self.c.owned.drop(set(lost))
-        self.local -= set(lost)
-        self.c.counters["lost"] += len(lost)
+        self.c.owned.drop(given_up)
+        self.local -= given_up
+        self.c.counters["lost"] += len(given_up)
 
     def _set_aside(self, user: str, owner: Owner) -> None:
         roots = dict(self.config.roots)

@@ -251,11 +251,17 @@ class Coordinator:
 
     def serves_elsewhere(self, user: str) -> str | None:
         """Why `user` must not be served here at all (its Dovecot refuses the login), or None.
-        Only a positive answer counts: another node owns the user. Without a lease or a view
-        the answer is None; reads then go on, commits are refused anyway."""
+        Only a positive answer counts: another node owns the user, or this node owns it but
+        is still promoting it (a session opened now would meet no index and rebuild one over
+        the shared storage). Without a lease or a view the answer is None; reads then go on,
+        commits are refused anyway."""
         owner = self.view.owner(user)
-        if owner is None or owner.node == self.me:
+        if owner is None:
             return None
+        if owner.node == self.me:
+            if self.owned.token(user) == owner.token or not owner.origin:
+                return None  # in place (or a claim: nothing to put in place)
+            return f"{user} is being put in place on {self.me} (token {owner.token}); retry"
         return f"{user} is served by {owner.node} (token {owner.token}), not by {self.me}"
 
     def commit_deadline(self) -> float:

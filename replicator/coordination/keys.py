@@ -35,7 +35,7 @@ class Keys:
     def view(self, revision: int, entries: list[Entry]) -> tuple[View, list[Entry]]:
         """The ownership view, and the switchover requests, from one read of the prefix."""
         alive: set[str] = set()
-        pending: dict[str, int] = {}
+        pending: dict[str, tuple[int, int]] = {}
         alone: set[str] = set()
         owners: dict[str, Owner] = {}
         requests: list[Entry] = []
@@ -50,7 +50,7 @@ class Keys:
             elif kind == "switchover" and name:
                 requests.append(entry)
             elif kind == "serving" and name:
-                pending[name] = _pending(entry.value)
+                pending[name] = (_pending(entry.value), entry.mod_revision)
             elif kind == "alone" and name:
                 alone.add(name)
         return View(revision, frozenset(alive), owners, pending, frozenset(alone)), requests

@@ -54,8 +54,9 @@ class View:
     revision: int = 0
     alive: frozenset[str] = frozenset()
     owners: dict[str, Owner] = field(default_factory=dict)
-    # node -> lowest token among the users it owns but has not put in place yet (0: none)
-    pending: dict[str, int] = field(default_factory=dict)
+    # node -> (lowest token among the users it owns but has not put in place yet, 0: none;
+    # the revision at which it said so)
+    pending: dict[str, tuple[int, int]] = field(default_factory=dict)
     # nodes that acknowledged commits with fewer acks than sync_quorum since their peers were
     # last all caught up: a replica of them may lack acknowledged changes
     alone: frozenset[str] = frozenset()
@@ -69,8 +70,9 @@ class View:
         owner = self.owners.get(user)
         if owner is None or owner.node not in self.alive or owner.node not in self.pending:
             return False
-        pending = self.pending[owner.node]
-        return pending == 0 or owner.token < pending
+        pending, said_at = self.pending[owner.node]
+        # said before it became the owner: it has not spoken about this user yet
+        return said_at > owner.token and (pending == 0 or owner.token < pending)
 
     def owned_by(self, node: str) -> dict[str, Owner]:
         return {u: o for u, o in self.owners.items() if o.node == node}

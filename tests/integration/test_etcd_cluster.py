@@ -65,6 +65,7 @@ def test_quorum_kept_lost_and_regained(cluster: EtcdCluster) -> None:
 
 def test_restarted_member_catches_up_on_what_it_missed(cluster: EtcdCluster) -> None:
     cluster.kill9(2)
+    cluster.wait_healthy(timeout=20)  # if 2 led, the other two have elected a leader again
     for index in range(50):
         cluster.client(0).put(f"missed/{index}", str(index))
     cluster.restart(2)

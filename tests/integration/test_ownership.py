@@ -740,10 +740,13 @@ def test_a_rejoining_owner_whose_batches_were_all_acked_steps_aside_cleanly(
             assert {state["owners"][u]["node"] for u in USERS} == {"b"}
             assert not any(quarantined(nodes.repl_a, "diverged", u) for u in USERS)
             assert "superseded" in nodes.repl_a.log_text()
-            # a tagged NO: the plugin's ("owned by b"), or on mdbox Dovecot's own, whose
-            # fresh map index meets b's storage files (see the switchover test)
+            # the plugin asks OWNER at login: a refuses the user before opening anything
+            # (imap: "OK Logged in, but initialization failed", then BYE: the next command
+            # meets a closed connection), and its log names b
             refused = append_once(nodes.dovecot_a, USERS[0], 30)
-            assert not refused.ok and refused.text.startswith("append failed:"), refused.text
+            assert not refused.ok, refused.text
+            assert f"User {USERS[0]} refused, another node serves it" in \
+                "\n".join(nodes.dovecot_a.error_lines())
 
             # b commits with a's acknowledgement now (a holds a lease again)
             replies.append(poll(lambda: (r := append_once(nodes.dovecot_b, USERS[1], 21)).ok

@@ -66,11 +66,13 @@ def test_view_decisions() -> None:
 
 def test_ready_only_once_the_owner_put_the_user_in_place() -> None:
     view = View(10, frozenset({"a", "b"}), {"u1": owner("b", 8), "u2": owner("b", 3)},
-                pending={"b": 8})
+                pending={"b": (8, 9)})
     assert view.ready("u2") and not view.ready("u1")
-    view.pending["b"] = 0
+    view.pending["b"] = (0, 10)
     assert view.ready("u1")
-    assert not View(1, frozenset(), {"u1": owner("b", 8)}, {"b": 0}).ready("u1")  # b is gone
+    view.pending["b"] = (0, 7)  # said before it became u1's owner: not about u1 yet
+    assert not view.ready("u1") and view.ready("u2")
+    assert not View(1, frozenset(), {"u1": owner("b", 8)}, {"b": (0, 9)}).ready("u1")  # gone
 
 
 def test_keys_read_one_range_of_the_prefix() -> None:
@@ -82,7 +84,7 @@ def test_keys_read_one_range_of_the_prefix() -> None:
                Entry("/dr/switchover/x1", b"{}", 8, 8)]
     view, requests = keys.view(9, entries)
     assert view.alive == {"a"} and view.owners["u1"] == Owner("a", 5, why="claim")
-    assert "bad" not in view.owners and view.pending == {"a": 0}
+    assert "bad" not in view.owners and view.pending == {"a": (0, 7)}
     assert [r.key for r in requests] == ["/dr/switchover/x1"]
 
 
