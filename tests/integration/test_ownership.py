@@ -251,7 +251,7 @@ def append_once(dovecot: DovecotInstance, user: str, index: int) -> Reply:
         validity, uids = parse_appenduid(client.append(MAILBOX, message))
         return Reply(dovecot.name, user, "append", True, sent, time.monotonic(), validity,
                      uids[0], sha256(message))
-    except imap_errors.IMAPClientError as exc:
+    except (OSError, imap_errors.IMAPClientError) as exc:  # NO, or BYE and a closed socket
         return Reply(dovecot.name, user, "append", False, sent, time.monotonic(),
                      digest=sha256(message), text=str(exc))
     finally:
