@@ -16,7 +16,7 @@ import signal
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from replicator import __version__, sdnotify
 from replicator.capture.pipeline import Capture
@@ -25,10 +25,6 @@ from replicator.control import protocol
 from replicator.control.limits import ConnectionLimits
 from replicator.control.protocol import FlushRequest
 from replicator.control.server import ControlServer
-from replicator.coordination.actions import Actions
-from replicator.coordination.coordinator import Coordinator
-from replicator.coordination.shipping import OwnedShipping
-from replicator.coordination.switchover import Handovers
 from replicator.manifest_codec import decode_entries, diff, origin_entries
 from replicator.mounts import filesystem_type
 from replicator.replica.listener import Listener
@@ -44,6 +40,10 @@ from replicator.transport.gate import ConnectionGate
 from replicator.transport.handshake import Credentials
 from replicator.transport.select import choose
 from replicator.verify.runner import verify_replica
+
+if TYPE_CHECKING:  # imported when [coordination] is configured: an HTTP stack costs ~8 MiB
+    from replicator.coordination.coordinator import Coordinator
+    from replicator.coordination.shipping import OwnedShipping
 
 log = logging.getLogger("replicator")
 SOFTWARE = f"dovecot-replicator/{__version__}"
@@ -96,6 +96,11 @@ class Daemon(LinkHost):
         """With [coordination]: etcd decides who owns which user (DESIGN §10)."""
         if config.coordination is None:
             return None
+        from replicator.coordination.actions import Actions
+        from replicator.coordination.coordinator import Coordinator
+        from replicator.coordination.shipping import OwnedShipping
+        from replicator.coordination.switchover import Handovers
+
         coordinator = Coordinator(config)
         self.shipping = OwnedShipping(coordinator, self.outbox, self.store.tokens,
                                       self._enqueue, self.resync_users, self.counters)
