@@ -152,7 +152,10 @@ class Actions:
         won: list[str] = []
         keys = self.c.keys
         for chunk in chunks(present):
-            compares = [Compare(keys.node(origin), "CREATE", 0)]
+            # its lease gone, and no record that it committed alone (read with the view, but
+            # a transaction is what makes it certain)
+            compares = [Compare(keys.node(origin), "CREATE", 0),
+                        Compare(keys.alone(origin), "CREATE", 0)]
             compares += [Compare(keys.owner(u), "MOD", owners[u].token) for u in chunk]
             puts = [(keys.owner(u), Owner(self.c.me, 0, origin, "failover", time.time(),
                                           trees[u]).value()) for u in chunk]

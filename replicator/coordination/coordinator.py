@@ -116,6 +116,8 @@ class Coordinator:
     async def refresh(self) -> None:
         lease = self.lease.lease_id
         revision, entries = await asyncio.to_thread(self.etcd.range_prefix, self.keys.all)
+        if revision < self.view.revision and self._view_lease == lease:
+            return  # two reads crossed (a FLUSH's and the loop's): keep the newer one
         self.view, self.requests = self.keys.view(revision, entries)
         self._view_lease = lease
         if self.actions is not None:
@@ -146,7 +148,8 @@ class Coordinator:
                 return
             self._next_keepalive = sent_at + self.settings.keepalive_interval
         if self.state != "ok":
-            log.info("etcd reachable again; lease valid for %.1f s", self.lease.remaining(now))
+            log.info("etcd reachable%s; commits may be acknowledged for %.1f s", "" if
+                     self.state == "starting" else " again", self.lease.remaining(now))
             self.state, self.last_error = "ok", ""
 
     async def _new_lease(self) -> None:
