@@ -25,12 +25,13 @@ from replicator.coordination.keys import Keys
 from replicator.coordination.lease import LeaseClock
 from replicator.coordination.owned import OwnedRecord
 from replicator.coordination.view import View
+from replicator.coordination.watch import WATCHED_POLL, Watch
 
 if TYPE_CHECKING:
     from replicator.coordination.actions import Actions
 
 log = logging.getLogger("replicator.coordination")
-TICK = 0.2  # seconds between looks at etcd's revision: bounds how late a takeover starts
+TICK = 0.2  # seconds between looks at etcd's revision while no watch stream is open
 T = TypeVar("T")
 
 
@@ -43,6 +44,7 @@ class Coordinator:
         self._lease_etcd = Etcd(self.settings)  # the lease loop's own sessions and thread
         self._lease_thread = ThreadPoolExecutor(1, thread_name_prefix="etcd-lease")
         self.keys = Keys(self.settings.prefix)
+        self.watch = Watch(self.settings, self.keys.all, self.poke)
         self.lease = LeaseClock(self.settings.margin)
         self.view = View()
         self.requests: list[Any] = []
@@ -65,9 +67,11 @@ class Coordinator:
         so that nothing the view loop does (promoting 1 000 users, kicking their sessions)
         and no other worker thread can delay them; and the view loop, which acts."""
         lease = asyncio.create_task(self._lease_loop(), name="ownership-lease")
+        self.watch.start(asyncio.get_running_loop())
         try:
             await self._view_loop()
         finally:
+            self.watch.stop()
             lease.cancel()
             await asyncio.gather(lease, return_exceptions=True)
             self._lease_thread.shutdown(wait=False, cancel_futures=True)
@@ -92,8 +96,8 @@ class Coordinator:
                 self._unavailable(exc)
             except Exception:
                 log.exception("coordination step failed; trying again")
-            try:
-                async with asyncio.timeout(TICK):
+            try:  # a watch event, a poke, or the poll: fast while no watch stream is open
+                async with asyncio.timeout(WATCHED_POLL if self.watch.open else TICK):
                     await self._changed.wait()
             except TimeoutError:
                 pass
