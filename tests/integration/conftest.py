@@ -23,6 +23,7 @@ import pytest
 from replicator.dovecot.instance import DovecotInstance, DovecotLayout, MailFormat
 from replicator.dovecot.instance_conf import MAIL_FORMATS
 from replicator.testing.cluster import ReplicatorNode, stop_all
+from replicator.testing.etcd import EtcdCluster, etcd_cluster, have_etcd
 from tests.integration.plugin_support import NATIVE
 
 DEFAULT_USERS = ("u1", "u2", "u3")
@@ -95,3 +96,12 @@ def nodes() -> Iterator[list[ReplicatorNode]]:
     made: list[ReplicatorNode] = []
     yield made
     stop_all(made)
+
+
+@pytest.fixture
+def etcd(tmp_path: Path, plugin_dir: Path) -> Iterator[EtcdCluster]:
+    """A real 3-member etcd on loopback (ownership tests; they skip without etcd-server)."""
+    if (reason := have_etcd()) is not None:
+        pytest.skip(reason)
+    with etcd_cluster(tmp_path / "etcd") as cluster:
+        yield cluster

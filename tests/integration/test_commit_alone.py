@@ -5,27 +5,20 @@ lack what it acknowledged alone); once its peer holds everything again, it says 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from replicator.dovecot.doveadm import fetch_body_hashes
-from replicator.testing.etcd import EtcdCluster, etcd_cluster, have_etcd
+from replicator.testing.etcd import EtcdCluster
 from replicator.testing.failover import body_bytes
 from replicator.testing.imap import parse_appenduid, sha256
 from replicator.testing.scenario import two_nodes
+from tests.integration.daemon_support import coordination
 
 pytestmark = pytest.mark.integration
-COORDINATION = {"lease_ttl": 2, "margin": 0.5, "request_timeout": 0.3}
 
-
-@pytest.fixture
-def etcd(tmp_path: Path) -> Iterator[EtcdCluster]:
-    if (reason := have_etcd()) is not None:
-        pytest.skip(reason)
-    with etcd_cluster(tmp_path / "etcd") as cluster:
-        yield cluster
 
 
 def until(condition: Callable[[], bool], why: Callable[[], str], timeout: float = 30) -> None:
@@ -38,7 +31,7 @@ def until(condition: Callable[[], bool], why: Callable[[], str], timeout: float 
 def test_a_node_that_committed_alone_is_not_taken_over(tmp_path: Path,
                                                         etcd: EtcdCluster) -> None:
     with two_nodes("mdbox", ("u1",), base=tmp_path / "n", sync_commit="fail",
-                   coordination={"endpoints": etcd.endpoints, **COORDINATION}) as nodes:
+                   coordination=coordination(etcd.endpoints)) as nodes:
         a, b = nodes.repl_a, nodes.repl_b
         client = nodes.dovecot_a.imap("u1")
         parse_appenduid(client.append("INBOX", body_bytes("u1", 1)))

@@ -12,36 +12,21 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from replicator.dovecot.instance import DovecotInstance
-from replicator.testing.etcd import EtcdCluster, etcd_cluster, have_etcd
+from replicator.testing.etcd import EtcdCluster
 from replicator.testing.failover import body_bytes
 from replicator.testing.imap import parse_appenduid
-from replicator.testing.scenario import TwoNodes, two_nodes
+from replicator.testing.scenario import two_nodes
+from tests.integration.daemon_support import coordination, wait_serving
 
 pytestmark = pytest.mark.integration
-COORDINATION = {"lease_ttl": 2, "margin": 0.5, "request_timeout": 0.3}
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def etcd(tmp_path: Path) -> Iterator[EtcdCluster]:
-    if (reason := have_etcd()) is not None:
-        pytest.skip(reason)
-    with etcd_cluster(tmp_path / "etcd") as cluster:
-        yield cluster
-
-
-def wait_serving(nodes: TwoNodes, node: str, user: str, timeout: float = 30.0) -> None:
-    repl = nodes.repl_a if node == "a" else nodes.repl_b
-    deadline = time.monotonic() + timeout
-    while user not in repl.status()["ownership"]["serving"]:
-        assert time.monotonic() < deadline, repl.log_text()[-3000:]
-        time.sleep(0.05)
 
 
 def wait_gone(path: Path, timeout: float = 30.0) -> None:
@@ -78,20 +63,19 @@ def log_line(inst: DovecotInstance, needle: str, timeout: float = 10.0) -> str:
 
 def test_login_on_the_old_owner_is_refused_after_a_switchover(
         tmp_path: Path, etcd: EtcdCluster) -> None:
-    coordination = {"endpoints": etcd.endpoints, **COORDINATION}
     with two_nodes("mdbox", ("u1",), base=tmp_path / "n", sync_commit="fail",
-                   coordination=coordination) as nodes:
+                   coordination=coordination(etcd.endpoints)) as nodes:
         client = nodes.dovecot_a.imap("u1")
         _, uids = parse_appenduid(client.append("INBOX", body_bytes("u1", 1)))
         client.logout()
-        wait_serving(nodes, "a", "u1")
+        wait_serving(nodes.repl_a, "u1")
         switchover = subprocess.run(
             [sys.executable, "-m", "replicator", "switchover",
              "--config", str(nodes.repl_a.config_path), "--to", "b"],
             capture_output=True, text=True, timeout=120, check=False,
             env={**os.environ, "PYTHONPATH": str(REPO)})
         assert switchover.returncode == 0, switchover.stdout + switchover.stderr
-        wait_serving(nodes, "b", "u1")
+        wait_serving(nodes.repl_b, "u1")
 
         a_index = nodes.dovecot_a.layout.index_root / "u1"
         wait_gone(a_index)  # a set its copy aside when it gave u1 up

@@ -5,28 +5,20 @@ before and after an automatic failover. The proxy configuration README shows is 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from replicator.dovecot.instance import DovecotInstance, DovecotLayout
-from replicator.testing.etcd import EtcdCluster, etcd_cluster, have_etcd
+from replicator.testing.etcd import EtcdCluster
 from replicator.testing.failover import body_bytes
 from replicator.testing.imap import parse_appenduid
-from replicator.testing.scenario import TwoNodes, two_nodes
+from replicator.testing.scenario import two_nodes
+from tests.integration.daemon_support import coordination, wait_serving
 
 pytestmark = pytest.mark.integration
 HOOK = Path(__file__).resolve().parents[2] / "systemd" / "on-owner-change-proxy-map"
-COORDINATION = {"lease_ttl": 2, "margin": 0.5, "request_timeout": 0.3}
 
-
-@pytest.fixture
-def etcd(tmp_path: Path) -> Iterator[EtcdCluster]:
-    if (reason := have_etcd()) is not None:
-        pytest.skip(reason)
-    with etcd_cluster(tmp_path / "etcd") as cluster:
-        yield cluster
 
 
 def proxy_config(proxy_map: Path) -> str:
@@ -42,13 +34,6 @@ def wrapper(path: Path, proxy_map: Path, hosts: Path) -> Path:
     return path
 
 
-def wait_serving(nodes: TwoNodes, node: str, user: str, timeout: float = 30.0) -> None:
-    repl = nodes.repl_a if node == "a" else nodes.repl_b
-    deadline = time.monotonic() + timeout
-    while user not in repl.status()["ownership"]["serving"]:
-        assert time.monotonic() < deadline, repl.log_text()[-3000:]
-        time.sleep(0.05)
-
 
 def wait_map(proxy_map: Path, user: str, port: int, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
@@ -62,9 +47,9 @@ def wait_map(proxy_map: Path, user: str, port: int, timeout: float = 30.0) -> No
 def test_a_proxy_follows_the_owner_through_a_failover(tmp_path: Path, etcd: EtcdCluster) -> None:
     proxy_map, hosts = tmp_path / "proxy-users", tmp_path / "node-hosts"
     hook = wrapper(tmp_path / "hook", proxy_map, hosts)
-    coordination = {"endpoints": etcd.endpoints, "on_owner_change": str(hook), **COORDINATION}
+    settings = coordination(etcd.endpoints, on_owner_change=str(hook))
     with two_nodes("mdbox", ("u1",), base=tmp_path / "n", sync_commit="fail",
-                   coordination=coordination) as nodes:
+                   coordination=settings) as nodes:
         hosts.write_text(f"a 127.0.0.1 {nodes.dovecot_a.imap_port}\n"
                          f"b 127.0.0.1 {nodes.dovecot_b.imap_port}\n")
         first = nodes.dovecot_a.imap("u1")
@@ -83,7 +68,7 @@ def test_a_proxy_follows_the_owner_through_a_failover(tmp_path: Path, etcd: Etcd
             client.logout()
             nodes.dovecot_a.kill9()
             nodes.repl_a.kill9()
-            wait_serving(nodes, "b", "u1")
+            wait_serving(nodes.repl_b, "u1")
             wait_map(proxy_map, "u1", nodes.dovecot_b.imap_port)  # failover ran it on b
             client = proxy.imap("u1")  # the same address, now answered by b
             assert parse_appenduid(client.append("INBOX", body_bytes("u1", 3))) == \

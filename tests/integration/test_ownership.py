@@ -42,31 +42,17 @@ import pytest
 
 from replicator.dovecot.doveadm import fetch_body_hashes, fetch_flags, mailbox_status
 from replicator.dovecot.instance import DovecotInstance
-from replicator.testing.etcd import EtcdCluster, etcd_cluster, have_etcd
+from replicator.testing.etcd import EtcdCluster, have_etcd
 from replicator.testing.failover import body_bytes
 from replicator.testing.imap import parse_appenduid, sha256
 from replicator.testing.netns import HostPair, Star
 from replicator.testing.scenario import TwoNodes, two_nodes
+from tests.integration.daemon_support import coordination
 
 pytestmark = pytest.mark.integration
 USERS = ("u1", "u2")
 MAILBOX = "INBOX"
 DEADLINE = 60.0  # seconds: a safety bound for every wait, never what is asserted
-
-
-def coordination(endpoints: Sequence[str], **more: Any) -> dict[str, Any]:
-    """[coordination] for both nodes: TTL 2 s, commits stop 0.5 s before the lease ends."""
-    return {"endpoints": list(endpoints), "lease_ttl": 2, "margin": 0.5,
-            "request_timeout": 0.3, **more}
-
-
-@pytest.fixture
-def etcd(tmp_path: Path, plugin_dir: Path) -> Iterator[EtcdCluster]:
-    reason = have_etcd()
-    if reason is not None:
-        pytest.skip(reason)
-    with etcd_cluster(tmp_path / "etcd") as cluster:
-        yield cluster
 
 
 def poll(condition: Callable[[], object], what: str, timeout: float = DEADLINE) -> Any:

@@ -5,25 +5,18 @@ committing (no lease can expire without a leader), and one that reaches no membe
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from replicator.testing.etcd import EtcdCluster, etcd_cluster, have_etcd
+from replicator.testing.etcd import EtcdCluster
 from replicator.testing.failover import body_bytes
 from replicator.testing.imap import parse_appenduid
 from replicator.testing.scenario import TwoNodes, two_nodes
+from tests.integration.daemon_support import coordination
 
 pytestmark = pytest.mark.integration
 
-
-@pytest.fixture
-def etcd(tmp_path: Path) -> Iterator[EtcdCluster]:
-    if (reason := have_etcd()) is not None:
-        pytest.skip(reason)
-    with etcd_cluster(tmp_path / "etcd") as cluster:
-        yield cluster
 
 
 def wait_state(nodes: TwoNodes, state: str, timeout: float = 30.0) -> None:
@@ -46,10 +39,8 @@ def append(nodes: TwoNodes, index: int) -> tuple[bool, str]:
 
 def test_keep_commits_through_a_quorum_loss_while_a_member_answers(
         tmp_path: Path, etcd: EtcdCluster) -> None:
-    coordination = {"endpoints": etcd.endpoints, "lease_ttl": 2, "margin": 0.5,
-                    "request_timeout": 0.3, "on_quorum_loss": "keep"}
     with two_nodes("mdbox", ("u1",), base=tmp_path / "n", sync_commit="fail",
-                   coordination=coordination) as nodes:
+                   coordination=coordination(etcd.endpoints, on_quorum_loss="keep")) as nodes:
         assert append(nodes, 0)[0]
         etcd.kill9(1)
         etcd.kill9(2)
