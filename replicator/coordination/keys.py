@@ -3,10 +3,34 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 
 from replicator.coordination.etcd import Entry
 from replicator.coordination.view import Owner, View
+from replicator.errors import PathError
+from replicator.paths import check_relpath
+
+log = logging.getLogger("replicator.coordination")
+_WARNED: set[str] = set()
+
+
+def is_user_name(name: str) -> bool:
+    """A user directory name as the roots hold them: one path component, not hidden. Names
+    from etcd end up in paths (promote, quarantine): anything else is ignored, with a warning
+    (anyone who can write below the prefix could otherwise name `../../etc`)."""
+    try:
+        check_relpath(name)
+    except PathError:
+        return _warn(name)
+    return ("/" not in name and not name.startswith(".")) or _warn(name)
+
+
+def _warn(name: str) -> bool:
+    if len(_WARNED) < 100 and name not in _WARNED:
+        _WARNED.add(name)
+        log.warning("ignoring owner key for %r in etcd: not a user directory name", name[:200])
+    return False
 
 
 @dataclass(frozen=True)
@@ -43,7 +67,7 @@ class Keys:
             kind, _, name = entry.key[len(self.all):].partition("/")
             if kind == "nodes" and name:
                 alive.add(name)
-            elif kind == "owners" and name:
+            elif kind == "owners" and is_user_name(name):
                 owner = Owner.parse(entry.value, entry.mod_revision)
                 if owner is not None:
                     owners[name] = owner

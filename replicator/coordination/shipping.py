@@ -64,7 +64,7 @@ class OwnedShipping:
         """A new view: the receiver learns its tokens; batches held back until the first view
         go out now; users this node owns that a peer refused under an older token (numbered
         before a claim) are resent whole."""
-        self.fence.learn(tokens(view))
+        self.fence.learn(tokens(view), view.revision)
         if self.held is not None:
             held, self.held = self.held, None
             self.enqueue(held)

@@ -20,11 +20,17 @@ log = logging.getLogger(__name__)
 class TokenFence:
     def __init__(self) -> None:
         self.newest: dict[str, int] = {}
+        # With etcd here: the revision of this node's newest view. A token above it is
+        # accepted but not remembered until a view that high confirms it, so a peer cannot
+        # poison a user with a huge token and lock its real owner out.
+        self.ceiling: int | None = None
         self.refused: dict[str, int] = {}       # origin -> batches refused
         self._logged: set[tuple[str, str, int]] = set()
 
-    def learn(self, tokens: Mapping[str, int]) -> None:
-        """Tokens from this node's own view of etcd (a takeover it won, a handover to it)."""
+    def learn(self, tokens: Mapping[str, int], revision: int | None = None) -> None:
+        """Tokens from this node's own view of etcd (at `revision`)."""
+        if revision is not None:
+            self.ceiling = max(self.ceiling or 0, revision)
         for user, token in tokens.items():
             if token > self.newest.get(user, 0):
                 self.newest[user] = token
@@ -36,7 +42,7 @@ class TokenFence:
             return None
         newest = self.newest.get(user, 0)
         if batch.token >= newest:
-            if batch.token > newest:
+            if batch.token > newest and (self.ceiling is None or batch.token <= self.ceiling):
                 self.newest[user] = batch.token
             return None
         self.refused[origin] = self.refused.get(origin, 0) + 1

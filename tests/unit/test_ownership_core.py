@@ -112,6 +112,26 @@ def test_tokens_only_grow_and_no_token_is_refused_only_after_a_real_one() -> Non
     assert fence.refusal("a", batch("", 0)) is None  # root-level files belong to no user
 
 
+def test_a_peer_cannot_poison_a_user_with_a_token_from_the_future() -> None:
+    fence = TokenFence()
+    fence.learn({"u1": 9}, revision=20)  # this node's view of etcd is at revision 20
+    assert fence.refusal("evil", batch("u1", 2**63 - 1)) is None  # accepted, not remembered
+    assert fence.refusal("a", batch("u1", 9)) is None  # the real owner is not locked out
+    assert fence.refusal("a", batch("u1", 15)) is None and fence.newest["u1"] == 15
+    fence.learn({}, revision=40)
+    assert fence.refusal("b", batch("u1", 30)) is None
+    assert fence.refusal("a", batch("u1", 15)) is not None  # 30 is confirmed possible now
+
+
+def test_owner_keys_that_are_no_user_directory_are_ignored() -> None:
+    keys = Keys("/dr")
+    value = Owner("a", 0).value().encode()
+    entries = [Entry(f"/dr/owners/{name}", value, 5, 5)
+               for name in ("u1", "..", "../../etc", ".hidden", "a/b", "x\x00y", "")]
+    view, _ = keys.view(6, entries)
+    assert list(view.owners) == ["u1"]
+
+
 # -- [coordination] -----------------------------------------------------------------------------
 COORD = GOOD + """
 [coordination]
