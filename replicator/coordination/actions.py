@@ -12,11 +12,10 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from replicator.coordination.etcd import MAX_TXN_KEYS, Compare
-from replicator.coordination.local import kick, local_users, quarantine, run_hook
+from replicator.coordination.local import kick, local_users, run_hook, set_aside
 from replicator.coordination.trees import user_digest
 from replicator.coordination.view import Owner, View
 from replicator.promote.command import promote
@@ -267,13 +266,8 @@ class Actions:
         self.c.counters["lost"] += len(given_up)
 
     def _set_aside(self, user: str, owner: Owner) -> None:
-        roots = dict(self.config.roots)
-        mine = user_digest(roots, user)
-        clean = not mine or (owner.origin == self.c.me and
-                             (owner.why == "switchover" or owner.tree == mine))
-        area = self._free_area(f"{'superseded' if clean else 'diverged'}-{owner.token}",
-                               roots, user)
-        moved = quarantine(roots, user, area)
+        clean, area, moved = set_aside(self.config.roots, self.config.state_dir, self.c.me,
+                                       user, owner)
         if clean:
             log.info("%s is owned by %s now (token %d): this node holds its replica only; "
                      "local copy moved to %s", user, owner.node, owner.token, area)
@@ -284,15 +278,3 @@ class Actions:
                     "replicated batch). Not serving it; local copy kept in %s for a merge",
                     user, owner.node, owner.token, owner.why, owner.origin or "-", owner.node,
                     ", ".join(str(p) for p in moved) or area)
-
-    def _free_area(self, name: str, roots: dict[str, Path], user: str) -> Path:
-        """quarantine/<name>, or <name>.2, .3...: the first that holds nothing of `user` yet.
-        The same user can be set aside twice under one token (any access on this node, a
-        misrouted client or a delivery, recreates its directories), and a second move into
-        the same place fails: it must never stop the coordinator."""
-        base = self.config.state_dir / "quarantine"
-        area, copies = base / name, 1
-        while any((area / root / user).exists() for root in roots):
-            copies += 1
-            area = base / f"{name}.{copies}"
-        return area

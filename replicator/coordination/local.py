@@ -11,6 +11,9 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
+from replicator.coordination.trees import user_digest
+from replicator.coordination.view import Owner
+
 log = logging.getLogger("replicator.coordination")
 
 
@@ -76,6 +79,33 @@ def quarantine(roots: Mapping[str, Path], user: str, area: Path) -> list[Path]:
             shutil.move(str(source), str(target))
         moved.append(target)
     return moved
+
+
+def set_aside(roots: Mapping[str, Path], state_dir: Path, me: str, user: str,
+              owner: Owner) -> tuple[bool, Path, list[Path]]:
+    """Move the local copy of `user`, whom `owner` owns now, out of the roots into
+    state_dir/quarantine/<kind>-<token>: `superseded` when it is the copy the new owner took
+    (handed over by this node, or the digest the new owner recorded of its replica matches),
+    else `diverged` (changes made here after the last replicated batch). Returns (superseded,
+    the area, the directories moved)."""
+    mine = user_digest(roots, user)
+    clean = not mine or (owner.origin == me and
+                         (owner.why == "switchover" or owner.tree == mine))
+    area = _free_area(state_dir / "quarantine",
+                      f"{'superseded' if clean else 'diverged'}-{owner.token}", roots, user)
+    return clean, area, quarantine(roots, user, area)
+
+
+def _free_area(base: Path, name: str, roots: Mapping[str, Path], user: str) -> Path:
+    """base/<name>, or <name>.2, .3...: the first that holds nothing of `user` yet. The same
+    user can be set aside twice under one token (any access on this node, a misrouted client
+    or a delivery, recreates its directories), and a second move into the same place fails:
+    it must never stop the coordinator."""
+    area, copies = base / name, 1
+    while any((area / root / user).exists() for root in roots):
+        copies += 1
+        area = base / f"{name}.{copies}"
+    return area
 
 
 def run_hook(hook: Path | None, why: str, old: str, new: str, users: list[str]) -> None:
