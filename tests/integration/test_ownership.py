@@ -629,9 +629,16 @@ def test_etcd_member_loss_changes_nothing_and_quorum_loss_stops_commits(
     commit refused while it is down, nor after it is back. Two killed (quorum lost), under
     the default on_quorum_loss = "stop": commits turn into tagged NO once a's lease can no
     longer be certain, b takes nothing over, nothing acknowledged is lost, and commits go
-    through again once the members are back."""
+    through again once the members are back.
+
+    The leader's loss costs an election, during which no keep-alive succeeds; it must fit in
+    what is left of the commit window after the last keep-alive (TTL - margin - TTL/3). At
+    TTL 2 s that is under a second, which an election on a loaded 2-CPU machine exceeded (a
+    run refused commits for that long); this test runs the default TTL 5 s, margin 1 s, as
+    README advises for production (2.3 s of room)."""
     with two_nodes("mdbox", USERS[:1], base=kept(tmp_path), sync_commit="fail",
-                   coordination=coordination(etcd.endpoints)) as nodes:
+                   coordination=coordination(etcd.endpoints, lease_ttl=5,
+                                             margin=1.0)) as nodes:
         replies = claim_on_a(nodes, USERS[:1])
         dovecots = {"a": nodes.dovecot_a, "b": nodes.dovecot_b}
         writer = Writer(dovecots, USERS[0], lambda: ["a"], "members", store_every=4).start()
