@@ -313,3 +313,19 @@ def test_a_malformed_request_gets_a_fail_saying_why_and_the_connection_goes_on()
         assert flush_reply.startswith("FAIL\t\tmalformed request: FLUSH"), flush_reply
         assert unknown.startswith("FAIL\t8\tmalformed request: unknown control request"), unknown
         assert status.startswith("STATUS\t9\t"), status[:80]
+
+
+def test_owner_requests_from_any_local_user_are_parsed_strictly_and_read_nothing() -> None:
+    """OWNER (the plugin asks it at every login) is open to every local user: a malformed one
+    gets a FAIL saying why and the connection goes on; a user name that is a path is only a
+    dictionary key (without [coordination] the answer is OK, nothing is opened)."""
+    with nodes() as (a, _b, _base):
+        answer = run_as(NOBODY, "requests", str(a.control_socket), "OWNER\t10",
+                        "OWNER\t11\t\x01z", "OWNER\t12\t../../etc\t", "OWNER\t13\t../../etc",
+                        "OWNER\t14\tu1", "STATUS\t15")
+        short, escape, extra, path, plain, status = answer["replies"][1:7]
+        assert short.startswith("FAIL\t10\tmalformed request: unknown control request"), short
+        assert escape.startswith("FAIL\t11\tmalformed request: bad escape"), escape
+        assert extra.startswith("FAIL\t12\tmalformed request"), extra
+        assert path == "OK\t13\t0" and plain == "OK\t14\t0", (path, plain)
+        assert status.startswith("STATUS\t15\t"), status[:80]
