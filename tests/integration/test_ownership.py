@@ -735,11 +735,12 @@ def test_a_rejoining_owner_whose_batches_were_all_acked_steps_aside_cleanly(
             assert "superseded" in nodes.repl_a.log_text()
             # the plugin asks OWNER at login: a refuses the user before opening anything
             # (imap: "OK Logged in, but initialization failed", then BYE: the next command
-            # meets a closed connection), and its log names b
+            # meets a closed connection), and its log names b (Dovecot's log process writes
+            # the line after the client has its answer: wait for it)
             refused = append_once(nodes.dovecot_a, USERS[0], 30)
             assert not refused.ok, refused.text
-            assert f"User {USERS[0]} refused, another node serves it" in \
-                "\n".join(nodes.dovecot_a.error_lines())
+            poll(lambda: f"User {USERS[0]} refused, another node serves it" in
+                 "\n".join(nodes.dovecot_a.error_lines()), "a's Dovecot to log the refusal")
 
             # b commits with a's acknowledgement now (a holds a lease again)
             replies.append(poll(lambda: (r := append_once(nodes.dovecot_b, USERS[1], 21)).ok

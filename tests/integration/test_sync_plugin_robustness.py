@@ -627,6 +627,7 @@ def test_invalid_settings_are_logged_and_fall_back_to_safe_defaults(
         "replicator_sync_policy": "maybe", "replicator_sync_timeout": "soon",
         "replicator_sync": "perhaps", "replicator_sync_owner_check": "never"})
     assert "Change not yet replicated" in refused(lambda: append(rig.imap()))
+    log_lines(rig, "replicator_sync: Invalid replicator_sync", count=4)  # the log process lags
     errors = "\n".join(rig.inst.error_lines())
     for name, value in (("replicator_sync_policy", "maybe"), ("replicator_sync_timeout", "soon"),
                         ("replicator_sync", "perhaps"), ("replicator_sync_owner_check", "never")):
