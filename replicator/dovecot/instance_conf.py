@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from replicator.dovecot.version import DovecotVersion, installed
+
 MailFormat = Literal["maildir", "mdbox", "sdbox"]
 MAIL_FORMATS: tuple[MailFormat, ...] = ("maildir", "mdbox", "sdbox")
 
@@ -44,17 +46,29 @@ class DovecotLayout:
     mail_format: MailFormat
 
 
+MAIL_SUBDIR: Mapping[MailFormat, str] = {"maildir": "Maildir", "mdbox": "mdbox", "sdbox": "sdbox"}
+
+
 def mail_location(layout: DovecotLayout) -> str:
-    """The mail_location with INDEX and CONTROL split off from the bodies.
+    """2.3's mail_location with INDEX and CONTROL split off from the bodies.
 
     Bodies live under `<mail_root>/<user>/<Maildir|mdbox|sdbox>`; mdbox keeps its `m.*` files in
     `storage/` there and its map index in `<index_root>/<user>/storage/dovecot.map.index*`.
     """
-    sub = {"maildir": "Maildir", "mdbox": "mdbox", "sdbox": "sdbox"}[layout.mail_format]
     return (
-        f"{layout.mail_format}:{layout.mail_root}/%u/{sub}"
+        f"{layout.mail_format}:{layout.mail_root}/%u/{MAIL_SUBDIR[layout.mail_format]}"
         f":INDEX={layout.index_root}/%u:CONTROL={layout.control_root}/%u"
     )
+
+
+def mail_settings_v24(layout: DovecotLayout) -> list[str]:
+    """2.4's four settings that replace mail_location, with the same split."""
+    return [
+        f"mail_driver = {layout.mail_format}",
+        f"mail_path = {layout.mail_root}/%{{user}}/{MAIL_SUBDIR[layout.mail_format]}",
+        f"mail_index_path = {layout.index_root}/%{{user}}",
+        f"mail_control_path = {layout.control_root}/%{{user}}",
+    ]
 
 
 @dataclass(frozen=True)
@@ -77,9 +91,12 @@ class ConfInputs:
     extra_config: str = ""
 
 
-def render_config(inp: ConfInputs) -> str:
-    """Returns a complete, self-contained dovecot.conf (no includes of the system config)."""
-    lines = [
+def render_config(inp: ConfInputs, version: DovecotVersion | None = None) -> str:
+    """Returns a complete, self-contained dovecot.conf (no includes of the system config) in
+    the language of `version` (the installed Dovecot's by default)."""
+    v24 = (version or installed()).settings_v24
+    lines = _preamble_v24(version or installed()) if v24 else []
+    lines += [
         f"instance_name = {inp.instance_name}",
         f"base_dir = {inp.base_dir}",
         f"state_dir = {inp.base_dir}/state",
@@ -87,44 +104,81 @@ def render_config(inp: ConfInputs) -> str:
         "protocols = imap",
         "listen = 127.0.0.1",
         "ssl = no",
-        "disable_plaintext_auth = no",
+        "auth_allow_cleartext = yes" if v24 else "disable_plaintext_auth = no",
         "auth_mechanisms = plain login",
         f"first_valid_uid = {inp.mail_uid}",
         f"first_valid_gid = {inp.mail_gid}",
-        f"mail_location = {mail_location(inp.layout)}",
+        *(mail_settings_v24(inp.layout) if v24
+          else [f"mail_location = {mail_location(inp.layout)}"]),
         f"mail_fsync = {inp.mail_fsync}",
         "namespace inbox {\n  inbox = yes\n  separator = /\n}",
-        f"passdb {{\n  driver = passwd-file\n  args = scheme=PLAIN {inp.passwd_path}\n}}",
-        f"userdb {{\n  driver = passwd-file\n  args = {inp.passwd_path}\n}}",
-        _listeners(inp.imap_port),
+        passwd_file_passdb(inp.passwd_path, "users", version),
+        _passwd_file_userdb(inp.passwd_path, v24),
+        _listeners(inp.imap_port, v24),
     ]
     lines += [f"{k} = {v}" for k, v in (CHURN_SETTINGS if inp.churn else {}).items()]
-    lines += _plugin_lines(inp)
+    lines += _plugin_lines(inp, v24)
     if inp.extra_config:
         lines.append(inp.extra_config)
     return "\n".join(lines) + "\n"
 
 
-def _listeners(port: int) -> str:
-    """Only plain IMAP on loopback; imaps is switched off and doveadm has no inet listener."""
+def _preamble_v24(version: DovecotVersion) -> list[str]:
+    """2.4 wants these first. The storage version is the running one: a replica written with
+    it is read by the same Dovecot on the peer (see tests/golden/README.md for 2.3 copies)."""
+    return [f"dovecot_config_version = {version.config_version}",
+            f"dovecot_storage_version = {version.config_version}"]
+
+
+def passwd_file_passdb(path: Path, name: str, version: DovecotVersion | None = None) -> str:
+    """A passdb block reading a passwd-file (`user:{SCHEME}password:...` lines); `name` tells
+    two passdbs apart on 2.4 (2.3 has no names)."""
+    if (version or installed()).settings_v24:
+        return (f"passdb {name} {{\n  driver = passwd-file\n  passwd_file_path = {path}\n"
+                "  default_password_scheme = PLAIN\n}")
+    return f"passdb {{\n  driver = passwd-file\n  args = scheme=PLAIN {path}\n}}"
+
+
+def _passwd_file_userdb(path: Path, v24: bool) -> str:
+    if v24:
+        return f"userdb users {{\n  driver = passwd-file\n  passwd_file_path = {path}\n}}"
+    return f"userdb {{\n  driver = passwd-file\n  args = {path}\n}}"
+
+
+def _listeners(port: int, v24: bool) -> str:
+    """Only plain IMAP on loopback (2.4 listens where the global `listen` says); imaps is
+    switched off and doveadm has no inet listener."""
+    address = "" if v24 else "    address = 127.0.0.1\n"
     return (
         "service imap-login {\n"
-        f"  inet_listener imap {{\n    address = 127.0.0.1\n    port = {port}\n  }}\n"
+        f"  inet_listener imap {{\n{address}    port = {port}\n  }}\n"
         "  inet_listener imaps {\n    port = 0\n  }\n"
         "}"
     )
 
 
-def _plugin_lines(inp: ConfInputs) -> list[str]:
+def _plugin_lines(inp: ConfInputs, v24: bool) -> list[str]:
     lines: list[str] = []
-    if inp.mail_plugins:
+    if inp.mail_plugins and v24:
+        lines.append("mail_plugins {\n" + "".join(f"  {p} = yes\n" for p in inp.mail_plugins)
+                     + "}")
+    elif inp.mail_plugins:
         lines.append("mail_plugins = $mail_plugins " + " ".join(inp.mail_plugins))
     if inp.mail_plugin_dir is not None:
         lines.append(f"mail_plugin_dir = {inp.mail_plugin_dir}")
     if inp.plugin_settings:
-        body = "".join(f"  {k} = {v}\n" for k, v in inp.plugin_settings.items())
-        lines.append("plugin {\n" + body + "}")
+        lines.append(plugin_settings_block(inp.plugin_settings, v24))
     return lines
+
+
+def plugin_settings_block(settings: Mapping[str, str], v24: bool | None = None) -> str:
+    """2.3 reads plugin settings from a `plugin {}` block; 2.4 has none: they are top-level
+    settings that the plugin declares."""
+    if v24 is None:
+        v24 = installed().settings_v24
+    if v24:
+        return "\n".join(f"{k} = {v}" for k, v in settings.items())
+    return "plugin {\n" + "".join(f"  {k} = {v}\n" for k, v in settings.items()) + "}"
 
 
 def passwd_file(users: Sequence[str], passwords: Mapping[str, str], uid: int, gid: int,

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from replicator.dovecot.instance import DovecotInstance, DovecotLayout
+from replicator.dovecot.instance_conf import passwd_file_passdb
 from replicator.testing.etcd import EtcdCluster
 from replicator.testing.failover import body_bytes
 from replicator.testing.imap import parse_appenduid
@@ -23,8 +24,7 @@ HOOK = Path(__file__).resolve().parents[2] / "systemd" / "on-owner-change-proxy-
 
 def proxy_config(proxy_map: Path) -> str:
     """What README shows: the proxy's only passdb is the map the hook keeps."""
-    return (f"passdb {{\n  driver = passwd-file\n  args = {proxy_map}\n}}\n"
-            "login_trusted_networks = 127.0.0.0/8\n")
+    return passwd_file_passdb(proxy_map, "proxy-map") + "\nlogin_trusted_networks = 127.0.0.0/8\n"
 
 
 def wrapper(path: Path, proxy_map: Path, hosts: Path) -> Path:
