@@ -1,12 +1,14 @@
-"""Renders the dovecot.conf of one test/bench/demo node.
+"""Renders the dovecot.conf of one test/bench/demo node, in 2.3's or 2.4's language.
 
 Kept apart from the process handling in `instance.py` so that the settings a node runs with can be
 read (and reviewed) in one place: only IMAP on 127.0.0.1, no TLS, passwd-file users, and the
-INDEX/CONTROL split that the replicator depends on.
+INDEX/CONTROL split that the replicator depends on. The language follows the installed Dovecot
+(`version.installed()`); a `version` argument renders for another one (README's examples).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,26 +51,54 @@ class DovecotLayout:
 MAIL_SUBDIR: Mapping[MailFormat, str] = {"maildir": "Maildir", "mdbox": "mdbox", "sdbox": "sdbox"}
 
 
-def mail_location(layout: DovecotLayout) -> str:
-    """2.3's mail_location with INDEX and CONTROL split off from the bodies.
-
-    Bodies live under `<mail_root>/<user>/<Maildir|mdbox|sdbox>`; mdbox keeps its `m.*` files in
-    `storage/` there and its map index in `<index_root>/<user>/storage/dovecot.map.index*`.
-    """
-    return (
-        f"{layout.mail_format}:{layout.mail_root}/%u/{MAIL_SUBDIR[layout.mail_format]}"
-        f":INDEX={layout.index_root}/%u:CONTROL={layout.control_root}/%u"
-    )
+# 2.4 dropped the one-letter variables; 2.3 understands the long form too, so we write %{user}.
+_V24_VARIABLES = {"u": "%{user}", "n": "%{user|username}", "d": "%{user|domain}",
+                  "h": "%{home}", "%": "%"}
+# The mail_location keys 2.4 turned into settings of their own.
+_V24_LOCATION_KEYS = {"INBOX": "mail_inbox_path", "LAYOUT": "mailbox_list_layout",
+                      "DIRNAME": "mailbox_directory_name", "ALT": "mail_alt_path",
+                      "VOLATILEDIR": "mail_volatile_path", "INDEX": "mail_index_path",
+                      "CONTROL": "mail_control_path"}
 
 
-def mail_settings_v24(layout: DovecotLayout) -> list[str]:
-    """2.4's four settings that replace mail_location, with the same split."""
-    return [
-        f"mail_driver = {layout.mail_format}",
-        f"mail_path = {layout.mail_root}/%{{user}}/{MAIL_SUBDIR[layout.mail_format]}",
-        f"mail_index_path = {layout.index_root}/%{{user}}",
-        f"mail_control_path = {layout.control_root}/%{{user}}",
-    ]
+class MailLocationError(ValueError):
+    """A mail location this writer cannot express for the installed Dovecot."""
+
+
+def location_settings(location: str, index_dir: Path, control_dir: Path,
+                      version: DovecotVersion | None = None) -> list[str]:
+    """The settings for a 2.3-style location `driver:path[:KEY=VALUE]...` with INDEX and
+    CONTROL moved to `<index_dir>/<user>` and `<control_dir>/<user>`: one `mail_location` line
+    on 2.3; `mail_driver`, `mail_path`, `mail_index_path`, `mail_control_path` (and one
+    setting per other key) on 2.4, with %u/%n/%d/%h spelled the 2.4 way."""
+    driver, sep, rest = location.partition(":")
+    if not sep or not driver or not rest:
+        raise MailLocationError(f"{location!r} is not driver:path (e.g. maildir:~/Maildir)")
+    if not (version or installed()).settings_v24:
+        return [f"mail_location = {location}:INDEX={index_dir}/%{{user}}"
+                f":CONTROL={control_dir}/%{{user}}"]
+    path, *options = rest.split(":")
+    lines = [f"mail_driver = {driver}", f"mail_path = {_v24_variables(path)}"]
+    for option in options:
+        key, _, value = option.partition("=")
+        if key not in _V24_LOCATION_KEYS or key in ("INDEX", "CONTROL"):
+            raise MailLocationError(f"{location!r}: {key} is not supported here")
+        lines.append(f"{_V24_LOCATION_KEYS[key]} = {_v24_variables(value)}")
+    return [*lines, f"mail_index_path = {index_dir}/%{{user}}",
+            f"mail_control_path = {control_dir}/%{{user}}"]
+
+
+def _v24_variables(value: str) -> str:
+    return re.sub(r"%([%undh])", lambda m: _V24_VARIABLES[m.group(1)], value)
+
+
+def layout_settings(layout: DovecotLayout, version: DovecotVersion | None = None) -> list[str]:
+    """A node's mail settings: bodies under `<mail_root>/<user>/<Maildir|mdbox|sdbox>` (mdbox
+    keeps its `m.*` files in `storage/` there and its map index in
+    `<index_root>/<user>/storage/dovecot.map.index*`), INDEX and CONTROL split off."""
+    return location_settings(
+        f"{layout.mail_format}:{layout.mail_root}/%{{user}}/{MAIL_SUBDIR[layout.mail_format]}",
+        layout.index_root, layout.control_root, version)
 
 
 @dataclass(frozen=True)
@@ -95,8 +125,8 @@ def render_config(inp: ConfInputs, version: DovecotVersion | None = None) -> str
     """Returns a complete, self-contained dovecot.conf (no includes of the system config) in
     the language of `version` (the installed Dovecot's by default)."""
     v24 = (version or installed()).settings_v24
-    lines = _preamble_v24(version or installed()) if v24 else []
-    lines += [
+    lines = [
+        *preamble(version),
         f"instance_name = {inp.instance_name}",
         f"base_dir = {inp.base_dir}",
         f"state_dir = {inp.base_dir}/state",
@@ -108,8 +138,7 @@ def render_config(inp: ConfInputs, version: DovecotVersion | None = None) -> str
         "auth_mechanisms = plain login",
         f"first_valid_uid = {inp.mail_uid}",
         f"first_valid_gid = {inp.mail_gid}",
-        *(mail_settings_v24(inp.layout) if v24
-          else [f"mail_location = {mail_location(inp.layout)}"]),
+        *layout_settings(inp.layout, version),
         f"mail_fsync = {inp.mail_fsync}",
         "namespace inbox {\n  inbox = yes\n  separator = /\n}",
         passwd_file_passdb(inp.passwd_path, "users", version),
@@ -123,9 +152,13 @@ def render_config(inp: ConfInputs, version: DovecotVersion | None = None) -> str
     return "\n".join(lines) + "\n"
 
 
-def _preamble_v24(version: DovecotVersion) -> list[str]:
-    """2.4 wants these first. The storage version is the running one: a replica written with
-    it is read by the same Dovecot on the peer (see tests/golden/README.md for 2.3 copies)."""
+def preamble(version: DovecotVersion | None = None) -> list[str]:
+    """What a dovecot.conf must start with: nothing on 2.3; on 2.4 the config and storage
+    versions. 2.4.1 writes the same index, log, cache and uidlist formats whatever storage
+    version is set (tests/golden holds files of both), so the running version is named."""
+    version = version or installed()
+    if not version.settings_v24:
+        return []
     return [f"dovecot_config_version = {version.config_version}",
             f"dovecot_storage_version = {version.config_version}"]
 

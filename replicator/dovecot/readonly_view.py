@@ -2,8 +2,9 @@
 
 Dovecot cannot open an index read-only (opening a mailbox syncs it), so the replica's roots are
 copied to a scratch directory and a throwaway configuration (no listeners, its own base_dir,
-a static userdb owning the files) points doveadm at the copy. `mail_location` is the
-operator's own, without INDEX/CONTROL, which are added to point at the copy.
+a static userdb owning the files) points doveadm at the copy. The mail location is the
+operator's own, in 2.3's `driver:path` form without INDEX/CONTROL, which are added to point at
+the copy (on 2.4 it is written as the settings that replaced `mail_location`).
 """
 
 from __future__ import annotations
@@ -15,11 +16,14 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from replicator.dovecot.doveadm import STATUS_FIELDS, DoveadmError, MailboxStatus
+from replicator.dovecot.instance_conf import location_settings, preamble
+from replicator.dovecot.version import installed
 
 
 def _config(scratch: Path, mail_location: str, uid: int, gid: int) -> Path:
     conf = scratch / "dovecot.conf"
     conf.write_text("\n".join([
+        *preamble(),
         f"base_dir = {scratch}/run",
         f"state_dir = {scratch}/state",
         f"instance_name = verify-{scratch.name}",
@@ -29,7 +33,7 @@ def _config(scratch: Path, mail_location: str, uid: int, gid: int) -> Path:
         f"first_valid_uid = {uid}",
         f"mail_uid = {uid}",
         f"mail_gid = {gid}",
-        f"mail_location = {mail_location}:INDEX={scratch}/index/%u:CONTROL={scratch}/control/%u",
+        *location_settings(mail_location, scratch / "index", scratch / "control"),
         "namespace inbox {\n  inbox = yes\n  separator = /\n}",
     ]) + "\n")
     return conf
@@ -38,7 +42,8 @@ def _config(scratch: Path, mail_location: str, uid: int, gid: int) -> Path:
 def _status(conf: Path, scratch: Path, user: str) -> dict[str, MailboxStatus]:
     """doveadm without -u: no auth server runs, so the user comes from USER/HOME, and Dovecot
     drops to mail_uid itself."""
-    args = ("-f", "tab", "mailbox", "status", " ".join(STATUS_FIELDS), "*")
+    args = ("-f", "tab", "mailbox", "status", *installed().doveadm_without_userdb,
+            " ".join(STATUS_FIELDS), "*")
     env = {"USER": user, "HOME": str(scratch / "home" / user), "PATH": "/usr/bin:/bin"}
     res = subprocess.run(["doveadm", "-c", str(conf), *args], capture_output=True, text=True,
                          env=env, timeout=120, stdin=subprocess.DEVNULL)

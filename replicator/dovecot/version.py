@@ -46,6 +46,12 @@ class DovecotVersion:
         return (self.major, self.minor) >= (2, 4)
 
     @property
+    def doveadm_without_userdb(self) -> tuple[str, ...]:
+        """What a doveadm mail command needs to take the user from USER/HOME instead of a
+        userdb: nothing on 2.3; 2.4 insists on `--no-userdb-lookup` when no -u is given."""
+        return ("--no-userdb-lookup",) if self.settings_v24 else ()
+
+    @property
     def config_version(self) -> str:
         """The value 2.4 wants as `dovecot_config_version` (and `dovecot_storage_version`)."""
         return str(self)

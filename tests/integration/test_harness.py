@@ -116,7 +116,11 @@ def test_churn_rotates_log_and_rewrites_index_and_cache(
             if (inbox / n).exists():
                 seen[n].add((inbox / n).stat().st_ino)
     replaced = {n: len(inodes) > 1 for n, inodes in seen.items()}
-    assert replaced == {n: churn for n in names}
+    # 2.4 also rewrites the cache through a temporary file with the default settings, 2.3
+    # does not: the churn settings are what this test is about
+    assert {n: replaced[n] for n in names if not n.endswith(".cache")} == {
+        n: churn for n in names if not n.endswith(".cache")}
+    assert replaced["dovecot.index.cache"] or not churn
     assert (inbox / "dovecot.index.log.2").exists() == churn
     assert node.error_lines() == []
 
