@@ -3,7 +3,7 @@
 Dovecot 2.4 changed the configuration language (`dovecot_config_version`, `mail_driver` and
 `mail_path` instead of `mail_location`, named passdb/userdb blocks, `%{user}` instead of `%u`,
 plugin settings as top-level settings that a plugin must declare), while the on-disk formats the
-replicator reads did not change between 2.3.19 and 2.4.1 (see `tests/golden/README.md`). Every
+replicator reads did not change between 2.3.19 and 2.4.1 (tests/golden holds files of both). Every
 difference that follows from the version is decided here, once, from `dovecot --version`; the
 rest of the code asks `installed()` for the `DovecotVersion` and calls what it offers, never
 compares version numbers itself.

@@ -1,5 +1,6 @@
-"""Our parsers and the min-next-uid writer against a real Dovecot 2.3.19, for maildir, mdbox and
-sdbox: `doveadm dump` and `doveadm mailbox status` are the oracles, IMAP APPENDUID the proof."""
+"""Our parsers and the min-next-uid writer against the installed Dovecot (2.3.19 or 2.4.1), for
+maildir, mdbox and sdbox: `doveadm dump` and `doveadm mailbox status` are the oracles, IMAP
+APPENDUID the proof. tests/unit/test_golden_formats.py checks the other version's files."""
 
 from __future__ import annotations
 
@@ -11,18 +12,11 @@ from typing import Any
 import pytest
 
 from replicator.dovecot.doveadm import mailbox_status
-from replicator.dovecot.headers import (
-    cache_belongs_to,
-    is_record_boundary,
-    parse_cache,
-    parse_index,
-    parse_log,
-    parse_uidlist,
-)
+from replicator.dovecot.headers import parse_log, parse_uidlist
 from replicator.dovecot.instance import DovecotInstance
 from replicator.dovecot.listindex import forget_cached_status
 from replicator.dovecot.nextuid import header_update_record, raise_next_uid
-from replicator.dovecot.uidstate import replay_next_uid
+from tests.golden.oracle import check_index, check_log, check_replay
 from tests.integration.doveadm_dump import dump_index, dump_log, raw_index_copy
 
 pytestmark = pytest.mark.integration
@@ -67,85 +61,31 @@ def _paths(inst: DovecotInstance) -> dict[str, tuple[Path, Path]]:
                        for t in ("index", "control")) for box in BOXES}  # type: ignore[misc]
 
 
-def _ints(fields: dict[str, str], names: dict[str, str]) -> dict[str, int]:
-    return {ours: int(fields[theirs]) for ours, theirs in names.items()}
-
-
-INDEX_FIELDS = {
-    "base_header_size": "base header size", "header_size": "header size",
-    "record_size": "record size", "compat_flags": "compat flags", "indexid": "index id",
-    "flags": "flags", "uid_validity": "uid validity", "next_uid": "next uid",
-    "messages_count": "messages count", "seen_messages_count": "seen messages count",
-    "deleted_messages_count": "deleted messages count", "first_recent_uid": "first recent uid",
-    "first_unseen_uid_lowwater": "first unseen uid lowwater",
-    "first_deleted_uid_lowwater": "first deleted uid lowwater", "log_file_seq": "log file seq",
-    "log_file_tail_offset": "log file tail offset",
-    "log_file_head_offset": "log file head offset", "log2_rotate_time": "log2 rotate time",
-    "last_temp_file_scan": "last temp file scan", "day_stamp": "day stamp",
-}
-CACHE_FIELDS = {
-    "major_version": "major version", "minor_version": "minor version", "indexid": "indexid",
-    "file_seq": "file_seq", "continued_record_count": "continued_record_count",
-    "record_count": "record_count", "backwards_compat_used_file_size": "used_file_size (old)",
-    "deleted_record_count": "deleted_record_count",
-    "field_header_offset": "field_header_offset",
-}
-EXT_FIELDS = {"hdr_size": "hdr_size", "reset_id": "reset_id", "record_offset": "record_offset",
-              "record_size": "record_size", "record_align": "record_align"}
-
-
 def _check_index_file(index: Path, scratch: Path) -> bool:
     """False when the log the index points at is gone (nothing to dump it beside)."""
     copy = raw_index_copy(index, scratch)
     if copy is None:
         return False
-    ours, theirs = parse_index(index.read_bytes(), index.name), dump_index(copy)
-    h = ours.header
-    assert theirs.header["version"] == f"{h.major_version}.{h.minor_version}"
-    assert {k: getattr(h, k) for k in INDEX_FIELDS} == _ints(theirs.header, INDEX_FIELDS)
-    assert list(h.day_first_uid) == [int(theirs.header[f"day first uid[{i}]"]) for i in range(8)]
-    assert [(e.name, *(getattr(e, k) for k in EXT_FIELDS)) for e in ours.extensions] == [
-        (x["name"], *_ints(x, EXT_FIELDS).values()) for x in theirs.extensions]
-    assert theirs.records == h.messages_count
-    cache_path = index.with_name(index.name + ".cache")
-    if cache_path.exists() and theirs.cache.get("major version"):
-        cache = parse_cache(cache_path.read_bytes())
-        assert {k: getattr(cache, k) for k in CACHE_FIELDS} == _ints(theirs.cache, CACHE_FIELDS)
-        assert cache_belongs_to(cache, ours)
+    theirs = dump_index(copy)
+    cache = index.with_name(index.name + ".cache")
+    check_index(index.read_bytes(), index.name, theirs.header, theirs.extensions,
+                theirs.records, cache.read_bytes() if cache.exists() else None, theirs.cache)
     return True
 
 
 def _check_log_file(log_path: Path) -> None:
-    log = parse_log(log_path.read_bytes(), log_path.name)
     header, records = dump_log(log_path)
-    h = log.header
-    assert header == {
-        "version": f"{h.major_version}.{h.minor_version}", "hdr size": str(h.hdr_size),
-        "index id": str(h.indexid), "file seq": str(h.file_seq),
-        "prev file": f"{h.prev_file_seq}/{h.prev_file_offset}",
-        "create stamp": str(h.create_stamp), "initial modseq": str(h.initial_modseq),
-        "compat flags": f"{h.compat_flags:x}"}
-    assert [(r.offset, r.name, r.size) for r in log.records] == records
-    assert (log.torn, log.end) == (None, log_path.stat().st_size)
+    check_log(log_path.read_bytes(), log_path.name, header, records)
 
 
 def _check_replay(box_dir: Path) -> None:
     """Our replay of index + logs equals what Dovecot builds when it opens the mailbox."""
-    index = box_dir / "dovecot.index"
-    ix = None
-    if index.exists():
-        raw = index.read_bytes()
-        ix = (parse_index(raw).header, raw[:120])
-        log = parse_log((box_dir / "dovecot.index.log").read_bytes())
-        if ix[0].log_file_seq == log.header.file_seq:
-            assert is_record_boundary(log, ix[0].log_file_head_offset)
-    data = (box_dir / "dovecot.index.log").read_bytes()
-    log2 = box_dir / "dovecot.index.log.2"
-    state = replay_next_uid(ix, parse_log(data).header, data,
-                            lambda: log2.read_bytes() if log2.exists() else None)
+    index, log2 = box_dir / "dovecot.index", box_dir / "dovecot.index.log.2"
     theirs = dump_index(box_dir).header
-    assert (state.next_uid, state.uid_validity) == (
-        int(theirs["next uid"]), int(theirs["uid validity"]))
+    check_replay(index.read_bytes() if index.exists() else None,
+                 (box_dir / "dovecot.index.log").read_bytes(),
+                 lambda: log2.read_bytes() if log2.exists() else None,
+                 int(theirs["next uid"]), int(theirs["uid validity"]))
 
 
 @pytest.mark.parametrize("churn", [False, True], ids=["plain", "churn"])
