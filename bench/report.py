@@ -18,7 +18,29 @@ def write_report(results: dict[str, Any], here: Path) -> None:
     (here / "results.json").write_text(json.dumps(_without_samples(results), indent=1))
     _plot_lag(results, here / "lag_cdf.png")
     _plot_traffic(results, here / "traffic.png")
-    (here / "RESULTS.md").write_text(_markdown(results))
+    write_sections(here / "RESULTS.md", _markdown(results))
+
+
+def _sections(text: str) -> list[str]:
+    """The file's head, then each `## ` section with its title line."""
+    head, *rest = text.rstrip("\n").split("\n## ")
+    return [head, *("## " + part for part in rest)]
+
+
+def write_sections(path: Path, markdown: str) -> None:
+    """Writes `markdown`'s head and sections into `path`, keeping the sections of the existing
+    file that `markdown` does not have: other commands write those (bench.failover and
+    bench.etcd_costs' "Ownership on etcd", bench.versions' "Dovecot 2.4 beside 2.3")."""
+    def title(part: str) -> str:
+        return part.split("\n", 1)[0]
+
+    new = _sections(markdown)
+    fresh = {title(part): part for part in new[1:]}
+    old = _sections(path.read_text()) if path.exists() else [""]
+    parts = [new[0] if new[0].strip() else old[0]]
+    parts += [fresh.pop(title(part), part) for part in old[1:]]  # in place, in their order
+    parts += fresh.values()
+    path.write_text("\n\n".join(p.rstrip("\n") for p in parts) + "\n")
 
 
 def _without_samples(results: dict[str, Any]) -> dict[str, Any]:
