@@ -23,6 +23,7 @@ from replicator.sender.outbox import Outbox
 from replicator.transport.base import Transport, TransportClosed
 from replicator.transport.handshake import Credentials, Dialled, dial
 from replicator.transport.select import choose
+from replicator.transport.tcp import tls_reason
 from replicator.wire.auth import AuthError
 from replicator.wire.messages import (
     AWAITING_RESYNC,
@@ -279,7 +280,7 @@ def describe_failure(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return str(exc) or "timed out"
     if isinstance(exc, ssl.SSLError):
-        return f"TLS failed: {exc.reason or exc}"
+        return f"TLS failed: {tls_reason(exc) if exc.reason else exc}"
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror.lower()
     if not isinstance(exc, OSError | ProtocolError):

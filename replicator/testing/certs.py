@@ -14,6 +14,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 CURVE = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes")
+# What a strict (RFC 5280) verifier wants, and what README's "Certificates" tells operators.
+CA_EXTENSIONS = ("-addext", "basicConstraints = critical, CA:TRUE",
+                 "-addext", "keyUsage = critical, keyCertSign, cRLSign")
+NODE_EXTENSIONS = ("basicConstraints = critical, CA:FALSE\n"
+                   "keyUsage = critical, digitalSignature\n"
+                   "extendedKeyUsage = serverAuth, clientAuth\n"
+                   "subjectKeyIdentifier = hash\n"
+                   "authorityKeyIdentifier = keyid, issuer\n")
 
 
 def _openssl(*args: str) -> None:
@@ -30,7 +38,7 @@ class TestCA:
         directory.mkdir(parents=True, exist_ok=True)
         self.key, self.cert = directory / f"{name}.key", directory / f"{name}.crt"
         _openssl("req", "-x509", *CURVE, "-keyout", str(self.key), "-out", str(self.cert),
-                 "-subj", f"/CN={name}", "-days", "2")
+                 "-subj", f"/CN={name}", "-days", "2", *CA_EXTENSIONS)
 
     def issue(self, node_id: str, *, names: Sequence[str] | None = None) -> dict[str, Path]:
         """Key and certificate for `node_id` (CN and DNS SANs: `names`, default the id)."""
@@ -38,7 +46,7 @@ class TestCA:
         key, csr, crt = (self.directory / f"{node_id}.{ext}" for ext in ("key", "csr", "crt"))
         extensions = self.directory / f"{node_id}.ext"
         extensions.write_text("subjectAltName = " + ", ".join(f"DNS:{n}" for n in names) + "\n"
-                              "extendedKeyUsage = serverAuth, clientAuth\n")
+                              + NODE_EXTENSIONS)
         _openssl("req", *CURVE, "-keyout", str(key), "-out", str(csr), "-subj",
                  f"/CN={names[0]}")
         _openssl("x509", "-req", "-in", str(csr), "-CA", str(self.cert), "-CAkey", str(self.key),

@@ -98,20 +98,36 @@ def certificate_names(cert: dict[str, Any] | None) -> list[str]:
     return sorted(names)
 
 
+def _strict(context: ssl.SSLContext) -> ssl.SSLContext:
+    """RFC 5280 checks on every certificate (a CA must carry keyUsage, a node certificate an
+    authority key identifier). Python 3.13 (Debian 13) turns them on by default, 3.11
+    (Debian 12) does not: on both, so that certificates a Debian 12 node accepts keep working
+    when a node of the pair moves to Debian 13 (README: "Certificates")."""
+    context.verify_flags |= ssl.VERIFY_X509_STRICT
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
 def client_tls(cert: Path, key: Path, ca: Path) -> ssl.SSLContext:
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca))
     context.load_cert_chain(str(cert), str(key))
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.check_hostname = False  # the node id is checked against the certificate's names
-    return context
+    return _strict(context)
 
 
 def server_tls(cert: Path, key: Path, ca: Path) -> ssl.SSLContext:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(ca))
     context.load_cert_chain(str(cert), str(key))
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.verify_mode = ssl.CERT_REQUIRED
-    return context
+    return _strict(context)
+
+
+def tls_reason(exc: BaseException) -> str:
+    """OpenSSL's reason, with the verifier's own words when a certificate was refused
+    ("CERTIFICATE_VERIFY_FAILED (CA cert does not include key usage extension)")."""
+    reason = getattr(exc, "reason", None) or type(exc).__name__
+    detail = getattr(exc, "verify_message", None)
+    return f"{reason} ({detail})" if detail else str(reason)
 
 
 async def connect(address: Address, tls: ssl.SSLContext | None, timeout: float,
@@ -164,7 +180,7 @@ async def _start_tls(writer: asyncio.StreamWriter, tls: ssl.SSLContext, admissio
         gate.refusals.refuse(admission.address, "tls-timeout",
                              f"no TLS handshake within {gate.hello_timeout:g} s")
     except (ssl.SSLError, ConnectionError, OSError) as exc:
-        reason = getattr(exc, "reason", None) or type(exc).__name__
+        reason = tls_reason(exc)
         gate.refusals.refuse(admission.address, f"tls:{reason}", f"TLS failed: {reason}")
     writer.transport.abort()
     return False

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from replicator.dovecot.instance import free_port
+from replicator.testing.certs import TestCA
 from replicator.testing.cluster import PeerSpec, ReplicatorNode, pair
 from replicator.verify.trees import compare_trees
 from tests.integration.daemon_support import poll, roots
@@ -52,22 +53,9 @@ def test_unknown_peer_is_refused_with_the_reason(tmp_path: Path,
 
 
 def make_pki(base: Path, names: list[str], ca_name: str = "ca") -> dict[str, dict[str, Path]]:
-    """A CA and one certificate per node, made with the openssl command line."""
-    base.mkdir(parents=True, exist_ok=True)
-    ca_key, ca_crt = base / f"{ca_name}.key", base / f"{ca_name}.crt"
-    run = lambda *args: subprocess.run(["openssl", *args], check=True,  # noqa: E731
-                                       capture_output=True)
-    run("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-        "-keyout", str(ca_key), "-out", str(ca_crt), "-subj", f"/CN={ca_name}", "-days", "2")
-    files = {}
-    for name in names:
-        key, csr, crt = base / f"{name}.key", base / f"{name}.csr", base / f"{name}.crt"
-        run("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout",
-            str(key), "-out", str(csr), "-subj", f"/CN={name}")
-        run("x509", "-req", "-in", str(csr), "-CA", str(ca_crt), "-CAkey", str(ca_key),
-            "-CAcreateserial", "-out", str(crt), "-days", "2")
-        files[name] = {"cert": crt, "key": key, "ca": ca_crt}
-    return files
+    """A CA and one certificate per node (replicator.testing.certs: real openssl)."""
+    ca = TestCA(base, ca_name)
+    return {name: ca.issue(name) for name in names}
 
 
 def holds(replica: Path, log: bytes, index: bytes) -> Callable[[], bool]:
