@@ -1,4 +1,4 @@
-"""One real Dovecot 2.3 process tree (a "node") for tests, benchmarks and the demo.
+"""One real Dovecot process tree (2.3 or 2.4; a "node") for tests, benchmarks and the demo.
 
 Each instance has its own base_dir and instance_name so that several run side by side and
 `doveadm -c <conf>` reaches the right one. The master runs in its own session, which is how
