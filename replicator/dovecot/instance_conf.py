@@ -152,15 +152,20 @@ def render_config(inp: ConfInputs, version: DovecotVersion | None = None) -> str
     return "\n".join(lines) + "\n"
 
 
+# The oldest Dovecot whose files a 2.4 node may write: a pair in the middle of an upgrade
+# promotes each other's replicas on either version, and 2.4 writes no newer format than this
+# names (Dovecot's upgrade notes; 2.4.1 writes 2.3's formats anyway, tests/golden).
+STORAGE_VERSION = "2.3.0"
+
+
 def preamble(version: DovecotVersion | None = None) -> list[str]:
-    """What a dovecot.conf must start with: nothing on 2.3; on 2.4 the config and storage
-    versions. 2.4.1 writes the same index, log, cache and uidlist formats whatever storage
-    version is set (tests/golden holds files of both), so the running version is named."""
+    """What a dovecot.conf must start with: nothing on 2.3; on 2.4 the version its settings
+    are written for and the storage version (STORAGE_VERSION)."""
     version = version or installed()
     if not version.settings_v24:
         return []
     return [f"dovecot_config_version = {version.config_version}",
-            f"dovecot_storage_version = {version.config_version}"]
+            f"dovecot_storage_version = {STORAGE_VERSION}"]
 
 
 def passwd_file_passdb(path: Path, name: str, version: DovecotVersion | None = None) -> str:

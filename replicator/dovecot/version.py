@@ -53,7 +53,8 @@ class DovecotVersion:
 
     @property
     def config_version(self) -> str:
-        """The value 2.4 wants as `dovecot_config_version` (and `dovecot_storage_version`)."""
+        """The value 2.4 wants as `dovecot_config_version`: the settings' defaults of this
+        version, which our configurations were written and tested against."""
         return str(self)
 
 
