@@ -4,10 +4,10 @@ Every function takes the dovecot.conf path, so the same code serves tests (an in
 and production (verify/promote on /etc/dovecot/dovecot.conf). doveadm must reach a running
 Dovecot through the config's base_dir (auth-userdb socket) to look users up.
 
-Formats, measured on 2.3.19 and the same on 2.4.1: global options such as `-f tab` go before the command; `mailbox
-status` takes its field list as ONE argument ('messages uidnext ...'); mailbox names are printed
-as UTF-8; the tab formatter does not escape, which is safe because Dovecot refuses control
-characters in mailbox names and flags never contain whitespace.
+Formats, measured on 2.3.19 and the same on 2.4.1: global options such as `-f tab` go before
+the command; `mailbox status` takes its field list as ONE argument ('messages uidnext ...');
+mailbox names are printed as UTF-8; the tab formatter does not escape, which is safe because
+Dovecot refuses control characters in mailbox names and flags never contain whitespace.
 """
 
 from __future__ import annotations
