@@ -196,17 +196,22 @@ def _listeners(port: int, v24: bool) -> str:
 
 
 def _plugin_lines(inp: ConfInputs, v24: bool) -> list[str]:
-    lines: list[str] = []
-    if inp.mail_plugins and v24:
-        lines.append("mail_plugins {\n" + "".join(f"  {p} = yes\n" for p in inp.mail_plugins)
-                     + "}")
-    elif inp.mail_plugins:
-        lines.append("mail_plugins = $mail_plugins " + " ".join(inp.mail_plugins))
+    lines = mail_plugins_lines(inp.mail_plugins, v24)
     if inp.mail_plugin_dir is not None:
         lines.append(f"mail_plugin_dir = {inp.mail_plugin_dir}")
     if inp.plugin_settings:
         lines.append(plugin_settings_block(inp.plugin_settings, v24))
     return lines
+
+
+def mail_plugins_lines(plugins: Sequence[str], v24: bool) -> list[str]:
+    """Loads `plugins` besides those already loaded: 2.3 appends to a string, 2.4 switches
+    each one on in a boolean list."""
+    if not plugins:
+        return []
+    if v24:
+        return ["mail_plugins {\n" + "".join(f"  {p} = yes\n" for p in plugins) + "}"]
+    return ["mail_plugins = $mail_plugins " + " ".join(plugins)]
 
 
 def plugin_settings_block(settings: Mapping[str, str], v24: bool | None = None) -> str:
@@ -225,3 +230,20 @@ def passwd_file(users: Sequence[str], passwords: Mapping[str, str], uid: int, gi
     return "".join(
         f"{u}:{{PLAIN}}{passwords[u]}:{uid}:{gid}::{home_root}/{u}::\n" for u in users
     )
+
+
+# README's example: where a Debian system keeps mail, and the two replicated roots.
+EXAMPLE_LAYOUT = DovecotLayout(Path("/srv/mail"), Path("/var/lib/dovecot-index"),
+                               Path("/var/lib/dovecot-control"), "maildir")
+EXAMPLE_PLUGIN_SETTINGS = {"replicator_sync_socket": "/run/dovecot-replicator/control.sock",
+                           "replicator_sync_policy": "fail", "replicator_sync_timeout": "2000"}
+
+
+def operator_example(version: DovecotVersion) -> str:
+    """The lines of dovecot.conf the replicator needs, as README shows them for `version`:
+    rendered by the functions every test node's configuration is made of, so what README says
+    is what the tests run (tests/unit/test_readme_configs.py keeps the two equal)."""
+    v24 = version.settings_v24
+    return "\n".join([*preamble(version), *layout_settings(EXAMPLE_LAYOUT, version),
+                      *mail_plugins_lines(("replicator_sync",), v24),
+                      plugin_settings_block(EXAMPLE_PLUGIN_SETTINGS, v24)]) + "\n"
