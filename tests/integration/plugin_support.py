@@ -1,14 +1,13 @@
-"""What the sync plugin's test files share: where the plugin is built, the Dovecot settings
-that count its events, and a poll of those counts."""
+"""What the sync plugin's test files share: the Dovecot settings that count its events and a
+poll of those counts. Where the plugin is built: `replicator.testing.native.sync_plugin_dir()`
+(the `plugin_dir` fixture)."""
 
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 from replicator.dovecot.instance import DovecotInstance
 
-NATIVE = Path(__file__).resolve().parents[2] / "native"
 MSG = b"From: a@example.org\r\nTo: u1@example.org\r\nSubject: t\r\n\r\nbody\r\n"
 METRICS = "".join(f"metric {n} {{\n  filter = event={n}\n}}\n"
                   for n in ("replicator_sync_degraded", "replicator_sync_failed",
