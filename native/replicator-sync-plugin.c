@@ -232,7 +232,8 @@ static void replicator_sync_mailbox_allocated(struct mailbox *box)
    mail_namespaces_init() has created any storage, and nothing of the user
    is opened or written.
 
-   What clients see with Dovecot 2.3.19 (the reason reaches only the log):
+   What clients see with Dovecot 2.3.19 (the reason reaches only the log;
+   the tests see the same IMAP, dovecot-lda and doveadm results on 2.4.1):
    - IMAP (imap-login hands the LOGIN over to imap, whose
      login_client_connected() fails in client_create_from_input()): the
      tagged "<tag> OK Logged in, but initialization failed." followed by
@@ -247,7 +248,8 @@ static void replicator_sync_mailbox_allocated(struct mailbox *box)
    - dovecot-lda: "lda(<pid>): Fatal: <user->error>", exit code 75
      (EX_TEMPFAIL): the MTA retries.
    - doveadm: "doveadm(<user>): Error: <user->error>", exit code 75; an
-     admin who means it passes -o plugin/replicator_sync_owner_check=no.
+     admin who means it passes -o replicator_sync_owner_check=no (2.3:
+     -o plugin/replicator_sync_owner_check=no).
 
    Only a REFUSED refuses.  A FAIL (the daemon could not answer the
    question: an error of its own), an unreachable daemon, a timeout or
@@ -308,8 +310,19 @@ static void replicator_sync_mail_user_created(struct mail_user *user)
 {
 	struct replicator_sync_user *ruser;
 	struct replicator_sync_settings set;
+	const char *error;
+	int ret;
 
-	if (!replicator_sync_settings_read(user, user->pool, &set)) {
+	ret = replicator_sync_settings_read(user, user->pool, &set, &error);
+	if (ret < 0) {
+		/* Dovecot 2.4 refused a value (one the configuration
+		   itself had would already have stopped doveconf): the user
+		   is not served unguarded, mail_user_init() fails and logs
+		   user->error */
+		user->error = p_strdup(user->pool, error);
+		return;
+	}
+	if (ret == 0) {
 		e_debug(user->event, "replicator_sync: Disabled for this user "
 			"(replicator_sync=no)");
 		return;

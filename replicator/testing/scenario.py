@@ -18,6 +18,7 @@ from typing import Any
 
 from replicator.dovecot.instance import DovecotInstance, DovecotLayout, MailFormat
 from replicator.testing.cluster import PeerSpec, ReplicatorNode
+from replicator.testing.native import sync_plugin_dir
 from replicator.testing.netns import HostPair
 
 
@@ -79,13 +80,11 @@ class TwoNodes:
             shutil.rmtree(path, ignore_errors=True)
 
 
-NATIVE_DIR = Path(__file__).resolve().parents[2] / "native"
-
-
 def sync_commit_settings(socket: Path, policy: str = "fail",
                          timeout_ms: int = 2000) -> dict[str, Any]:
-    """DovecotInstance options that load the sync-commit plugin built in native/."""
-    return {"mail_plugins": ("replicator_sync",), "mail_plugin_dir": NATIVE_DIR,
+    """DovecotInstance options that load the sync-commit plugin built in native/ (built here if
+    it is not yet)."""
+    return {"mail_plugins": ("replicator_sync",), "mail_plugin_dir": sync_plugin_dir(),
             "plugin_settings": {"replicator_sync_socket": str(socket),
                                 "replicator_sync_policy": policy,
                                 "replicator_sync_timeout": str(timeout_ms)}}

@@ -13,7 +13,6 @@ their own index and control roots, as the replicator's deployment does.
 from __future__ import annotations
 
 import shutil
-import subprocess
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from replicator.dovecot.instance import DovecotInstance, DovecotLayout, MailForm
 from replicator.dovecot.instance_conf import MAIL_FORMATS
 from replicator.testing.cluster import ReplicatorNode, stop_all
 from replicator.testing.etcd import EtcdCluster, etcd_cluster, have_etcd
-from tests.integration.plugin_support import NATIVE
+from replicator.testing.native import sync_plugin_dir
 
 DEFAULT_USERS = ("u1", "u2", "u3")
 
@@ -85,9 +84,9 @@ def dovecot_factory(tmp_path: Path, mail_format: MailFormat) -> Iterator[Dovecot
 
 @pytest.fixture(scope="session")
 def plugin_dir() -> Path:
-    """The sync-commit plugin, built once per run (native/Makefile)."""
-    subprocess.run(["make", "-s", "-C", str(NATIVE)], check=True)
-    return NATIVE
+    """The sync-commit plugin's build directory for the installed Dovecot, built once per run
+    (native/Makefile)."""
+    return sync_plugin_dir()
 
 
 @pytest.fixture

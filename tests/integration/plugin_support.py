@@ -1,14 +1,14 @@
-"""What the sync plugin's test files share: where the plugin is built, the Dovecot settings
-that count its events, and a poll of those counts."""
+"""What the sync plugin's test files share: the Dovecot settings that count its events, a poll
+of those counts, and how to override one of its settings on a command line. Where the plugin is
+built: `replicator.testing.native.sync_plugin_dir()` (the `plugin_dir` fixture)."""
 
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 from replicator.dovecot.instance import DovecotInstance
+from replicator.dovecot.version import installed
 
-NATIVE = Path(__file__).resolve().parents[2] / "native"
 MSG = b"From: a@example.org\r\nTo: u1@example.org\r\nSubject: t\r\n\r\nbody\r\n"
 METRICS = "".join(f"metric {n} {{\n  filter = event={n}\n}}\n"
                   for n in ("replicator_sync_degraded", "replicator_sync_failed",
@@ -26,3 +26,9 @@ def stats_count(inst: DovecotInstance, name: str, expected: int) -> int:
         if count == expected or time.monotonic() > deadline:
             return count
         time.sleep(0.01)
+
+
+def setting_override(name: str, value: str) -> str:
+    """`doveadm -o` argument for one of the plugin's settings: 2.3 keeps them in `plugin {}`
+    (`plugin/NAME=VALUE`), 2.4 has them top-level (`NAME=VALUE`)."""
+    return f"{name}={value}" if installed().settings_v24 else f"plugin/{name}={value}"

@@ -29,9 +29,21 @@ import pytest
 from replicator.control.protocol import REFUSED, FlushRequest
 from replicator.control.server import ControlServer
 from replicator.dovecot.doveadm import DoveadmError, mailbox_status
-from replicator.dovecot.instance import DovecotInstance, DovecotLayout, MailFormat
+from replicator.dovecot.instance import (
+    DovecotInstance,
+    DovecotLayout,
+    DovecotStartError,
+    MailFormat,
+)
+from replicator.dovecot.version import installed
 from tests.integration.fake_control import VERSION_1_0, FakeControl, Flush, Owner, dead_socket
-from tests.integration.plugin_support import CRASH_MARKERS, METRICS, MSG, stats_count
+from tests.integration.plugin_support import (
+    CRASH_MARKERS,
+    METRICS,
+    MSG,
+    setting_override,
+    stats_count,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -97,7 +109,13 @@ def rig_factory(tmp_path: Path, plugin_dir: Path) -> Iterator[Callable[..., Rig]
         elif server == "dead":
             dead_socket(sock)
         made.append(rig)
-        inst.start()
+        try:
+            inst.start()
+        except DovecotStartError:
+            made.remove(rig)  # nothing runs that the teardown could check
+            if rig.control is not None:
+                rig.control.close()
+            raise
         return rig
 
     yield make
@@ -364,7 +382,8 @@ def test_owner_refused_refuses_the_login_before_anything_is_opened(
 def test_owner_refused_tempfails_a_delivery_and_a_doveadm_command(
         rig_factory: Callable[..., Rig]) -> None:
     """dovecot-lda: i_fatal with the reason, exit 75 (the MTA retries). doveadm fails the
-    command for that user unless the admin says -o plugin/replicator_sync_owner_check=no."""
+    command for that user unless the admin says -o replicator_sync_owner_check=no (2.3:
+    plugin/replicator_sync_owner_check=no)."""
     rig = rig_factory("fail", owner="refused", owner_reason=REFUSAL, expect_errors=True,
                       expect_fatal=True)
     lda = subprocess.run(["/usr/lib/dovecot/dovecot-lda", "-c", str(rig.inst.config_path),
@@ -376,8 +395,8 @@ def test_owner_refused_tempfails_a_delivery_and_a_doveadm_command(
         rig.inst.doveadm("mailbox", "list", "-u", "u1")
     nothing_of_u1(rig.inst)
     assert rig.flushes() == []
-    rig.inst.doveadm("-o", "plugin/replicator_sync_owner_check=no", "mailbox", "list",
-                     "-u", "u1")
+    rig.inst.doveadm("-o", setting_override("replicator_sync_owner_check", "no"), "mailbox",
+                     "list", "-u", "u1")
     assert [o.user for o in rig.owners()] == ["u1", "u1"]  # lda, the first doveadm
 
 
@@ -621,8 +640,16 @@ def test_outermost_wrapper_lets_other_plugins_see_the_local_commit(
 
 # --- settings -------------------------------------------------------------------------------------
 
+# Invalid values: Dovecot 2.3 checks no plugin {} value, so the plugin does, logs an error and
+# uses the safe value; 2.4 checks declared settings itself and refuses them. Two tests, each
+# skipped on the other version, because the two behaviours share no step: one serves mail, the
+# other never starts.
+
 def test_invalid_settings_are_logged_and_fall_back_to_safe_defaults(
         rig_factory: Callable[..., Rig]) -> None:
+    if installed().settings_v24:
+        pytest.skip("Dovecot 2.4 refuses invalid values itself "
+                    "(test_dovecot_refuses_invalid_settings)")
     rig = rig_factory(None, default="fail", expect_errors=True, settings={
         "replicator_sync_policy": "maybe", "replicator_sync_timeout": "soon",
         "replicator_sync": "perhaps", "replicator_sync_owner_check": "never"})
@@ -634,6 +661,48 @@ def test_invalid_settings_are_logged_and_fall_back_to_safe_defaults(
         assert f"Invalid {name}={value}" in errors
     assert "using 2000 ms" in errors and "using fail" in errors
     assert [o.user for o in rig.owners()] == ["u1"]  # the check stays on
+
+
+INVALID_SETTINGS = [  # (setting, value, what Dovecot 2.4 says about it)
+    ("replicator_sync_policy", "maybe", "Invalid value: maybe"),
+    ("replicator_sync_timeout", "soon", "Invalid number soon"),
+    ("replicator_sync_timeout", "0", "0 is out of range: milliseconds, 1..600000 allowed"),
+    ("replicator_sync_timeout", "600001", "600001 is out of range"),
+    ("replicator_sync", "perhaps", "Invalid boolean value: perhaps"),
+    ("replicator_sync_owner_check", "never", "Invalid boolean value: never"),
+    ("replicator_sync_socket", "control.sock", "'control.sock' is not an absolute path"),
+]
+
+
+@pytest.mark.parametrize(("name", "value", "why"), INVALID_SETTINGS,
+                         ids=[f"{n}={v}" for n, v, _ in INVALID_SETTINGS])
+def test_dovecot_refuses_invalid_settings(
+        rig_factory: Callable[..., Rig], name: str, value: str, why: str) -> None:
+    """2.4: the plugin's declared settings are Dovecot's to check: the master does not start,
+    and doveconf's error names the setting and the value (the type check, or the plugin's own
+    check for the timeout's range and the socket's absolute path)."""
+    if not installed().settings_v24:
+        pytest.skip("Dovecot 2.3 does not check plugin {} values: the plugin falls back "
+                    "(test_invalid_settings_are_logged_and_fall_back_to_safe_defaults)")
+    with pytest.raises(DovecotStartError) as refusal:
+        rig_factory("fail", settings={name: value})
+    assert "Error in configuration file " in str(refusal.value)
+    assert f"{name}: {why}" in str(refusal.value)
+
+
+def test_dovecot_refuses_an_invalid_override_for_the_user(rig_factory: Callable[..., Rig]) -> None:
+    """2.4: a value that arrives after doveconf checked the configuration (here doveadm -o; a
+    userdb field goes the same way) fails that user's initialization: nothing of the user is
+    opened unguarded."""
+    if not installed().settings_v24:
+        pytest.skip("Dovecot 2.3 does not check plugin {} values: the plugin falls back")
+    rig = rig_factory("fail")
+    with pytest.raises(DoveadmError) as refusal:
+        rig.inst.doveadm("-o", setting_override("replicator_sync_timeout", "0"),
+                         "mailbox", "list", "-u", "u1")
+    assert "replicator_sync_timeout: 0 is out of range" in refusal.value.stderr
+    nothing_of_u1(rig.inst)
+    assert rig.owners() == []
 
 
 def test_default_socket_is_the_daemons_default(rig_factory: Callable[..., Rig]) -> None:
