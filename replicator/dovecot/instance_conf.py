@@ -214,6 +214,15 @@ def mail_plugins_lines(plugins: Sequence[str], v24: bool) -> list[str]:
     return ["mail_plugins = $mail_plugins " + " ".join(plugins)]
 
 
+def plugin_setting_override(name: str, value: str,
+                            version: DovecotVersion | None = None) -> str:
+    """The `doveadm -o` argument that sets one plugin setting for one run: 2.3 keeps plugin
+    settings in `plugin {}` (`plugin/NAME=VALUE`), 2.4 at the top level (`NAME=VALUE`)."""
+    if (version or installed()).settings_v24:
+        return f"{name}={value}"
+    return f"plugin/{name}={value}"
+
+
 def plugin_settings_block(settings: Mapping[str, str], v24: bool | None = None) -> str:
     """2.3 reads plugin settings from a `plugin {}` block; 2.4 has none: they are top-level
     settings that the plugin declares."""

@@ -1,4 +1,4 @@
-"""Fixtures that start real Dovecot 2.3 instances under pytest's tmp_path.
+"""Fixtures that start real Dovecot instances (2.3 or 2.4) under pytest's tmp_path.
 
 `dovecot_factory` follows the `mail_format` fixture, which runs each test once per format;
 a test that wants fewer formats parametrizes `mail_format` itself:
@@ -31,7 +31,7 @@ DEFAULT_USERS = ("u1", "u2", "u3")
 def _need_dovecot() -> None:
     for tool in ("dovecot", "doveadm", "doveconf"):
         if shutil.which(tool) is None:
-            pytest.skip(f"{tool} is not installed (make bootstrap installs Dovecot 2.3)")
+            pytest.skip(f"{tool} is not installed (make bootstrap installs Dovecot)")
 
 
 class DovecotFactory:

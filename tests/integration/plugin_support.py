@@ -7,7 +7,6 @@ from __future__ import annotations
 import time
 
 from replicator.dovecot.instance import DovecotInstance
-from replicator.dovecot.version import installed
 
 MSG = b"From: a@example.org\r\nTo: u1@example.org\r\nSubject: t\r\n\r\nbody\r\n"
 METRICS = "".join(f"metric {n} {{\n  filter = event={n}\n}}\n"
@@ -28,7 +27,3 @@ def stats_count(inst: DovecotInstance, name: str, expected: int) -> int:
         time.sleep(0.01)
 
 
-def setting_override(name: str, value: str) -> str:
-    """`doveadm -o` argument for one of the plugin's settings: 2.3 keeps them in `plugin {}`
-    (`plugin/NAME=VALUE`), 2.4 has them top-level (`NAME=VALUE`)."""
-    return f"{name}={value}" if installed().settings_v24 else f"plugin/{name}={value}"

@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 
 from replicator.dovecot.instance import DovecotInstance
+from replicator.dovecot.instance_conf import plugin_setting_override
 from replicator.testing.etcd import EtcdCluster
 from replicator.testing.failover import body_bytes
 from replicator.testing.imap import parse_appenduid
 from replicator.testing.scenario import two_nodes
 from tests.integration.daemon_support import coordination, wait_serving
-from tests.integration.plugin_support import setting_override
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -99,6 +99,6 @@ def test_login_on_the_old_owner_is_refused_after_a_switchover(
         client.logout()
 
         # the control: an admin's doveadm with the check off does open u1 on a, and writes
-        nodes.dovecot_a.doveadm("-o", setting_override("replicator_sync_owner_check", "no"),
+        nodes.dovecot_a.doveadm("-o", plugin_setting_override("replicator_sync_owner_check", "no"),
                                 "mailbox", "status", "-u", "u1", "messages", "INBOX")
         assert a_index.exists()

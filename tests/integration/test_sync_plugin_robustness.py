@@ -35,13 +35,13 @@ from replicator.dovecot.instance import (
     DovecotStartError,
     MailFormat,
 )
+from replicator.dovecot.instance_conf import plugin_setting_override
 from replicator.dovecot.version import installed
 from tests.integration.fake_control import VERSION_1_0, FakeControl, Flush, Owner, dead_socket
 from tests.integration.plugin_support import (
     CRASH_MARKERS,
     METRICS,
     MSG,
-    setting_override,
     stats_count,
 )
 
@@ -395,7 +395,7 @@ def test_owner_refused_tempfails_a_delivery_and_a_doveadm_command(
         rig.inst.doveadm("mailbox", "list", "-u", "u1")
     nothing_of_u1(rig.inst)
     assert rig.flushes() == []
-    rig.inst.doveadm("-o", setting_override("replicator_sync_owner_check", "no"), "mailbox",
+    rig.inst.doveadm("-o", plugin_setting_override("replicator_sync_owner_check", "no"), "mailbox",
                      "list", "-u", "u1")
     assert [o.user for o in rig.owners()] == ["u1", "u1"]  # lda, the first doveadm
 
@@ -698,7 +698,7 @@ def test_dovecot_refuses_an_invalid_override_for_the_user(rig_factory: Callable[
         pytest.skip("Dovecot 2.3 does not check plugin {} values: the plugin falls back")
     rig = rig_factory("fail")
     with pytest.raises(DoveadmError) as refusal:
-        rig.inst.doveadm("-o", setting_override("replicator_sync_timeout", "0"),
+        rig.inst.doveadm("-o", plugin_setting_override("replicator_sync_timeout", "0"),
                          "mailbox", "list", "-u", "u1")
     assert "replicator_sync_timeout: 0 is out of range" in refusal.value.stderr
     nothing_of_u1(rig.inst)
