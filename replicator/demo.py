@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from replicator.dovecot.version import installed
 from replicator.testing.demo_steps import (
     Summary,
     automatic_failover,
@@ -34,8 +35,8 @@ def say(text: str) -> None:
 
 
 def run(nodes: TwoNodes, ops: int, lag_samples: int) -> Summary:
-    say(f"node a: Dovecot on 127.0.0.1:{nodes.dovecot_a.imap_port} (maildir, bodies in "
-        f"{nodes.dovecot_a.layout.mail_root})")
+    say(f"node a: Dovecot {installed()} on 127.0.0.1:{nodes.dovecot_a.imap_port} (maildir, "
+        f"bodies in {nodes.dovecot_a.layout.mail_root})")
     say(f"replicators: a on :{nodes.repl_a.port}, b on :{nodes.repl_b.port}; b keeps a's "
         f"roots in {nodes.repl_b.replica_dir / 'a'}")
     started = time.monotonic()
