@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,7 @@ def measure(samples: int, appends: int) -> dict[str, Any]:
 
 
 def saved() -> dict[str, dict[str, Any]]:
-    """series -> saved figures, for the versions measured so far."""
+    """series -> {"runs": [figures of one run, ...]}, for the versions measured so far."""
     found = {}
     for series in ("2.3", "2.4"):
         path = HERE / f"dovecot-{series}.json"
@@ -57,39 +58,48 @@ def saved() -> dict[str, dict[str, Any]]:
     return found
 
 
+def _cell(runs: list[dict[str, Any]], kind: str, key: dict[str, Any]) -> str:
+    """Median over the runs of p50 and of p99, and the runs' p50 range."""
+    rows = [next(r["samples"] for r in run[kind] if all(r[k] == v for k, v in key.items()))
+            for run in runs]
+    p50s = sorted(r["p50_ms"] for r in rows)
+    p99 = statistics.median(r["p99_ms"] for r in rows)
+    return (f"{statistics.median(p50s):.3f} / {p99:.3f} "
+            f"({p50s[0]:.3f}-{p50s[-1]:.3f})")
+
+
 def section(figures: dict[str, dict[str, Any]]) -> list[str]:
     """The RESULTS.md section; empty until some version was measured."""
     if not figures:
         return []
     lines = ["## Dovecot 2.4 beside 2.3", "",
-             "The same measurements on each version, one `python -m bench.versions` run per "
-             "Debian root (Debian 12: Dovecot 2.3, Debian 13: Dovecot 2.4) on the same machine.",
-             ""]
+             "The same measurements on each version, `python -m bench.versions` (3 runs) in each "
+             "Debian root (Debian 12: Dovecot 2.3, Debian 13: Dovecot 2.4) on the same machine. "
+             "Each cell: median over the runs of p50 / of p99 ms, and the range of the runs' "
+             "p50s: on this 2-vCPU VM the runs of one version spread about as far apart as the "
+             "two versions do.", ""]
     for series, f in figures.items():
-        m = f["machine"]
+        m, first = f["runs"][0]["machine"], f["runs"][0]
         lines.append(f"- {series}: Dovecot {m['dovecot']}, Python {m['python']}, {m['date']}; "
-                     f"TCP round trip p50 {f['floors']['tcp_rtt_asyncio']['p50_ms']} ms, "
-                     f"fdatasync p50 {f['floors']['fdatasync_4k_disk']['p50_ms']} ms")
-    lines += ["", "Replication lag of one flag STORE (p50 / p99 ms):", "",
+                     f"{len(f['runs'])} runs of {first['lag'][0]['samples']['n']} STOREs and "
+                     f"{first['append'][0]['samples']['n']} APPENDs per row; TCP round trip "
+                     f"p50 {first['floors']['tcp_rtt_asyncio']['p50_ms']:.3f} ms, fdatasync p50 "
+                     f"{first['floors']['fdatasync_4k_disk']['p50_ms']:.3f} ms")
+    lines += ["", "Replication lag of one flag STORE:", "",
               "| format | mode | " + " | ".join(figures) + " |",
               "|---|---|" + "---|" * len(figures)]
-    keys = [(r["format"], r["mode"]) for r in next(iter(figures.values()))["lag"]]
-    for fmt, mode in keys:
-        cells = []
-        for f in figures.values():
-            s = next(r["samples"] for r in f["lag"] if (r["format"], r["mode"]) == (fmt, mode))
-            cells.append(f"{s['p50_ms']:.3f} / {s['p99_ms']:.3f}")
+    for fmt, mode in [(r["format"], r["mode"])
+                      for r in next(iter(figures.values()))["runs"][0]["lag"]]:
+        cells = [_cell(f["runs"], "lag", {"format": fmt, "mode": mode})
+                 for f in figures.values()]
         lines.append(f"| {fmt} | {mode} | " + " | ".join(cells) + " |")
-    lines += ["", "APPEND, sent to answer received, mdbox (p50 / p99 ms):", "",
+    lines += ["", "APPEND, sent to answer received, mdbox:", "",
               "| mode | plugin | " + " | ".join(figures) + " |",
               "|---|---|" + "---|" * len(figures)]
     for mode in ("disk", "ram"):
         for plugin in (False, True):
-            cells = []
-            for f in figures.values():
-                s = next(r["samples"] for r in f["append"]
-                         if (r["mode"], r["plugin"]) == (mode, plugin))
-                cells.append(f"{s['p50_ms']:.3f} / {s['p99_ms']:.3f}")
+            cells = [_cell(f["runs"], "append", {"mode": mode, "plugin": plugin})
+                     for f in figures.values()]
             lines.append(f"| {mode} | {'yes' if plugin else 'no'} | " + " | ".join(cells) + " |")
     return [*lines, ""]
 
@@ -99,10 +109,12 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--samples", type=int, default=1000, help="STOREs per lag run")
     parser.add_argument("--appends", type=int, default=1000, help="APPENDs per run")
+    parser.add_argument("--runs", type=int, default=3,
+                        help="repetitions (this VM's run-to-run spread exceeds 2.3 vs 2.4)")
     args = parser.parse_args(argv)
-    figures = measure(args.samples, args.appends)
     out = HERE / f"dovecot-{installed().series}.json"
-    out.write_text(json.dumps(figures, indent=1) + "\n")
+    runs = [measure(args.samples, args.appends) for _ in range(args.runs)]
+    out.write_text(json.dumps({"runs": runs}, indent=1) + "\n")
     write_sections(HERE / "RESULTS.md", "\n" + "\n".join(section(saved())))
     print(f"wrote {out} and the section in {HERE / 'RESULTS.md'}")
     return 0
