@@ -86,8 +86,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="seconds to wait for the replica to catch up (online; 10)")
     verify.add_argument("--doveadm", metavar="MAIL_LOCATION",
                         help="also open a copy of the replica with Dovecot, e.g. "
-                             "'maildir:/srv/mail/%%u/Maildir' (INDEX/CONTROL are added), and "
-                             "report doveadm mailbox status for every mailbox")
+                             "'maildir:/srv/mail/%%u/Maildir' (2.3's mail_location form on "
+                             "2.3 and 2.4 alike; INDEX/CONTROL are added), and report doveadm "
+                             "mailbox status for every mailbox")
     verify.add_argument("--json", action="store_true", help="machine-readable output")
 
     promote = commands.add_parser(

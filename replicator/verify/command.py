@@ -99,6 +99,7 @@ def _ask_repair(socket_path: Path, origin: str) -> None:
 
 def _add_doveadm_view(args: argparse.Namespace, report: VerifyReport) -> None:
     from replicator.dovecot.doveadm import DoveadmError
+    from replicator.dovecot.instance_conf import MailLocationError
     from replicator.dovecot.readonly_view import replica_status
     from replicator.promote.materialize import replica_users
 
@@ -109,6 +110,9 @@ def _add_doveadm_view(args: argparse.Namespace, report: VerifyReport) -> None:
         view = replica_status(base / "index", base / "control", args.doveadm, users)
     except DoveadmError as exc:
         report.errors.append(f"Dovecot could not open the replica: {exc}")
+        return
+    except MailLocationError as exc:
+        report.errors.append(f"--doveadm: {exc}")
         return
     for user, boxes in view.items():
         for name, st in sorted(boxes.items()):
