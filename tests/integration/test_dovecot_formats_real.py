@@ -5,7 +5,6 @@ APPENDUID the proof. tests/unit/test_golden_formats.py checks the other version'
 from __future__ import annotations
 
 import struct
-import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ from replicator.dovecot.headers import parse_log, parse_uidlist
 from replicator.dovecot.instance import DovecotInstance
 from replicator.dovecot.listindex import forget_cached_status
 from replicator.dovecot.nextuid import header_update_record, raise_next_uid
+from tests.golden.capture import mailbox_workload, rotate_logs
 from tests.golden.oracle import check_index, check_log, check_replay
 from tests.integration.doveadm_dump import dump_index, dump_log, raw_index_copy
 
@@ -25,35 +25,11 @@ BOXES = ("INBOX", "Work")
 
 
 def _workload(inst: DovecotInstance, rotate: bool) -> None:
-    """Appends, flags, keywords and an expunge; with `rotate`, see _rotate."""
-    c = inst.imap(USER)
-    c.create_folder("Work")
-    for i in range(6):
-        c.append("INBOX", b"Subject: m%d\r\n\r\nbody %d\r\n" % (i, i))
-        c.append("Work", b"Subject: w%d\r\n\r\nwork %d\r\n" % (i, i))
-    c.select_folder("INBOX")
-    c.add_flags([1, 2], [b"\\Seen"])
-    c.add_flags([3], [b"\\Deleted", b"$Label1"])
-    c.expunge()
-    c.logout()
+    """Appends, flags, keywords and an expunge; with `rotate`, a rotated log (call it last
+    before stopping Dovecot: the churn settings delete a .log.2 older than 1 s)."""
+    mailbox_workload(inst)
     if rotate:
-        _rotate(inst)
-
-
-def _rotate(inst: DovecotInstance) -> None:
-    """Keeps syncing INBOX until some mailbox log has been rotated to .log.2 (churn settings
-    rotate logs older than 1 s, and delete a .log.2 older than 1 s at a later sync, so call
-    this last before stopping Dovecot)."""
-    c = inst.imap(USER)
-    c.select_folder("INBOX")
-    deadline = time.monotonic() + 20
-    while not list(inst.layout.index_root.rglob("*.log.2")):
-        assert time.monotonic() < deadline, "no log rotation within 20 s"
-        c.add_flags([1], [b"\\Flagged"])
-        c.remove_flags([1], [b"\\Flagged"])
-        c.noop()
-        time.sleep(0.05)
-    c.logout()
+        rotate_logs(inst)
 
 
 def _paths(inst: DovecotInstance) -> dict[str, tuple[Path, Path]]:
@@ -98,7 +74,7 @@ def test_parsers_agree_with_doveadm_dump(dovecot_factory: Any, tmp_path: Path,
     status = mailbox_status(inst.config_path, USER)
     paths = _paths(inst)
     if churn:
-        _rotate(inst)
+        rotate_logs(inst)
     inst.stop()
     root = inst.layout.index_root
     indexes = sorted(root.rglob("dovecot.index")) + sorted(root.rglob("dovecot.map.index"))
