@@ -41,7 +41,9 @@ def golden_dir(series: str, mail_format: str) -> Path:
     return HERE / f"dovecot-{series}" / mail_format
 
 
-def _workload(inst: DovecotInstance) -> None:
+def mailbox_workload(inst: DovecotInstance) -> None:
+    """Two mailboxes, appends, system flags, a keyword on a kept and on an expunged message,
+    an expunge (also the live format tests' workload)."""
     c = inst.imap(USER)
     c.create_folder("Work")
     for i in range(6):
@@ -53,11 +55,16 @@ def _workload(inst: DovecotInstance) -> None:
     c.expunge()
     c.add_flags([4], [b"$Label1"])
     c.logout()
-    inst.doveadm("force-resync", "-u", USER, "*")  # writes mdbox's map index too
+
+
+def rotate_logs(inst: DovecotInstance) -> None:
+    """Keeps syncing INBOX until some mailbox log has been rotated to .log.2 (the churn
+    settings rotate logs older than 1 s; their 1 s mail_index_log2_max_age deletes a .log.2 at
+    a later sync, so with them call this last before stopping Dovecot)."""
     c = inst.imap(USER)
     c.select_folder("INBOX")
     deadline = time.monotonic() + 20
-    while not list(inst.layout.index_root.rglob("*.log.2")):  # churn: rotates logs > 1 s old
+    while not list(inst.layout.index_root.rglob("*.log.2")):
         if time.monotonic() > deadline:
             raise RuntimeError("no log rotation within 20 s")
         c.add_flags([1], [b"\\Flagged"])
@@ -65,6 +72,12 @@ def _workload(inst: DovecotInstance) -> None:
         c.noop()
         time.sleep(0.05)
     c.logout()
+
+
+def _workload(inst: DovecotInstance) -> None:
+    mailbox_workload(inst)
+    inst.doveadm("force-resync", "-u", USER, "*")  # writes mdbox's map index too
+    rotate_logs(inst)
 
 
 def _oracle(inst: DovecotInstance, scratch: Path) -> dict[str, Any]:
