@@ -12,7 +12,6 @@ compares version numbers itself.
 from __future__ import annotations
 
 import functools
-import os
 import re
 import subprocess
 from dataclasses import dataclass
@@ -72,14 +71,8 @@ def parse(text: str) -> DovecotVersion:
 
 @functools.cache
 def installed() -> DovecotVersion:
-    """The installed Dovecot's version, asked once per process (`dovecot --version`).
-
-    DOVECOT_VERSION in the environment overrides it: for rendering a configuration for another
-    machine's Dovecot (README's side-by-side examples), never for running one.
-    """
-    override = os.environ.get("DOVECOT_VERSION")
-    if override:
-        return parse(override)
+    """The installed Dovecot's version, asked once per process (`dovecot --version`). To
+    render for another version (README's examples), pass `parse("2.4.1")` to the writer."""
     try:
         res = subprocess.run(["dovecot", "--version"], capture_output=True, text=True,
                              timeout=30, stdin=subprocess.DEVNULL)
