@@ -33,12 +33,15 @@ def _openssl(*args: str) -> None:
 class TestCA:
     __test__ = False  # not a pytest test class, despite the name
 
-    def __init__(self, directory: Path, name: str = "test-ca") -> None:
+    def __init__(self, directory: Path, name: str = "test-ca", *,
+                 extensions: Sequence[str] = CA_EXTENSIONS) -> None:
+        """`extensions=()` makes a CA the way openssl's defaults do (no keyUsage), which a
+        strict verifier refuses."""
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
         self.key, self.cert = directory / f"{name}.key", directory / f"{name}.crt"
         _openssl("req", "-x509", *CURVE, "-keyout", str(self.key), "-out", str(self.cert),
-                 "-subj", f"/CN={name}", "-days", "2", *CA_EXTENSIONS)
+                 "-subj", f"/CN={name}", "-days", "2", *extensions)
 
     def issue(self, node_id: str, *, names: Sequence[str] | None = None) -> dict[str, Path]:
         """Key and certificate for `node_id` (CN and DNS SANs: `names`, default the id)."""

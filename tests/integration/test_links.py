@@ -11,6 +11,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -52,9 +53,10 @@ def test_unknown_peer_is_refused_with_the_reason(tmp_path: Path,
     assert "Traceback" not in a.log_text() + b.log_text()
 
 
-def make_pki(base: Path, names: list[str], ca_name: str = "ca") -> dict[str, dict[str, Path]]:
+def make_pki(base: Path, names: list[str], ca_name: str = "ca",
+             **ca_options: Any) -> dict[str, dict[str, Path]]:
     """A CA and one certificate per node (replicator.testing.certs: real openssl)."""
-    ca = TestCA(base, ca_name)
+    ca = TestCA(base, ca_name, **ca_options)
     return {name: ca.issue(name) for name in names}
 
 
@@ -119,6 +121,22 @@ def test_peer_with_a_foreign_ca_is_refused(tmp_path: Path, nodes: list[Replicato
     b.start()
     a.start()
     poll(lambda: "TLS failed" in a.status()["peers"]["b"]["last_error"], "a TLS refusal")
+    assert not (b.replica_dir / "a").exists()
+
+
+def test_a_ca_without_key_usage_is_refused_with_the_verifiers_reason(
+        tmp_path: Path, nodes: list[ReplicatorNode]) -> None:
+    """Strict RFC 5280 checks on every Python (3.13 has them by default, 3.11 gets them from
+    us): a CA made with openssl's defaults (no keyUsage) is refused, and the log says why."""
+    pki = make_pki(tmp_path / "pki", ["a", "b"], extensions=())
+    a, b = pair(tmp_path, roots(tmp_path / "a-roots"), roots(tmp_path / "b-roots"))
+    a.tls, b.tls = pki["a"], pki["b"]
+    nodes += [a, b]
+    b.start()
+    a.start()
+    poll(lambda: "key usage" in a.status()["peers"]["b"]["last_error"], "a strict refusal")
+    assert "CERTIFICATE_VERIFY_FAILED (CA cert does not include key usage extension)" in \
+        a.status()["peers"]["b"]["last_error"]
     assert not (b.replica_dir / "a").exists()
 
 
