@@ -29,7 +29,7 @@ from bench.report import write_sections
 from bench.sync_commit import _append_latencies
 from replicator.testing.scenario import scratch_dir, two_nodes
 
-COUNTERS = ("flushes", "batches", "busy_retries", "bytes_read")
+COUNTERS = ("flushes", "tail_flushes", "batches", "busy_retries", "bytes_read")
 HERE = Path(__file__).resolve().parent
 
 

@@ -47,8 +47,9 @@ if TYPE_CHECKING:  # imported when [coordination] is configured: an HTTP stack c
 
 log = logging.getLogger("replicator")
 SOFTWARE = f"dovecot-replicator/{__version__}"
-COUNTERS = ("flushes", "batches", "resync_batches", "busy_retries", "sync_ok", "sync_failed",
-            "sync_degraded", "sync_refused", "rescans", "bytes_read", "unowned_skipped")
+COUNTERS = ("flushes", "tail_flushes", "batches", "resync_batches", "busy_retries", "sync_ok",
+            "sync_failed", "sync_degraded", "sync_refused", "rescans", "bytes_read",
+            "unowned_skipped")
 
 
 class Daemon(LinkHost):

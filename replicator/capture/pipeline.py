@@ -121,6 +121,32 @@ class Capture:
             self.mark(key, set())
 
     # -- flushing ---------------------------------------------------------------------------
+    def flush_tails(self, keys: set[DirKey]) -> bool:
+        """For a sync commit: number the appended log and uidlist tails of `keys` now and leave
+        their index and cache rewrites dirty for the next flush, graced as a watcher event's
+        (so one read of them serves several commits in a row). False when the tails are not
+        enough (Batcher.build_tails) or a directory of these users waits for a lock: the
+        caller then flushes whole."""
+        users = {reldir.partition("/")[0] for _root, reldir in keys}
+        if any(reldir.partition("/")[0] in users for _root, reldir in self._held):
+            return False
+        try:
+            result = self.batcher.build_tails(keys)
+        except OSError:
+            return False  # the whole flush says what failed, and retries
+        if result is None:
+            return False
+        self.counters["tail_flushes"] += 1
+        self.counters["bytes_read"] += result.bytes_read
+        for draft in result.drafts:  # their new tails are read: only the rest stays dirty
+            names = self._dirty.get((draft.root, draft.reldir))
+            if names:
+                names -= {op.path.rpartition("/")[2] for op in draft.ops}
+        self._emit(result.drafts)
+        if any(key in self._dirty for key in keys):
+            self._schedule_flush(after_commit=True)
+        return True
+
     def flush(self) -> None:
         if self._flush_handle is not None:
             self._flush_handle.cancel()

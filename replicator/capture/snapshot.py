@@ -4,7 +4,8 @@ Files are read in dependency order (dependents first, `filekinds.read_rank`), lo
 a shared fcntl lock (Dovecot appends and rewrites them under an exclusive one, so we see whole
 records), and a file whose size moved while we read it is read again. A lock we cannot get at
 once is not waited for: the file is reported `busy` and the directory is retried shortly, so the
-event loop never blocks behind Dovecot.
+event loop never blocks behind Dovecot. A file that only grew in place since it was shipped
+(same inode, larger) can be read from its old end alone (`tail_from`, see capture.tailstate).
 """
 
 from __future__ import annotations
@@ -14,15 +15,18 @@ import logging
 import os
 import stat
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from replicator.capture.locks import try_read_lock
-from replicator.capture.manifest import RACY_NS, DirEntry, StatKey
+from replicator.capture.manifest import RACY_NS, DirEntry, FileEntry, StatKey
+from replicator.capture.tailstate import HEAD_BYTES
 from replicator.delta.ops import Meta
 from replicator.dovecot.filekinds import FCNTL_LOCKED, classify, is_transient, read_rank
 from replicator.errors import PathError
+from replicator.hashing import digest
 from replicator.paths import check_relpath, join_rel
 
 log = logging.getLogger(__name__)
@@ -34,11 +38,15 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 @dataclass(frozen=True)
 class FileRead:
+    """`content` is the file's bytes from `offset` on: the whole file, or (offset > 0) what
+    was appended after the `offset` bytes replicas already hold."""
+
     name: str
     stat: StatKey
     meta: Meta
     content: bytes
     racy: bool
+    offset: int = 0
 
 
 @dataclass
@@ -55,6 +63,18 @@ class DirScan:
     present: set[str] = field(default_factory=set)
     subdirs: set[str] = field(default_factory=set)
     busy: set[str] = field(default_factory=set)
+    deferred: set[str] = field(default_factory=set)  # changed, left unread (`defer`)
+
+
+class TailHint(NamedTuple):
+    """A known file may be read from `offset` (the size replicas hold) if its first HEAD_BYTES
+    still have the digest `head` (see capture.tailstate)."""
+
+    offset: int
+    head: bytes
+
+
+TailFrom = Callable[[str, FileEntry], TailHint | None]
 
 
 def stat_key(st: os.stat_result) -> StatKey:
@@ -66,10 +86,14 @@ def meta_of(st: os.stat_result, *, with_mtime: bool = True) -> Meta:
                 st.st_mtime_ns if with_mtime else 0)
 
 
-def scan_dir(root: Path, reldir: str, known: DirEntry | None,
-             forced: set[str] | None) -> DirScan:
+def scan_dir(root: Path, reldir: str, known: DirEntry | None, forced: set[str] | None, *,
+             tail_from: TailFrom | None = None,
+             defer: Callable[[str], bool] | None = None) -> DirScan:
     """Scan `root/reldir`; read files that changed since `known`, and all of `forced`
-    (None = every file).
+    (None = every file, each read whole).
+
+    `tail_from(name, entry)` says from which offset a known file may be read if it only grew
+    (None: whole); changed files `defer` names are not read but listed in `deferred`.
 
     `reldir` must be a wire path (PathError otherwise), and it is opened component by component
     without following a symlink: one in its place (the mail user owns directories below the
@@ -87,7 +111,7 @@ def scan_dir(root: Path, reldir: str, known: DirEntry | None,
         candidates: list[tuple[str, os.stat_result]] = []
         for entry in entries:
             _sort_entry(entry, scan, candidates)
-        _read_candidates(fd, scan, candidates, known, forced)
+        _read_candidates(fd, scan, candidates, known, forced, tail_from, defer)
     finally:
         os.close(fd)
     return scan
@@ -114,20 +138,36 @@ def open_dir_beneath(root: Path, reldir: str) -> int | None:
 
 
 def _read_candidates(fd: int, scan: DirScan, candidates: list[tuple[str, os.stat_result]],
-                     known: DirEntry | None, forced: set[str] | None) -> None:
+                     known: DirEntry | None, forced: set[str] | None,
+                     tail_from: TailFrom | None, defer: Callable[[str], bool] | None) -> None:
     now = time.time_ns()
     for name, est in sorted(candidates, key=lambda c: read_rank(c[0])):
         old = known.files.get(name) if known else None
         unchanged = old is not None and old.stat == stat_key(est) and not old.racy
         if unchanged and (forced is not None and name not in forced):
             continue
-        read = read_file(fd, name, now)
+        if not unchanged and defer is not None and defer(name):
+            scan.deferred.add(name)
+            continue
+        hint = _tail_hint(old, est, tail_from(name, old) if tail_from and old else None) \
+            if forced is not None else None
+        read = read_file(fd, name, now, tail=hint, ino=est.st_ino)
         if read == "busy":
             scan.busy.add(name)
         elif read == "gone":
             scan.present.discard(name)
         else:
             scan.reads.append(read)
+
+
+def _tail_hint(old: FileEntry | None, est: os.stat_result, hint: TailHint | None
+               ) -> TailHint | None:
+    """`hint` if the file is still the one shipped (same inode, the size it was read at) and
+    grew since: only the bytes from there on can be new."""
+    if old is None or hint is None or hint.offset != old.stat.size \
+            or old.stat.ino != est.st_ino or est.st_size <= hint.offset:
+        return None
+    return hint
 
 
 def _sort_entry(entry: os.DirEntry[str], scan: DirScan,
@@ -158,9 +198,12 @@ def _shippable(relpath: str) -> bool:
     return True
 
 
-def read_file(dir_fd: int, name: str, now_ns: int) -> FileRead | Literal["busy", "gone"]:
+def read_file(dir_fd: int, name: str, now_ns: int, *, tail: TailHint | None = None,
+              ino: int = 0) -> FileRead | Literal["busy", "gone"]:
     """The file `name` in the open directory `dir_fd`: its content and stat, consistent with
-    each other. A symlink is not followed."""
+    each other. A symlink is not followed. With `tail`, only the bytes from its offset on are
+    read if the file is still inode `ino`, at least that long, with the same head (else the
+    whole file is)."""
     locked = classify(name) in FCNTL_LOCKED
     try:
         fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
@@ -178,18 +221,26 @@ def read_file(dir_fd: int, name: str, now_ns: int) -> FileRead | Literal["busy",
             before = os.fstat(fd)
             if not stat.S_ISREG(before.st_mode):
                 return "gone"  # replaced by a fifo or device since the scan: never read one
-            content = _read_all(fd)
+            offset = _tail_offset(fd, before, tail, ino)
+            content = _read_all(fd, offset)
             after = os.fstat(fd)
-            if len(content) == after.st_size and stat_key(before) == stat_key(after):
+            if offset + len(content) == after.st_size and stat_key(before) == stat_key(after):
                 racy = now_ns - after.st_mtime_ns < RACY_NS
-                return FileRead(name, stat_key(after), meta_of(after), content, racy)
+                return FileRead(name, stat_key(after), meta_of(after), content, racy, offset)
         return "busy"
     finally:
         os.close(fd)
 
 
-def _read_all(fd: int) -> bytes:
-    chunks, offset = [], 0
+def _tail_offset(fd: int, st: os.stat_result, tail: TailHint | None, ino: int) -> int:
+    """Where to start reading: `tail`'s offset if it still applies to the open file, else 0."""
+    if tail is None or st.st_ino != ino or st.st_size < tail.offset:
+        return 0
+    return tail.offset if digest(os.pread(fd, HEAD_BYTES, 0)) == tail.head else 0
+
+
+def _read_all(fd: int, offset: int = 0) -> bytes:
+    chunks = []
     while chunk := os.pread(fd, 1 << 20, offset):
         chunks.append(chunk)
         offset += len(chunk)

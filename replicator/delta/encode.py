@@ -58,6 +58,15 @@ def encode_file(path: str, old: Shipped | None, base: bytes | None, new: bytes,
     return _finish(best, result, shipped_new.meta)
 
 
+def encode_tail(path: str, offset: int, tail: bytes, shipped_new: Shipped) -> list[Op]:
+    """Ops for a file known to be its shipped `offset` bytes followed by `tail` (read from its
+    old end, capture.tailstate): a WRITE there, or only the metadata if nothing was appended."""
+    result = Result(shipped_new.size, shipped_new.digest)
+    if not tail:
+        return [Op(OpCode.META, path, result=result, meta=shipped_new.meta)]
+    return _finish([_write(path, offset, tail)], result, shipped_new.meta)
+
+
 def finish_copy(copy: Op, ops: list[Op], new: Shipped) -> list[Op]:
     """A COPY followed by the ops that adjust the copied content; the last carries the result."""
     if ops:
@@ -115,4 +124,5 @@ def changed_ranges(old: array[int], new: array[int], size: int,
     return ranges
 
 
-__all__ = ["BLOCK_SIZE", "Codec", "Shipped", "describe", "encode_file", "finish_copy"]
+__all__ = ["BLOCK_SIZE", "Codec", "Shipped", "describe", "encode_file", "encode_tail",
+           "finish_copy"]

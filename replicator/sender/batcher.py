@@ -14,17 +14,24 @@ import heapq
 import logging
 import os
 import stat
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from replicator.capture.basecache import BaseCache
 from replicator.capture.manifest import DirEntry, FileEntry, Manifest
-from replicator.capture.snapshot import DirScan, FileRead, scan_dir
+from replicator.capture.snapshot import DirScan, FileRead, TailHint, scan_dir
+from replicator.capture.tailstate import TailState, TailStates
 from replicator.delta.codec import MAX_DELTA_BASE
-from replicator.delta.encode import Shipped, describe, encode_file, finish_copy
+from replicator.delta.encode import Shipped, describe, encode_file, encode_tail, finish_copy
 from replicator.delta.ops import Op, OpCode
-from replicator.dovecot.filekinds import APPEND_MOSTLY, FileKind, classify, visible_rank
+from replicator.dovecot.filekinds import (
+    APPEND_MOSTLY,
+    TRAILING_KINDS,
+    FileKind,
+    classify,
+    visible_rank,
+)
 from replicator.errors import PathError
 from replicator.paths import check_relpath, check_root_name, join_rel, parent_rel
 
@@ -78,8 +85,10 @@ def dir_rank(manifest: Manifest, key: DirKey, top: Path | None = None) -> int:
 
 
 class Batcher:
-    def __init__(self, roots: Mapping[str, Path], manifest: Manifest, bases: BaseCache) -> None:
+    def __init__(self, roots: Mapping[str, Path], manifest: Manifest, bases: BaseCache,
+                 tails: TailStates | None = None) -> None:
         self.roots, self.manifest, self.bases = roots, manifest, bases
+        self.tails = tails if tails is not None else TailStates()
         self._root_names = frozenset(roots)
 
     def build(self, dirty: Mapping[DirKey, Forced],
@@ -115,7 +124,8 @@ class Batcher:
         while queue:
             _rank, key = heapq.heappop(queue)
             root, reldir = key
-            scan = scan_dir(self.roots[root], reldir, self.manifest.dir(root, reldir), wanted[key])
+            scan = scan_dir(self.roots[root], reldir, self.manifest.dir(root, reldir), wanted[key],
+                            tail_from=self._tail_from(root, reldir))
             result.scanned += 1
             if scan.busy:
                 result.busy[key] = wanted[key]
@@ -149,6 +159,52 @@ class Batcher:
                 kept.append((key, scan))
         return kept
 
+    def build_tails(self, keys: Iterable[DirKey]) -> BuildResult | None:
+        """What a sync commit must wait for in `keys`, alone: the appended tails of their logs
+        and uidlists. Index and cache rewrites (TRAILING_KINDS) are left unread, for the next
+        whole flush to ship in the same ordered stream: a replica whose index and cache trail
+        its logs is a state Dovecot opens (it replays the log from the offset the index names).
+
+        None, with nothing recorded, when that is not enough: a directory is new or vanished,
+        a file or subdirectory appeared or went, another kind of file changed, a log was
+        rotated or a uidlist rewritten, a file is locked. Then only a whole flush ships the
+        commit."""
+        result = BuildResult()
+        scans: list[tuple[DirKey, DirScan]] = []
+        for key in sorted(keys, key=lambda k: dir_rank(self.manifest, k)):  # dependents first
+            root, reldir = key
+            known = self.manifest.dir(root, reldir) if self.scannable(key) else None
+            if known is None:
+                return None
+            scan = scan_dir(self.roots[root], reldir, known, set(),
+                            tail_from=self._tail_from(root, reldir), defer=_trails)
+            result.scanned += 1
+            if not _only_tails(scan, known):
+                return None
+            result.bytes_read += sum(len(r.content) for r in scan.reads)
+            scans.append((key, scan))
+        plans = [_DirPlan(self, key, scan, frozenset(), False) for key, scan in scans]
+        drafts = [d for p in plans for d in p.drafts()]
+        if any(op.code not in (OpCode.WRITE, OpCode.META) for d in drafts for op in d.ops):
+            return None  # a log or uidlist was rewritten, not appended to
+        for plan in plans:
+            plan.commit()
+        result.drafts = sorted(drafts, key=lambda d: -dir_rank(self.manifest, (d.root, d.reldir)))
+        return result
+
+    def _tail_from(self, root: str, reldir: str) -> Callable[[str, FileEntry], TailHint | None]:
+        """For scan_dir: how a grown append-mostly file of `reldir` may be read from its old
+        end, when the streaming digest of what replicas hold of it is known."""
+        def tail_from(name: str, entry: FileEntry) -> TailHint | None:
+            if classify(name) not in APPEND_MOSTLY:
+                return None
+            state = self.tails.for_tail_read(root, join_rel(reldir, name))
+            if state is None or state.size != entry.shipped.size \
+                    or state.digest.digest() != entry.shipped.digest:
+                return None
+            return TailHint(state.size, state.head)
+        return tail_from
+
     def scannable(self, key: DirKey) -> bool:
         """Whether `key` names a directory of a configured root by a wire path. Keys come from
         inotify, rescans, FLUSH requests and peers' NACKs; a bad one is dropped here, before
@@ -163,6 +219,19 @@ class Batcher:
 
     def shipped_base(self, root: str, path: str) -> bytes | None:
         return self.bases.get(root, path)
+
+
+def _trails(name: str) -> bool:
+    """Whether a change to `name` may reach replicas after the log tails it follows from."""
+    return classify(name) in TRAILING_KINDS
+
+
+def _only_tails(scan: DirScan, known: DirEntry) -> bool:
+    """Whether `scan` found no change but to logs and uidlists (and deferred rewrites); the
+    encoder then tells whether they were appended to."""
+    return (scan.exists and not scan.busy and scan.meta == known.meta
+            and scan.subdirs == known.subdirs and scan.present == known.files.keys()
+            and all(classify(read.name) in APPEND_MOSTLY for read in scan.reads))
 
 
 def _wire_safe(draft: Draft) -> bool:
@@ -204,11 +273,25 @@ class _DirPlan:
                  untrusted: set[str] | frozenset[str] | None, resync: bool) -> None:
         self.b, self.key, self.scan = batcher, key, scan
         self.untrusted, self.resync = untrusted, resync
-        self.updates: list[tuple[FileRead, Shipped]] = [
-            (read, describe(read.content, read.meta,
-                            blocks=classify(read.name) not in APPEND_MOSTLY))
+        self.updates: list[tuple[FileRead, Shipped, TailState | None]] = [
+            (read, *self._describe(read))
             for read in sorted(scan.reads, key=lambda r: visible_rank(r.name))
         ]
+
+    def _describe(self, read: FileRead) -> tuple[Shipped, TailState | None]:
+        """What replicas will hold of the file once its ops are applied; for an append-mostly
+        file also its TailState (extended from the last one for a tail read)."""
+        if classify(read.name) not in APPEND_MOSTLY:
+            return describe(read.content, read.meta), None
+        if read.offset:
+            previous = self.b.tails.for_tail_read(self.key[0],
+                                                  join_rel(self.key[1], read.name))
+            if previous is None or previous.size != read.offset:
+                raise AssertionError(f"tail read of {read.name} without its shipped digest")
+            state = previous.extended(read.content)
+        else:
+            state = TailState.whole(read.content)
+        return Shipped(state.size, state.digest.digest(), None, read.meta), state
 
     def _trusted(self, name: str) -> bool:
         return self.untrusted is not None and name not in self.untrusted
@@ -223,7 +306,7 @@ class _DirPlan:
         head = []
         if known is None or known.meta != self.scan.meta or self.resync:
             head.append(Op(OpCode.ENSURE_DIR, reldir, meta=self.scan.meta))
-        groups = [g for read, new in self.updates if (g := self._file_ops(read, new))]
+        groups = [g for read, new, _ in self.updates if (g := self._file_ops(read, new))]
         groups.sort(key=lambda g: 0 if g[0].code == OpCode.COPY else 1)
         ops = head + [op for group in groups for op in group]
         if self.resync:
@@ -270,6 +353,8 @@ class _DirPlan:
     def _file_ops(self, read: FileRead, new: Shipped) -> list[Op]:
         root, reldir = self.key
         path = join_rel(reldir, read.name)
+        if read.offset:  # scan_dir checked: the same file, grown since it was shipped
+            return encode_tail(path, read.offset, read.content, new)
         if not self._trusted(read.name):
             return encode_file(path, None, None, read.content, new)
         old = self.b.manifest.file(root, path)
@@ -294,14 +379,25 @@ class _DirPlan:
         for name in [n for n in entry.files if n not in self.scan.present]:
             manifest.remove_file(root, reldir, name)
             self.b.bases.discard(root, join_rel(reldir, name))
+            self.b.tails.discard(root, join_rel(reldir, name))
         for name in [n for n in entry.subdirs if n not in self.scan.subdirs]:
             manifest.remove_tree(root, join_rel(reldir, name))
-        for read, shipped in self.updates:
+        for read, shipped, state in self.updates:
+            path = join_rel(reldir, read.name)
             manifest.set_file(root, reldir, read.name, FileEntry(read.stat, shipped, read.racy))
-            self._remember_base(join_rel(reldir, read.name), read)
+            self._remember_base(path, read)
+            if state is not None:
+                self.b.tails.put(root, path, state)
 
     def _remember_base(self, path: str, read: FileRead) -> None:
-        if classify(read.name) in _UNCACHED_KINDS or len(read.content) > MAX_DELTA_BASE:
-            self.b.bases.discard(self.key[0], path)
+        root = self.key[0]
+        content = read.content
+        if read.offset:  # a tail: the cached base (if any) is the rest
+            base = self.b.bases.get(root, path)
+            content = base + read.content if base is not None and len(base) == read.offset \
+                else b""
+        if not content or classify(read.name) in _UNCACHED_KINDS \
+                or len(content) > MAX_DELTA_BASE:
+            self.b.bases.discard(root, path)
         else:
-            self.b.bases.put(self.key[0], path, read.content)
+            self.b.bases.put(root, path, content)

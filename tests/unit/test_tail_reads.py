@@ -1,0 +1,131 @@
+"""Logs and uidlists read from their old end, and the tails-only flush of a sync commit
+(capture.tailstate, Batcher.build_tails): what they read, what they ship, and when they
+refuse and leave it to a whole read."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from replicator.capture.basecache import BaseCache
+from replicator.capture.manifest import Manifest
+from replicator.capture.tailstate import HEAD_BYTES, WHOLE_READ_EVERY
+from replicator.delta.ops import Op, OpCode
+from replicator.hashing import digest
+from replicator.sender.batcher import Batcher, BuildResult
+
+KEY = ("index", "u1")
+
+
+def _setup(tmp_path: Path, log_size: int = HEAD_BYTES + 1000) -> tuple[Batcher, Path]:
+    box = tmp_path / "u1"
+    box.mkdir()
+    (box / "dovecot.index.log").write_bytes(bytes(i % 251 for i in range(log_size)))
+    (box / "dovecot.index").write_bytes(b"index v1")
+    batcher = Batcher({"index": tmp_path}, Manifest(), BaseCache(1 << 20))
+    batcher.build({("index", ""): None, KEY: None})
+    return batcher, box
+
+
+def _append(path: Path, data: bytes) -> None:
+    with open(path, "ab") as f:
+        f.write(data)
+
+
+def _ops(result: BuildResult | None) -> list[Op]:
+    assert result is not None
+    return [op for draft in result.drafts for op in draft.ops]
+
+
+def test_a_grown_log_is_read_from_its_old_end(tmp_path: Path) -> None:
+    batcher, box = _setup(tmp_path)
+    log = box / "dovecot.index.log"
+    old_size = log.stat().st_size
+    _append(log, b"one more record")
+    result = batcher.build({KEY: {"dovecot.index.log"}})
+    (op,) = _ops(result)
+    assert (op.code, op.offset) == (OpCode.WRITE, old_size)
+    assert result.bytes_read < 100  # the tail (and the small index, if still racy)
+    assert op.result is not None
+    assert (op.result.size, op.result.digest) == (log.stat().st_size, digest(log.read_bytes()))
+
+
+def test_a_log_header_rewritten_in_place_is_read_whole(tmp_path: Path) -> None:
+    """Dovecot marks a corrupted log by writing its header in place."""
+    batcher, box = _setup(tmp_path)
+    log = box / "dovecot.index.log"
+    with open(log, "r+b") as f:
+        f.write(b"\0\0\0\0")
+    _append(log, b"tail")
+    result = batcher.build({KEY: {"dovecot.index.log"}})
+    (op,) = _ops(result)
+    assert op.code == OpCode.REPLACE and result.bytes_read >= log.stat().st_size
+    assert op.result is not None and op.result.digest == digest(log.read_bytes())
+
+
+def test_a_short_log_is_read_whole(tmp_path: Path) -> None:
+    batcher, box = _setup(tmp_path, log_size=100)
+    _append(box / "dovecot.index.log", b"tail")
+    result = batcher.build({KEY: {"dovecot.index.log"}})
+    assert result.bytes_read >= 104
+    assert [op.code for op in _ops(result)] == [OpCode.WRITE]  # still shipped as an append
+
+
+def test_a_change_behind_the_head_is_repaired_by_the_periodic_whole_read(
+        tmp_path: Path) -> None:
+    """Not what Dovecot does, but the net under the head check: within WHOLE_READ_EVERY reads
+    the file is read whole and shipped whole once its prefix no longer matches."""
+    batcher, box = _setup(tmp_path)
+    log = box / "dovecot.index.log"
+    with open(log, "r+b") as f:
+        f.seek(HEAD_BYTES + 10)
+        f.write(b"changed behind the head")
+    codes = []
+    for index in range(WHOLE_READ_EVERY + 2):
+        _append(log, b"record %d" % index)
+        codes.append([op.code for op in _ops(batcher.build({KEY: {"dovecot.index.log"}}))])
+    assert codes.count([OpCode.REPLACE]) == 1 and codes[-1] == [OpCode.WRITE]
+    entry = batcher.manifest.file("index", "u1/dovecot.index.log")
+    assert entry is not None and entry.shipped.digest == digest(log.read_bytes())
+
+
+def test_a_rotated_log_is_read_whole(tmp_path: Path) -> None:
+    """Also when the new log gets the old one's inode number (tmpfs reuses them at once):
+    its head differs."""
+    batcher, box = _setup(tmp_path)
+    log = box / "dovecot.index.log"
+    content = b"new log header" + log.read_bytes()
+    log.unlink()
+    log.write_bytes(content)
+    result = batcher.build({KEY: {"dovecot.index.log"}})
+    assert result.bytes_read >= len(content)
+    assert [op.code for op in _ops(result)] == [OpCode.REPLACE]
+
+
+def test_tails_only_ship_the_log_and_leave_the_index_for_the_next_flush(
+        tmp_path: Path) -> None:
+    batcher, box = _setup(tmp_path)
+    _append(box / "dovecot.index.log", b"commit")
+    (box / "dovecot.index.tmp").write_bytes(b"index v2")
+    os.rename(box / "dovecot.index.tmp", box / "dovecot.index")
+    tails = batcher.build_tails({KEY})
+    assert [(op.code, op.path) for op in _ops(tails)] == [(OpCode.WRITE, "u1/dovecot.index.log")]
+    rest = batcher.build({KEY: set()})
+    assert [op.path for op in _ops(rest)] == ["u1/dovecot.index"]
+
+
+def test_tails_only_refuse_what_a_log_tail_does_not_cover(tmp_path: Path) -> None:
+    """A new file, a rotated log, an unknown directory: None, and nothing is recorded, so
+    the whole flush that follows ships everything."""
+    batcher, box = _setup(tmp_path)
+    _append(box / "dovecot.index.log", b"commit")
+    (box / "dovecot-keywords").write_bytes(b"0 $Junk")
+    assert batcher.build_tails({KEY}) is None
+    assert batcher.build_tails({("index", "u2")}) is None
+    assert sorted(op.path for op in _ops(batcher.build({KEY: set()}))) == \
+        ["u1/dovecot-keywords", "u1/dovecot.index.log"]
+    log = box / "dovecot.index.log"
+    content = log.read_bytes()
+    log.unlink()
+    log.write_bytes(b"new log" + content)
+    assert batcher.build_tails({KEY}) is None
