@@ -123,7 +123,9 @@ def report(result: dict[str, Any]) -> str:
         lines.append(f"  {role:8} CPU per APPEND: {cpu['user'] + cpu['system']:.0f} µs "
                      f"(user {cpu['user']:.0f}, system {cpu['system']:.0f})")
     per = result["per_append"]
-    lines.append(f"  per APPEND: {per['flushes']:.2f} flushes, {per['batches']:.2f} batches, "
+    lines.append(f"  per APPEND: {per['flushes']:.2f} flushes, "
+                 f"{per.get('tail_flushes', 0):.2f} tails-only flushes, "
+                 f"{per['batches']:.2f} batches, "
                  f"{per['bytes_read']:.0f} bytes read, {per['busy_retries']:.3f} lock retries; "
                  f"{result['delta_bytes_per_append']:.0f} delta bytes, "
                  f"{result['link_bytes_per_append']:.0f} link bytes")

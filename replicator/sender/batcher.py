@@ -173,20 +173,28 @@ class Batcher:
         scans: list[tuple[DirKey, DirScan]] = []
         for key in sorted(keys, key=lambda k: dir_rank(self.manifest, k)):  # dependents first
             root, reldir = key
-            known = self.manifest.dir(root, reldir) if self.scannable(key) else None
+            if not self.scannable(key):
+                return None
+            known = self.manifest.dir(root, reldir)
             if known is None:
+                if _absent(self.roots[root], reldir):
+                    continue  # a directory the format does not use (mdbox's control)
+                log.debug("tails alone do not do for new directory %s/%s", root, reldir)
                 return None
             scan = scan_dir(self.roots[root], reldir, known, set(),
                             tail_from=self._tail_from(root, reldir), defer=_trails)
             result.scanned += 1
             if not _only_tails(scan, known):
+                log.debug("tails alone do not do for %s/%s: entries changed", root, reldir)
                 return None
             result.bytes_read += sum(len(r.content) for r in scan.reads)
             scans.append((key, scan))
         plans = [_DirPlan(self, key, scan, frozenset(), False) for key, scan in scans]
         drafts = [d for p in plans for d in p.drafts()]
-        if any(op.code not in (OpCode.WRITE, OpCode.META) for d in drafts for op in d.ops):
-            return None  # a log or uidlist was rewritten, not appended to
+        if not all(_appends_only(draft) for draft in drafts):
+            log.debug("tails alone do not do: a file other than a log or uidlist changed, or "
+                      "one of them was rewritten")
+            return None
         for plan in plans:
             plan.commit()
         result.drafts = sorted(drafts, key=lambda d: -dir_rank(self.manifest, (d.root, d.reldir)))
@@ -221,17 +229,33 @@ class Batcher:
         return self.bases.get(root, path)
 
 
+def _absent(top: Path, reldir: str) -> bool:
+    """Whether `top/reldir` does not exist (as a directory: unknown to the manifest, but
+    nothing to ship either)."""
+    try:
+        return not stat.S_ISDIR(os.lstat(top / reldir).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        return True
+
+
 def _trails(name: str) -> bool:
     """Whether a change to `name` may reach replicas after the log tails it follows from."""
     return classify(name) in TRAILING_KINDS
 
 
 def _only_tails(scan: DirScan, known: DirEntry) -> bool:
-    """Whether `scan` found no change but to logs and uidlists (and deferred rewrites); the
-    encoder then tells whether they were appended to."""
+    """Whether `scan` found the directory's entries unchanged (its reads are then encoded, and
+    `_appends_only` tells whether they were appends to logs and uidlists)."""
     return (scan.exists and not scan.busy and scan.meta == known.meta
-            and scan.subdirs == known.subdirs and scan.present == known.files.keys()
-            and all(classify(read.name) in APPEND_MOSTLY for read in scan.reads))
+            and scan.subdirs == known.subdirs and scan.present == known.files.keys())
+
+
+def _appends_only(draft: Draft) -> bool:
+    """Whether `draft` only appends to logs and uidlists, or changes metadata. Files read
+    again only because their last read was racy encode to nothing when they did not change."""
+    return all(op.code == OpCode.META or (op.code == OpCode.WRITE and
+                                          classify(op.path.rpartition("/")[2]) in APPEND_MOSTLY)
+               for op in draft.ops)
 
 
 def _wire_safe(draft: Draft) -> bool:
