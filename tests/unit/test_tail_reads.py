@@ -115,13 +115,15 @@ def test_tails_only_ship_the_log_and_leave_the_index_for_the_next_flush(
 
 
 def test_tails_only_refuse_what_a_log_tail_does_not_cover(tmp_path: Path) -> None:
-    """A new file, a rotated log, an unknown directory: None, and nothing is recorded, so
-    the whole flush that follows ships everything."""
+    """A new file, a rotated log, a new directory: None, and nothing is recorded, so the
+    whole flush that follows ships everything."""
     batcher, box = _setup(tmp_path)
     _append(box / "dovecot.index.log", b"commit")
     (box / "dovecot-keywords").write_bytes(b"0 $Junk")
     assert batcher.build_tails({KEY}) is None
-    assert batcher.build_tails({("index", "u2")}) is None
+    (tmp_path / "u2").mkdir()
+    assert batcher.build_tails({("index", "u2")}) is None  # new: its files come whole
+    assert _ops(batcher.build_tails({("index", "u3")})) == []  # absent: nothing to wait for
     assert sorted(op.path for op in _ops(batcher.build({KEY: set()}))) == \
         ["u1/dovecot-keywords", "u1/dovecot.index.log"]
     log = box / "dovecot.index.log"
