@@ -29,7 +29,7 @@ from bench.report import write_sections
 from bench.sync_commit import _append_latencies
 from replicator.testing.scenario import scratch_dir, two_nodes
 
-COUNTERS = ("flushes", "tail_flushes", "batches", "busy_retries", "bytes_read")
+COUNTERS = ("flushes", "commit_flushes", "batches", "busy_retries", "bytes_read")
 HERE = Path(__file__).resolve().parent
 
 
@@ -124,7 +124,7 @@ def report(result: dict[str, Any]) -> str:
                      f"(user {cpu['user']:.0f}, system {cpu['system']:.0f})")
     per = result["per_append"]
     lines.append(f"  per APPEND: {per['flushes']:.2f} flushes, "
-                 f"{per.get('tail_flushes', 0):.2f} tails-only flushes, "
+                 f"{per.get('commit_flushes', 0):.2f} commit flushes, "
                  f"{per['batches']:.2f} batches, "
                  f"{per['bytes_read']:.0f} bytes read, {per['busy_retries']:.3f} lock retries; "
                  f"{result['delta_bytes_per_append']:.0f} delta bytes, "

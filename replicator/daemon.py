@@ -47,7 +47,7 @@ if TYPE_CHECKING:  # imported when [coordination] is configured: an HTTP stack c
 
 log = logging.getLogger("replicator")
 SOFTWARE = f"dovecot-replicator/{__version__}"
-COUNTERS = ("flushes", "tail_flushes", "batches", "resync_batches", "busy_retries", "sync_ok",
+COUNTERS = ("flushes", "commit_flushes", "batches", "resync_batches", "busy_retries", "sync_ok",
             "sync_failed", "sync_degraded", "sync_refused", "rescans", "bytes_read",
             "unowned_skipped")
 
@@ -70,6 +70,7 @@ class Daemon(LinkHost):
         self.traffic = Traffic()
         self.capture = Capture(config.roots, tuning.watcher, tuning.base_cache_bytes,
                                self._enqueue, self.counters)
+        self.capture.hint_grace = tuning.trailing_delay
         self.manifest = self.capture.manifest
         self.outbox = Outbox(secrets.token_hex(8), _load_epoch(config.state_dir),
                              [p.id for p in config.peers], retain_bytes=tuning.retain_bytes,

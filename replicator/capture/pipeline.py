@@ -31,7 +31,9 @@ RESCAN_SLICE = 256
 # does right after Dovecot's commit. Flushing at a commit's first event reads the mailbox
 # mid-commit, and the FLUSH then waits behind that read and reads again (measured over
 # 3 x 1000 APPENDs with the plugin, before/after interleaved: p50 about 0.2-0.4 ms lower, one
-# read per commit instead of ~2.8, lock retries 1051 -> 4 on disk).
+# read per commit instead of ~2.8, lock retries 1051 -> 4 on disk). The same grace is how long
+# index and cache rewrites trail the log tails a FLUSH waited for (`flush_for_commit`). The
+# daemon sets it from [replication] trailing_delay.
 HINT_GRACE = 0.005
 SYNC_COMMIT_SEEN = 10.0
 
@@ -121,24 +123,24 @@ class Capture:
             self.mark(key, set())
 
     # -- flushing ---------------------------------------------------------------------------
-    def flush_tails(self, keys: set[DirKey]) -> bool:
-        """For a sync commit: number the appended log and uidlist tails of `keys` now and leave
-        their index and cache rewrites dirty for the next flush, graced as a watcher event's
-        (so one read of them serves several commits in a row). False when the tails are not
-        enough (Batcher.build_tails) or a directory of these users waits for a lock: the
-        caller then flushes whole."""
+    def flush_for_commit(self, keys: set[DirKey]) -> bool:
+        """For a sync commit: number the changes of `keys` now but their index and cache
+        rewrites, which stay dirty for the next flush, graced as a watcher event's (so one
+        read of them serves several commits in a row). False when that cannot be done
+        (Batcher.build_for_commit) or a directory of these users waits for a lock: the caller
+        then flushes whole."""
         users = {reldir.partition("/")[0] for _root, reldir in keys}
         if any(reldir.partition("/")[0] in users for _root, reldir in self._held):
             return False
         try:
-            result = self.batcher.build_tails(keys)
+            result = self.batcher.build_for_commit(keys)
         except OSError:
             return False  # the whole flush says what failed, and retries
         if result is None:
             return False
-        self.counters["tail_flushes"] += 1
+        self.counters["commit_flushes"] += 1
         self.counters["bytes_read"] += result.bytes_read
-        for draft in result.drafts:  # their new tails are read: only the rest stays dirty
+        for draft in result.drafts:  # what they read is shipped: only the rest stays dirty
             names = self._dirty.get((draft.root, draft.reldir))
             if names:
                 names -= {op.path.rpartition("/")[2] for op in draft.ops}

@@ -58,7 +58,7 @@ FCNTL_LOCKED = frozenset({FileKind.LOG, FileKind.CACHE})
 # Append-mostly kinds: the tail encoder is tried first.
 APPEND_MOSTLY = frozenset({FileKind.LOG, FileKind.UIDLIST, FileKind.MAILBOX_LOG})
 
-# Kinds a sync commit need not wait for (sender.batcher.build_tails): indexes are snapshots
+# Kinds a sync commit need not wait for (sender.batcher.build_for_commit): indexes are snapshots
 # of their log (Dovecot replays the log from the offset an index names), the cache is only a
 # cache, a backup is an older index. They follow the log tails in the same ordered stream.
 TRAILING_KINDS = frozenset({FileKind.INDEX, FileKind.CACHE, FileKind.BACKUP})

@@ -104,12 +104,16 @@ class Batcher:
         drafts = [] if record_only else [d for p in plans for d in p.drafts()]
         for plan in plans:
             plan.commit()
+        result.drafts = self._ordered(drafts)
+        return result
+
+    def _ordered(self, drafts: list[Draft]) -> list[Draft]:
+        """Dependencies first (mdbox storage/, then control, then mailboxes), and deletions
+        after every change (what they delete may be the source of a copy)."""
         ranked = sorted(drafts, key=lambda d: -dir_rank(self.manifest, (d.root, d.reldir)))
         ranked = [d for d in ranked if _wire_safe(d)]
         changes = [d for d in ranked if not d.deletes_only]
-        result.drafts = changes + _deletions_after(changes, [d for d in ranked
-                                                              if d.deletes_only])
-        return result
+        return changes + _deletions_after(changes, [d for d in ranked if d.deletes_only])
 
     def _scan_all(self, dirty: Mapping[DirKey, Forced], untrusted: Mapping[DirKey, object],
                   result: BuildResult) -> list[tuple[DirKey, DirScan]]:
@@ -159,16 +163,16 @@ class Batcher:
                 kept.append((key, scan))
         return kept
 
-    def build_tails(self, keys: Iterable[DirKey]) -> BuildResult | None:
-        """What a sync commit must wait for in `keys`, alone: the appended tails of their logs
-        and uidlists. Index and cache rewrites (TRAILING_KINDS) are left unread, for the next
-        whole flush to ship in the same ordered stream: a replica whose index and cache trail
-        its logs is a state Dovecot opens (it replays the log from the offset the index names).
+    def build_for_commit(self, keys: Iterable[DirKey]) -> BuildResult | None:
+        """What a sync commit must wait for in `keys`: every change there but index, cache and
+        backup rewrites (TRAILING_KINDS), which are left unread for the next whole flush to
+        ship in the same ordered stream. A replica whose index and cache trail its logs is a
+        state Dovecot opens (it replays the log from the offset the index names), and what the
+        commit made durable (its log records, maildir's uidlist) is in this batch.
 
-        None, with nothing recorded, when that is not enough: a directory is new or vanished,
-        a file or subdirectory appeared or went, another kind of file changed, a log was
-        rotated or a uidlist rewritten, a file is locked. Then only a whole flush ships the
-        commit."""
+        None, with nothing read recorded, when a directory is new (its subdirectories are found
+        by a whole flush), vanished, or has a file Dovecot holds locked: then only a whole
+        flush ships the commit."""
         result = BuildResult()
         scans: list[tuple[DirKey, DirScan]] = []
         for key in sorted(keys, key=lambda k: dir_rank(self.manifest, k)):  # dependents first
@@ -179,25 +183,21 @@ class Batcher:
             if known is None:
                 if _absent(self.roots[root], reldir):
                     continue  # a directory the format does not use (mdbox's control)
-                log.debug("tails alone do not do for new directory %s/%s", root, reldir)
+                log.debug("a commit in new directory %s/%s waits for a whole flush", root,
+                          reldir)
                 return None
             scan = scan_dir(self.roots[root], reldir, known, set(),
                             tail_from=self._tail_from(root, reldir), defer=_trails)
             result.scanned += 1
-            if not _only_tails(scan, known):
-                log.debug("tails alone do not do for %s/%s: entries changed", root, reldir)
+            if not scan.exists or scan.busy:
                 return None
             result.bytes_read += sum(len(r.content) for r in scan.reads)
             scans.append((key, scan))
         plans = [_DirPlan(self, key, scan, frozenset(), False) for key, scan in scans]
         drafts = [d for p in plans for d in p.drafts()]
-        if not all(_appends_only(draft) for draft in drafts):
-            log.debug("tails alone do not do: a file other than a log or uidlist changed, or "
-                      "one of them was rewritten")
-            return None
         for plan in plans:
             plan.commit()
-        result.drafts = sorted(drafts, key=lambda d: -dir_rank(self.manifest, (d.root, d.reldir)))
+        result.drafts = self._ordered(drafts)
         return result
 
     def _tail_from(self, root: str, reldir: str) -> Callable[[str, FileEntry], TailHint | None]:
@@ -241,21 +241,6 @@ def _absent(top: Path, reldir: str) -> bool:
 def _trails(name: str) -> bool:
     """Whether a change to `name` may reach replicas after the log tails it follows from."""
     return classify(name) in TRAILING_KINDS
-
-
-def _only_tails(scan: DirScan, known: DirEntry) -> bool:
-    """Whether `scan` found the directory's entries unchanged (its reads are then encoded, and
-    `_appends_only` tells whether they were appends to logs and uidlists)."""
-    return (scan.exists and not scan.busy and scan.meta == known.meta
-            and scan.subdirs == known.subdirs and scan.present == known.files.keys())
-
-
-def _appends_only(draft: Draft) -> bool:
-    """Whether `draft` only appends to logs and uidlists, or changes metadata. Files read
-    again only because their last read was racy encode to nothing when they did not change."""
-    return all(op.code == OpCode.META or (op.code == OpCode.WRITE and
-                                          classify(op.path.rpartition("/")[2]) in APPEND_MOSTLY)
-               for op in draft.ops)
 
 
 def _wire_safe(draft: Draft) -> bool:

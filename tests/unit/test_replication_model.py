@@ -3,8 +3,8 @@
 rotation by hard link, deletes, new and removed directories, renamed directories), shipped
 through the real batcher, outbox frames, session and replica store, with receiver restarts and
 replica corruption thrown in. After every flush the replica equals the origin byte for byte
-(once corruption has been repaired by a resync); after a sync commit's tails-only flush, its
-logs and uidlists do."""
+(once corruption has been repaired by a resync); after a sync commit's flush, every file of its
+directories but indexes and caches (which may trail their logs) does."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from replicator.capture.basecache import BaseCache
 from replicator.capture.manifest import Manifest
 from replicator.delta.ops import OpCode
-from replicator.dovecot.filekinds import APPEND_MOSTLY, classify
+from replicator.dovecot.filekinds import APPEND_MOSTLY, TRAILING_KINDS, classify
 from replicator.replica.store import ReplicaStore
 from replicator.sender.batcher import Batcher
 from replicator.sender.outbox import Outbox
@@ -238,28 +238,25 @@ class Replication(RuleBasedStateMachine):
     def sync_commit(self, directory: str, name: str, size: int, seed: int) -> None:
         """A commit appends to a log, then its plugin's FLUSH reads the tails."""
         self.append_records(directory, name, size, seed)
-        self.flush_tails([directory])
+        self.flush_for_commit([directory])
 
     @precondition(lambda self: self.resynced and not self.corrupted)
     @rule()
-    def flush_tails(self, dirs: list[str] | None = None) -> None:
-        """A sync commit's flush of `dirs` (default: all): only appended log and uidlist
-        tails, or nothing at all."""
+    def flush_for_commit(self, dirs: list[str] | None = None) -> None:
+        """A sync commit's flush of `dirs` (default: all known): everything but index, cache
+        and backup rewrites, or nothing at all."""
         known = [reldir for reldir, _ in self.manifest.dirs("index")]
-        result = self.batcher.build_tails({("index", d) for d in dirs or known})
+        result = self.batcher.build_for_commit({("index", d) for d in dirs or known})
         if result is None:
             return
         for draft in result.drafts:
-            assert all(op.code in (OpCode.WRITE, OpCode.META) and
-                       classify(op.path.rpartition("/")[2]) in APPEND_MOSTLY for op in draft.ops)
+            assert not any(classify(op.path.rpartition("/")[2]) in TRAILING_KINDS
+                           for op in draft.ops if op.code != OpCode.DELETE)
             self.outbox.add(draft)
         self._deliver()
         replica = self.tmp / "replica" / "a" / "index"
         for reldir in dirs or known:
-            for path in (self.origin / reldir).iterdir():
-                if path.is_file() and classify(path.name) in APPEND_MOSTLY:
-                    copy = replica / reldir / path.name
-                    assert copy.read_bytes() == path.read_bytes(), copy
+            assert _durable_files(replica / reldir) == _durable_files(self.origin / reldir)
         self._journal_matches_the_replica()
 
     def _journal_matches_the_replica(self) -> None:
@@ -318,6 +315,14 @@ class Replication(RuleBasedStateMachine):
         after = self.outbox.after(0)
         assert after is not None
         assert [b.seq for b in after] == list(range(1, self.outbox.next_seq))
+
+
+def _durable_files(directory: Path) -> dict[str, bytes]:
+    """The files of `directory` a sync commit waits for (not indexes, caches, backups)."""
+    if not directory.is_dir():
+        return {}
+    return {p.name: p.read_bytes() for p in directory.iterdir()
+            if p.is_file() and classify(p.name) not in TRAILING_KINDS}
 
 
 def _all_dirs(top: Path) -> list[str]:

@@ -1,6 +1,6 @@
-"""Logs and uidlists read from their old end, and the tails-only flush of a sync commit
-(capture.tailstate, Batcher.build_tails): what they read, what they ship, and when they
-refuse and leave it to a whole read."""
+"""Logs and uidlists read from their old end (capture.tailstate), and a sync commit's flush
+that leaves index and cache rewrites to trail (Batcher.build_for_commit): what they read, what
+they ship, and when they leave it to a whole read."""
 
 from __future__ import annotations
 
@@ -102,32 +102,27 @@ def test_a_rotated_log_is_read_whole(tmp_path: Path) -> None:
     assert [op.code for op in _ops(result)] == [OpCode.REPLACE]
 
 
-def test_tails_only_ship_the_log_and_leave_the_index_for_the_next_flush(
+def test_a_commit_flush_ships_the_log_and_leaves_the_index_for_the_next_flush(
         tmp_path: Path) -> None:
     batcher, box = _setup(tmp_path)
     _append(box / "dovecot.index.log", b"commit")
     (box / "dovecot.index.tmp").write_bytes(b"index v2")
     os.rename(box / "dovecot.index.tmp", box / "dovecot.index")
-    tails = batcher.build_tails({KEY})
-    assert [(op.code, op.path) for op in _ops(tails)] == [(OpCode.WRITE, "u1/dovecot.index.log")]
+    (box / "dovecot-uidlist").write_bytes(b"3 V1 N2\n1 a\n")  # maildir's: not trailing
+    commit = batcher.build_for_commit({KEY})
+    ops = _ops(commit)
+    assert {op.path for op in ops} == {"u1/dovecot.index.log", "u1/dovecot-uidlist"}
+    assert [op.code for op in ops if op.path.endswith(".log")] == [OpCode.WRITE]
     rest = batcher.build({KEY: set()})
     assert [op.path for op in _ops(rest)] == ["u1/dovecot.index"]
 
 
-def test_tails_only_refuse_what_a_log_tail_does_not_cover(tmp_path: Path) -> None:
-    """A new file, a rotated log, a new directory: None, and nothing is recorded, so the
-    whole flush that follows ships everything."""
+def test_a_commit_flush_leaves_new_and_busy_directories_to_a_whole_flush(
+        tmp_path: Path) -> None:
+    """None, with nothing recorded: the whole flush that follows ships everything."""
     batcher, box = _setup(tmp_path)
     _append(box / "dovecot.index.log", b"commit")
-    (box / "dovecot-keywords").write_bytes(b"0 $Junk")
-    assert batcher.build_tails({KEY}) is None
     (tmp_path / "u2").mkdir()
-    assert batcher.build_tails({("index", "u2")}) is None  # new: its files come whole
-    assert _ops(batcher.build_tails({("index", "u3")})) == []  # absent: nothing to wait for
-    assert sorted(op.path for op in _ops(batcher.build({KEY: set()}))) == \
-        ["u1/dovecot-keywords", "u1/dovecot.index.log"]
-    log = box / "dovecot.index.log"
-    content = log.read_bytes()
-    log.unlink()
-    log.write_bytes(b"new log" + content)
-    assert batcher.build_tails({KEY}) is None
+    assert batcher.build_for_commit({KEY, ("index", "u2")}) is None  # new: found whole
+    assert _ops(batcher.build_for_commit({("index", "u3")})) == []  # absent: nothing to wait
+    assert [op.path for op in _ops(batcher.build({KEY: set()}))] == ["u1/dovecot.index.log"]
