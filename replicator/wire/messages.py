@@ -1,11 +1,11 @@
 """Typed protocol messages and their mapping to and from frames.
 
-Each message knows its frame type, writes its fields into the frame header (JSON) and, for
-BATCH and MANIFEST, its payload. Decoding checks every field's presence, type and range, so a
-peer that sends a malformed message gets a clear remote ProtocolError instead of a KeyError, and
-nothing later meets a value it cannot use: integers are 0 <= x < 2**63, text is UTF-8 without
-NUL, lists hold only such text. Header fields a message does not know are ignored (a newer
-peer may send more).
+Each message knows its frame type, writes its fields into the frame header (JSON; fields at
+their default are left out) and, for BATCH and MANIFEST, its payload. Decoding checks every
+field's presence, type and range, so a peer that sends a malformed message gets a clear remote
+ProtocolError instead of a KeyError, and nothing later meets a value it cannot use: integers
+are 0 <= x < 2**63, text is UTF-8 without NUL, lists hold only such text. Header fields a
+message does not know are ignored (a newer peer may send more).
 """
 
 from __future__ import annotations
@@ -29,7 +29,10 @@ class Message:
     TYPE: ClassVar[FrameType]
 
     def to_frame(self) -> Frame:
-        header = {name: getattr(self, name) for name in _header_fields(type(self))}
+        """Fields equal to their default are left out (the decoder fills them in): a BATCH
+        header is a third shorter, and every sync commit sends a few."""
+        header = {name: value for name, default in _header_fields(type(self))
+                  if (value := getattr(self, name)) != default or default is MISSING}
         return Frame(self.TYPE, header, getattr(self, "payload", b""))
 
     @classmethod
@@ -45,13 +48,16 @@ class Message:
         return cls(**values)
 
 
-_HEADER_FIELDS: dict[type[Message], tuple[str, ...]] = {}
+_HEADER_FIELDS: dict[type[Message], tuple[tuple[str, Any], ...]] = {}
 
 
-def _header_fields(cls: type[Message]) -> tuple[str, ...]:
+def _header_fields(cls: type[Message]) -> tuple[tuple[str, Any], ...]:
+    """(name, default or MISSING) of each header field; a default factory's value counts."""
     names = _HEADER_FIELDS.get(cls)
     if names is None:
-        names = _HEADER_FIELDS[cls] = tuple(f.name for f in fields(cls) if f.name != "payload")
+        names = _HEADER_FIELDS[cls] = tuple(
+            (f.name, f.default if f.default_factory is MISSING else f.default_factory())
+            for f in fields(cls) if f.name != "payload")
     return names
 
 

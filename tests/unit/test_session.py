@@ -137,3 +137,11 @@ def test_before_the_handshake_a_frame_larger_than_a_header_is_refused_unread() -
         Session("server").receive_data(data[:64])  # the prefix alone is enough to refuse it
     _, server = opened()
     assert server.receive_data(data) == [big]
+
+
+def test_a_batch_header_leaves_out_fields_at_their_default_and_decodes_whole() -> None:
+    plain = Batch(1, "s1", 7, "index", "u1")
+    flagged = Batch(1, "s1", 8, "index", "u1", resync=True, part=2, final=False, token=5)
+    assert sorted(plain.to_frame().header) == ["dir", "epoch", "root", "seq", "stream"]
+    for batch in (plain, flagged):
+        assert Batch.from_frame(batch.to_frame()) == batch
