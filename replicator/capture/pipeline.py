@@ -48,6 +48,7 @@ class Capture:
         self._dirty: dict[DirKey, Forced] = {}
         self._held: set[DirKey] = set()
         self._flush_handle: asyncio.Handle | None = None
+        self._trailing_handle: asyncio.TimerHandle | None = None  # see flush_for_commit
         self._watcher: Watcher | InotifyWatcher | None = None
         self._lock_waiter = LockWaiter()
         self.hint_grace = HINT_GRACE
@@ -80,16 +81,37 @@ class Capture:
             self._dirty[key] = None if names is None else set(names)
 
     def _schedule_flush(self, *, after_commit: bool = False) -> None:
-        """Flush at the next loop wakeup; or, for watcher events while a sync-commit plugin is
-        asking, shortly after, so that the plugin's FLUSH reads the finished commit once."""
+        """Flush at the next loop wakeup. For watcher events (`after_commit`) that flush ships
+        what a commit needs first and leaves index and cache rewrites for `hint_grace` later
+        (`_flush_events`); while a sync-commit plugin is asking, a watcher event waits
+        `hint_grace` altogether, so that the plugin's FLUSH reads the finished commit once."""
         loop = asyncio.get_running_loop()
         graced = after_commit and loop.time() < self._flush_requests_until
         if self._flush_handle is not None:
             if graced or not isinstance(self._flush_handle, asyncio.TimerHandle):
                 return  # what is scheduled comes as soon as this wants
             self._flush_handle.cancel()  # e.g. a lock was released: no reason to wait
-        self._flush_handle = (loop.call_later(self.hint_grace, self.flush) if graced
-                              else loop.call_soon(self.flush))
+        if graced:
+            self._flush_handle = loop.call_later(self.hint_grace, self.flush)
+        else:
+            self._flush_handle = loop.call_soon(self._flush_events if after_commit
+                                                else self.flush)
+
+    def _flush_events(self) -> None:
+        """What watcher events marked: the changes but index and cache rewrites now, those
+        within `hint_grace` (flush_for_commit), or everything now when that cannot be done."""
+        self._flush_handle = None
+        if not self._dirty:
+            return
+        if None in self._dirty.values() or not self.flush_for_commit(set(self._dirty)):
+            self.flush()
+
+    def _schedule_trailing(self) -> None:
+        """A whole flush `hint_grace` from now for what flush_for_commit left (not pushed back
+        by later events: under a steady stream of commits indexes still follow)."""
+        if self._trailing_handle is None:
+            self._trailing_handle = asyncio.get_running_loop().call_later(self.hint_grace,
+                                                                          self.flush)
 
     def expect_flush_requests(self) -> None:
         """A sync-commit plugin asked: for a while, Dovecot's commits come with a FLUSH."""
@@ -103,7 +125,8 @@ class Capture:
         """Whether a change (in `keys`, or anywhere) is not yet numbered: dirty, or waiting
         for Dovecot to release a lock (then it is in neither the dirty set nor the outbox)."""
         if keys is None:
-            return bool(self._dirty or self._held or self._flush_handle is not None)
+            return bool(self._dirty or self._held or self._flush_handle is not None
+                        or self._trailing_handle is not None)
         return any(key in self._dirty or key in self._held for key in keys)
 
     def dirty_among(self, keys: set[DirKey]) -> bool:
@@ -124,11 +147,11 @@ class Capture:
 
     # -- flushing ---------------------------------------------------------------------------
     def flush_for_commit(self, keys: set[DirKey]) -> bool:
-        """For a sync commit: number the changes of `keys` now but their index and cache
-        rewrites, which stay dirty for the next flush, graced as a watcher event's (so one
-        read of them serves several commits in a row). False when that cannot be done
-        (Batcher.build_for_commit) or a directory of these users waits for a lock: the caller
-        then flushes whole."""
+        """Number the changes of `keys` now but their index and cache rewrites, which stay
+        dirty for a whole flush `hint_grace` later (one read of them serves every commit in
+        between). For a sync commit's FLUSH, and for watcher events. False when that cannot
+        be done (Batcher.build_for_commit) or a directory of these users waits for a lock:
+        the caller then flushes whole."""
         users = {reldir.partition("/")[0] for _root, reldir in keys}
         if any(reldir.partition("/")[0] in users for _root, reldir in self._held):
             return False
@@ -144,15 +167,19 @@ class Capture:
             names = self._dirty.get((draft.root, draft.reldir))
             if names:
                 names -= {op.path.rpartition("/")[2] for op in draft.ops}
+        for key in keys - result.deferred:  # nothing left to read there
+            if self._dirty.get(key) == set():
+                del self._dirty[key]
         self._emit(result.drafts)
         if any(key in self._dirty for key in keys):
-            self._schedule_flush(after_commit=True)
+            self._schedule_trailing()
         return True
 
     def flush(self) -> None:
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
-            self._flush_handle = None
+        for handle in (self._flush_handle, self._trailing_handle):
+            if handle is not None:
+                handle.cancel()
+        self._flush_handle = self._trailing_handle = None
         dirty, self._dirty = self._gate(self._dirty)
         if not dirty:
             return

@@ -68,6 +68,7 @@ class BuildResult:
     busy_files: list[str] = field(default_factory=list)        # ...once these are unlocked
     scanned: int = 0
     bytes_read: int = 0
+    deferred: set[DirKey] = field(default_factory=set)  # changed files left unread there
 
 
 def dir_rank(manifest: Manifest, key: DirKey, top: Path | None = None) -> int:
@@ -191,6 +192,8 @@ class Batcher:
             result.scanned += 1
             if not scan.exists or scan.busy:
                 return None
+            if scan.deferred:
+                result.deferred.add(key)
             result.bytes_read += sum(len(r.content) for r in scan.reads)
             scans.append((key, scan))
         plans = [_DirPlan(self, key, scan, frozenset(), False) for key, scan in scans]
