@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import stat
+from functools import lru_cache
 from pathlib import Path
 
 from replicator.errors import PathError
@@ -19,6 +20,7 @@ ROOT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 NODE_ID = ROOT_NAME
 
 
+@lru_cache(maxsize=65536)  # both ends check the same few paths for every batch; errors are not kept
 def check_relpath(path: str, *, allow_empty: bool = False) -> str:
     """Return `path` if it is an acceptable relative path, else raise PathError saying why."""
     if path == "" and allow_empty:
