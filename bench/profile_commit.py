@@ -101,7 +101,7 @@ def profile(appends: int, mode: str, stacks: Path | None) -> dict[str, Any]:
                 r: {"user": (after_cpu[r][0] - before_cpu[r][0]) / counted * 1e6,
                     "system": (after_cpu[r][1] - before_cpu[r][1]) / counted * 1e6}
                 for r in pids},
-            "per_append": {k: (after["counters"][k] - before["counters"][k]) / counted
+            "per_append": {k: (after["counters"].get(k, 0) - before["counters"].get(k, 0)) / counted
                            for k in COUNTERS},
             "link_bytes_per_append": (sum(p["bytes_sent"] for p in after["peers"].values())
                                       - sum(p["bytes_sent"] for p in before["peers"].values()))
