@@ -6,8 +6,8 @@ One run on two real Dovecot nodes on loopback (this machine runs both, both daem
 IMAP client) measures:
 
 - the floors: fdatasync of a 4 KiB append on this machine's disk, the asyncio TCP round trip;
-- APPEND, flag STORE and UID EXPUNGE as an IMAP client sees them (mdbox, one message appended,
-  flagged and expunged per round) in three set-ups: *disk* without replication's plugin
+- APPEND, flag STORE (\\Flagged \\Deleted) and UID EXPUNGE as an IMAP client sees them
+  (mdbox, one message appended, flagged and expunged per round) in three set-ups: *disk* without replication's plugin
   (roots on disk, `mail_fsync = always`), *ram* without the plugin (tmpfs, `mail_fsync =
   never`), and *ram* with sync commit to one peer over TCP loopback;
 - the replication lag of one flag STORE (maildir and mdbox, disk and RAM mode, no plugin);
@@ -52,7 +52,7 @@ def imap_latencies(instance: DovecotInstance, rounds: int) -> dict[str, list[flo
         started = time.perf_counter()
         _, (uid,) = parse_appenduid(client.append("INBOX", MESSAGE))
         appended = time.perf_counter()
-        client.add_flags([uid], ["\\Flagged"], silent=True)
+        client.add_flags([uid], ["\\Flagged", "\\Deleted"], silent=True)
         stored = time.perf_counter()
         client.expunge([uid])
         expunged = time.perf_counter()

@@ -70,7 +70,7 @@ class Daemon(LinkHost):
         self.traffic = Traffic()
         self.capture = Capture(config.roots, tuning.watcher, tuning.base_cache_bytes,
                                self._enqueue, self.counters)
-        self.capture.hint_grace = tuning.trailing_delay
+        self.capture.trailing_delay = tuning.trailing_delay
         self.manifest = self.capture.manifest
         self.outbox = Outbox(secrets.token_hex(8), _load_epoch(config.state_dir),
                              [p.id for p in config.peers], retain_bytes=tuning.retain_bytes,

@@ -31,10 +31,12 @@ RESCAN_SLICE = 256
 # does right after Dovecot's commit. Flushing at a commit's first event reads the mailbox
 # mid-commit, and the FLUSH then waits behind that read and reads again (measured over
 # 3 x 1000 APPENDs with the plugin, before/after interleaved: p50 about 0.2-0.4 ms lower, one
-# read per commit instead of ~2.8, lock retries 1051 -> 4 on disk). The same grace is how long
-# index and cache rewrites trail the log tails a FLUSH waited for (`flush_for_commit`). The
-# daemon sets it from [replication] trailing_delay.
+# read per commit instead of ~2.8, lock retries 1051 -> 4 on disk).
 HINT_GRACE = 0.005
+# How long index and cache rewrites may trail the changes a commit needs (`flush_for_commit`):
+# one whole read of them then serves every commit in that time. The daemon sets it from
+# [replication] trailing_delay.
+TRAILING_DELAY = 0.005
 SYNC_COMMIT_SEEN = 10.0
 
 
@@ -52,6 +54,7 @@ class Capture:
         self._watcher: Watcher | InotifyWatcher | None = None
         self._lock_waiter = LockWaiter()
         self.hint_grace = HINT_GRACE
+        self.trailing_delay = TRAILING_DELAY
         self._flush_requests_until = 0.0  # loop time until which a FLUSH follows each commit
 
     def start(self, loop: asyncio.AbstractEventLoop) -> BuildResult:
@@ -82,9 +85,9 @@ class Capture:
 
     def _schedule_flush(self, *, after_commit: bool = False) -> None:
         """Flush at the next loop wakeup. For watcher events (`after_commit`) that flush ships
-        what a commit needs first and leaves index and cache rewrites for `hint_grace` later
+        what a commit needs and leaves index and cache rewrites for `trailing_delay` later
         (`_flush_events`); while a sync-commit plugin is asking, a watcher event waits
-        `hint_grace` altogether, so that the plugin's FLUSH reads the finished commit once."""
+        `hint_grace` first, so that the plugin's FLUSH reads the finished commit once."""
         loop = asyncio.get_running_loop()
         graced = after_commit and loop.time() < self._flush_requests_until
         if self._flush_handle is not None:
@@ -92,14 +95,15 @@ class Capture:
                 return  # what is scheduled comes as soon as this wants
             self._flush_handle.cancel()  # e.g. a lock was released: no reason to wait
         if graced:
-            self._flush_handle = loop.call_later(self.hint_grace, self.flush)
+            self._flush_handle = loop.call_later(self.hint_grace, self._flush_events)
         else:
             self._flush_handle = loop.call_soon(self._flush_events if after_commit
                                                 else self.flush)
 
     def _flush_events(self) -> None:
         """What watcher events marked: the changes but index and cache rewrites now, those
-        within `hint_grace` (flush_for_commit), or everything now when that cannot be done."""
+        within `trailing_delay` (flush_for_commit), or everything now when that cannot be
+        done."""
         self._flush_handle = None
         if not self._dirty:
             return
@@ -107,11 +111,11 @@ class Capture:
             self.flush()
 
     def _schedule_trailing(self) -> None:
-        """A whole flush `hint_grace` from now for what flush_for_commit left (not pushed back
-        by later events: under a steady stream of commits indexes still follow)."""
+        """A whole flush `trailing_delay` from now for what flush_for_commit left (not pushed
+        back by later events: under a steady stream of commits indexes still follow)."""
         if self._trailing_handle is None:
-            self._trailing_handle = asyncio.get_running_loop().call_later(self.hint_grace,
-                                                                          self.flush)
+            self._trailing_handle = asyncio.get_running_loop().call_later(
+                self.trailing_delay, self.flush)
 
     def expect_flush_requests(self) -> None:
         """A sync-commit plugin asked: for a while, Dovecot's commits come with a FLUSH."""
@@ -148,7 +152,7 @@ class Capture:
     # -- flushing ---------------------------------------------------------------------------
     def flush_for_commit(self, keys: set[DirKey]) -> bool:
         """Number the changes of `keys` now but their index and cache rewrites, which stay
-        dirty for a whole flush `hint_grace` later (one read of them serves every commit in
+        dirty for a whole flush `trailing_delay` later (one read of them serves every commit in
         between). For a sync commit's FLUSH, and for watcher events. False when that cannot
         be done (Batcher.build_for_commit) or a directory of these users waits for a lock:
         the caller then flushes whole."""

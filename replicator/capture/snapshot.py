@@ -162,10 +162,11 @@ def _read_candidates(fd: int, scan: DirScan, candidates: list[tuple[str, os.stat
 
 def _tail_hint(old: FileEntry | None, est: os.stat_result, hint: TailHint | None
                ) -> TailHint | None:
-    """`hint` if the file is still the one shipped (same inode, the size it was read at) and
-    grew since: only the bytes from there on can be new."""
+    """`hint` if the file is still the one shipped (same inode, the size it was read at, or
+    larger): only the bytes from there on can be new. (Same size: read again because its last
+    read was racy; the head check then suffices.)"""
     if old is None or hint is None or hint.offset != old.stat.size \
-            or old.stat.ino != est.st_ino or est.st_size <= hint.offset:
+            or old.stat.ino != est.st_ino or est.st_size < hint.offset:
         return None
     return hint
 

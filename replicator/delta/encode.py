@@ -60,7 +60,8 @@ def encode_file(path: str, old: Shipped | None, base: bytes | None, new: bytes,
 
 def encode_tail(path: str, offset: int, tail: bytes, shipped_new: Shipped) -> list[Op]:
     """Ops for a file known to be its shipped `offset` bytes followed by `tail` (read from its
-    old end, capture.tailstate): a WRITE there, or only the metadata if nothing was appended."""
+    old end, capture.tailstate): a WRITE there, or only the metadata if nothing was appended
+    (the caller leaves out a file whose metadata did not change either)."""
     result = Result(shipped_new.size, shipped_new.digest)
     if not tail:
         return [Op(OpCode.META, path, result=result, meta=shipped_new.meta)]

@@ -365,7 +365,10 @@ class _DirPlan:
     def _file_ops(self, read: FileRead, new: Shipped) -> list[Op]:
         root, reldir = self.key
         path = join_rel(reldir, read.name)
-        if read.offset:  # scan_dir checked: the same file, grown since it was shipped
+        if read.offset:  # scan_dir checked: the same file, as shipped up to read.offset
+            old_entry = self.b.manifest.file(root, path)
+            if not read.content and old_entry is not None and old_entry.shipped.meta == new.meta:
+                return []  # read again only because its last read was racy: unchanged
             return encode_tail(path, read.offset, read.content, new)
         if not self._trusted(read.name):
             return encode_file(path, None, None, read.content, new)

@@ -126,3 +126,15 @@ def test_a_commit_flush_leaves_new_and_busy_directories_to_a_whole_flush(
     assert batcher.build_for_commit({KEY, ("index", "u2")}) is None  # new: found whole
     assert _ops(batcher.build_for_commit({("index", "u3")})) == []  # absent: nothing to wait
     assert [op.path for op in _ops(batcher.build({KEY: set()}))] == ["u1/dovecot.index.log"]
+
+
+def test_a_racy_log_read_again_unchanged_costs_its_head_only(tmp_path: Path) -> None:
+    """Just written (racy) or named by an event, a log is read again though its stat did not
+    change (a same-size rewrite in the same mtime tick would not show); if it did not grow, its
+    head decides."""
+    batcher, box = _setup(tmp_path)
+    _append(box / "dovecot.index.log", b"commit")
+    batcher.build({KEY: set()})
+    result = batcher.build({KEY: {"dovecot.index.log"}})
+    assert [op for op in _ops(result) if op.path.endswith(".log")] == []
+    assert result.bytes_read < 100  # not the log's 5000 bytes (the small index may be read)
