@@ -1,9 +1,10 @@
 """Putting a replica's users into this node's Dovecot roots, one user at a time, atomically.
 
-Each user's directories are copied (cp -a: ownership, modes and mtimes kept) into a staging
-directory inside the target root, the UID gap is written into the staged copy, the staged
+Each user's directories are copied (owners, modes and mtimes kept) into a staging directory
+inside the target root, with the UID gap already in the files it changes (uids), the staged
 tree is flushed to disk (syncfs), and only then renamed into place, so Dovecot sees either
-nothing or the whole user. Whatever was in the way is moved aside, never deleted.
+nothing or the whole user. Whatever was in the way is moved aside, never deleted. The renames
+are flushed too before promote records the users as promoted.
 """
 
 from __future__ import annotations
@@ -11,13 +12,19 @@ from __future__ import annotations
 import ctypes
 import os
 import shutil
-import subprocess
 from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
+from replicator.dovecot.listindex import LIST_LOG
 from replicator.errors import ReplicatorError
+from replicator.promote.tree import Copier, Listing, list_tree, read_bytes
+from replicator.promote.uids import RaiseSummary, find_mailboxes, forgotten_status, raised_files
 
-CP_BATCH = 256
+# Threads copying users at once: the copy is mostly kernel work (inode creation), which runs
+# outside the GIL, so a second thread overlaps one user's Python work with another's syscalls.
+STAGE_WORKERS = 2
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -31,43 +38,93 @@ def replica_users(replica: Path, roots: Iterable[str]) -> list[str]:
     return sorted(users)
 
 
-def stage(replica: Path, targets: Mapping[str, Path], users: list[str],
-          stage_name: str) -> dict[str, dict[str, Path]]:
-    """Copy the users into `<target root>/<stage_name>/`; user -> root -> staged directory.
+@dataclass
+class StagedUser:
+    """One user's staged directories (root -> path) and what raising its mailboxes did."""
 
-    A tar pipe (two processes: one reads the RAM copy while the other writes the disk) copied
-    30 000 small files here in 1.2 s where `cp -a` took 2.2 s; both keep owners, modes and
-    mtimes when run as root."""
-    staged: dict[str, dict[str, Path]] = {user: {} for user in users}
-    for root, target in targets.items():
+    user: str
+    dirs: dict[str, Path]
+    summary: RaiseSummary
+
+
+def stage(replica: Path, targets: Mapping[str, Path], users: list[str], stage_name: str,
+          gap: int) -> list[StagedUser]:
+    """Copy the users into `<target root>/<stage_name>/`, raising every mailbox's next UID by
+    `gap` in the copy. On any failure the staging area is removed and nothing was made
+    visible; a user whose mailboxes cannot be raised is a failure (ReplicatorError)."""
+    for target in targets.values():
         area = target / stage_name
         if area.exists():
             shutil.rmtree(area)  # our own leftovers from an interrupted promote
         area.mkdir(mode=0o700)
-        present = [u for u in users if (replica / root / u).is_dir()]
-        for start in range(0, len(present), CP_BATCH):
-            _tar_copy(replica / root, present[start : start + CP_BATCH], area)
-        for user in present:
-            staged[user][root] = area / user
-    return staged
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        with ThreadPoolExecutor(STAGE_WORKERS, thread_name_prefix="promote-copy") as pool:
+            futures = [pool.submit(_stage_user, replica, targets, user, stage_name, gap, umask)
+                       for user in users]
+            try:
+                return [future.result() for future in futures]
+            except BaseException:
+                for future in futures:
+                    future.cancel()
+                raise
+    except BaseException:
+        clean_stage(targets.values(), stage_name)
+        raise
 
 
-def _tar_copy(source: Path, names: list[str], destination: Path) -> None:
-    reader = subprocess.Popen(["tar", "-C", str(source), "-cf", "-", "--", *names],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    writer = subprocess.run(["tar", "-C", str(destination), "-xpf", "-",
-                             "--same-owner", "--numeric-owner"],
-                            stdin=reader.stdout, capture_output=True, text=True)
-    assert reader.stdout is not None
-    reader.stdout.close()
-    read_error = reader.stderr.read().decode(errors="replace") if reader.stderr else ""
-    if reader.wait() != 0 or writer.returncode != 0:
-        raise ReplicatorError(f"copying the replica into {destination} failed: "
-                              f"{(read_error + writer.stderr).strip()}")
+def _stage_user(replica: Path, targets: Mapping[str, Path], user: str, stage_name: str,
+                gap: int, umask: int) -> StagedUser:
+    """Copy one user's directories, directory by directory across its roots, so that a
+    mailbox's index and control directory are raised together and only that mailbox's new
+    bytes are held in memory at a time."""
+    sources = {root: f"{replica}/{root}/{user}" for root in targets
+               if os.path.isdir(f"{replica}/{root}/{user}")}
+    listings = {root: list_tree(top) for root, top in sources.items()}
+    staged = {root: f"{targets[root]}/{stage_name}/{user}" for root in sources}
+    mailboxes = find_mailboxes({sources[root]: listing.files
+                                for root, listing in listings.items()})
+    summary, copier = RaiseSummary(), Copier(umask)
+    for rel in sorted({rel for listing in listings.values() for rel in listing.files}):
+        box = mailboxes.get(rel)
+        new = raised_files(box, gap, read_bytes, summary) if box is not None else {}
+        for root, listing in listings.items():
+            if rel in listing.files:
+                if not rel and gap > 0:
+                    new.update(_forgotten_status(sources[root], listing))
+                _copy_dir(copier, listing, rel, sources[root], staged[root], new)
+    copier.finish()
+    if summary.failures:
+        raise ReplicatorError(f"cannot raise next UIDs of {user}: "
+                              + "; ".join(summary.failures[:5]))
+    summary.unsynced = [f"{user}/{rel}" for rel in summary.unsynced]
+    return StagedUser(user, {root: Path(path) for root, path in staged.items()}, summary)
+
+
+def _forgotten_status(top: str, listing: Listing) -> dict[str, bytes]:
+    """The user's list index log, made to forget the UIDNEXT values it caches."""
+    if LIST_LOG not in listing.files[""]:
+        return {}
+    data = read_bytes(f"{top}/{LIST_LOG}")
+    return {} if data is None else {f"{top}/{LIST_LOG}": forgotten_status(data)}
+
+
+def _copy_dir(copier: Copier, listing: Listing, rel: str, source: str, staged: str,
+              new: Mapping[str, bytes]) -> None:
+    src = f"{source}/{rel}" if rel else source
+    dst = f"{staged}/{rel}" if rel else staged
+    copier.directory(src, dst)
+    for name in listing.files[rel]:
+        copier.file(f"{src}/{name}", f"{dst}/{name}", new.get(f"{src}/{name}"))
+    for name in listing.links.get(rel, ()):
+        copier.symlink(f"{src}/{name}", f"{dst}/{name}")
 
 
 def sync_filesystems(targets: Iterable[Path]) -> None:
-    """Make the staged copies durable before they become visible (one syncfs per root)."""
+    """One syncfs per root: the staged copies are durable before they become visible, and the
+    renames before promote records the users as promoted (an fsync per file would cost a
+    journal commit each)."""
     for target in targets:
         fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY)
         try:
