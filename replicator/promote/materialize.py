@@ -12,19 +12,16 @@ from __future__ import annotations
 import ctypes
 import os
 import shutil
+import subprocess
 from collections.abc import Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
-from replicator.dovecot.listindex import LIST_LOG
-from replicator.errors import ReplicatorError
-from replicator.promote.tree import Copier, Listing, list_tree, read_bytes
-from replicator.promote.uids import RaiseSummary, find_mailboxes, forgotten_status, raised_files
+from replicator.promote import helpers
+from replicator.promote.stageuser import StagedUser, StageJob, stage_user
 
-# Threads copying users at once: the copy is mostly kernel work (inode creation), which runs
-# outside the GIL, so a second thread overlaps one user's Python work with another's syscalls.
-STAGE_WORKERS = 2
+# Processes staging users at once, this one included (see helpers: threads do not help). More
+# than 4 were not measured.
+STAGE_PROCESSES = max(1, min(4, os.cpu_count() or 1))
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -38,20 +35,12 @@ def replica_users(replica: Path, roots: Iterable[str]) -> list[str]:
     return sorted(users)
 
 
-@dataclass
-class StagedUser:
-    """One user's staged directories (root -> path) and what raising its mailboxes did."""
-
-    user: str
-    dirs: dict[str, Path]
-    summary: RaiseSummary
-
-
 def stage(replica: Path, targets: Mapping[str, Path], users: list[str], stage_name: str,
           gap: int) -> list[StagedUser]:
     """Copy the users into `<target root>/<stage_name>/`, raising every mailbox's next UID by
-    `gap` in the copy. On any failure the staging area is removed and nothing was made
-    visible; a user whose mailboxes cannot be raised is a failure (ReplicatorError)."""
+    `gap` in the copy; a share of the users is staged by helper processes meanwhile. On any
+    failure the staging area is removed and nothing was made visible; a user whose mailboxes
+    cannot be raised is a failure (ReplicatorError)."""
     for target in targets.values():
         area = target / stage_name
         if area.exists():
@@ -59,66 +48,28 @@ def stage(replica: Path, targets: Mapping[str, Path], users: list[str], stage_na
         area.mkdir(mode=0o700)
     umask = os.umask(0)
     os.umask(umask)
+    job = StageJob(replica, dict(targets), stage_name, gap, umask)
+    shares = _shares(users, STAGE_PROCESSES)
+    started: list[subprocess.Popen[bytes]] = []
     try:
-        with ThreadPoolExecutor(STAGE_WORKERS, thread_name_prefix="promote-copy") as pool:
-            futures = [pool.submit(_stage_user, replica, targets, user, stage_name, gap, umask)
-                       for user in users]
-            try:
-                return [future.result() for future in futures]
-            except BaseException:
-                for future in futures:
-                    future.cancel()
-                raise
+        started = [helpers.start(job, share) for share in shares[1:]]
+        mine = [stage_user(job, user) for user in shares[0]]
+        staged = {s.user: s for s in mine}
+        for helper in started:
+            staged |= {s.user: s for s in helpers.collect(helper)}
+        return [staged[user] for user in users]
     except BaseException:
+        for helper in started:
+            helpers.stop(helper)
         clean_stage(targets.values(), stage_name)
         raise
 
 
-def _stage_user(replica: Path, targets: Mapping[str, Path], user: str, stage_name: str,
-                gap: int, umask: int) -> StagedUser:
-    """Copy one user's directories, directory by directory across its roots, so that a
-    mailbox's index and control directory are raised together and only that mailbox's new
-    bytes are held in memory at a time."""
-    sources = {root: f"{replica}/{root}/{user}" for root in targets
-               if os.path.isdir(f"{replica}/{root}/{user}")}
-    listings = {root: list_tree(top) for root, top in sources.items()}
-    staged = {root: f"{targets[root]}/{stage_name}/{user}" for root in sources}
-    mailboxes = find_mailboxes({sources[root]: listing.files
-                                for root, listing in listings.items()})
-    summary, copier = RaiseSummary(), Copier(umask)
-    for rel in sorted({rel for listing in listings.values() for rel in listing.files}):
-        box = mailboxes.get(rel)
-        new = raised_files(box, gap, read_bytes, summary) if box is not None else {}
-        for root, listing in listings.items():
-            if rel in listing.files:
-                if not rel and gap > 0:
-                    new.update(_forgotten_status(sources[root], listing))
-                _copy_dir(copier, listing, rel, sources[root], staged[root], new)
-    copier.finish()
-    if summary.failures:
-        raise ReplicatorError(f"cannot raise next UIDs of {user}: "
-                              + "; ".join(summary.failures[:5]))
-    summary.unsynced = [f"{user}/{rel}" for rel in summary.unsynced]
-    return StagedUser(user, {root: Path(path) for root, path in staged.items()}, summary)
-
-
-def _forgotten_status(top: str, listing: Listing) -> dict[str, bytes]:
-    """The user's list index log, made to forget the UIDNEXT values it caches."""
-    if LIST_LOG not in listing.files[""]:
-        return {}
-    data = read_bytes(f"{top}/{LIST_LOG}")
-    return {} if data is None else {f"{top}/{LIST_LOG}": forgotten_status(data)}
-
-
-def _copy_dir(copier: Copier, listing: Listing, rel: str, source: str, staged: str,
-              new: Mapping[str, bytes]) -> None:
-    src = f"{source}/{rel}" if rel else source
-    dst = f"{staged}/{rel}" if rel else staged
-    copier.directory(src, dst)
-    for name in listing.files[rel]:
-        copier.file(f"{src}/{name}", f"{dst}/{name}", new.get(f"{src}/{name}"))
-    for name in listing.links.get(rel, ()):
-        copier.symlink(f"{src}/{name}", f"{dst}/{name}")
+def _shares(users: list[str], processes: int) -> list[list[str]]:
+    """Users dealt round-robin into at most `processes` shares: nothing says beforehand how
+    large a user is, and neighbours by name are as likely alike as not."""
+    count = max(1, min(processes, len(users)))
+    return [users[k::count] for k in range(count)]
 
 
 def sync_filesystems(targets: Iterable[Path]) -> None:

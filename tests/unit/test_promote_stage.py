@@ -13,6 +13,7 @@ import pytest
 from replicator.dovecot.listindex import LIST_LOG, forget_cached_status
 from replicator.dovecot.nextuid import MailboxBytes, plan_raise, raise_next_uid
 from replicator.errors import ReplicatorError
+from replicator.promote import materialize
 from replicator.promote.materialize import stage, swap_in
 from tests.unit import dovecot_craft as craft
 
@@ -157,3 +158,35 @@ def test_plan_raise_is_what_raise_next_uid_writes(tmp_path: Path, gap: int) -> N
     assert (box / LOG).read_bytes() == (plan.log if plan.log is not None else log)
     assert (ctl / "dovecot-uidlist").read_bytes() == (
         plan.uidlist if plan.uidlist is not None else UIDLIST)
+
+
+def test_helper_processes_stage_their_share_as_this_process_would(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    users = ["u1", "u2", "u3"]
+    replica = tmp_path / "replica"
+    for user in users:
+        _replica(replica, user)
+    alone = _roots(tmp_path / "alone")
+    monkeypatch.setattr(materialize, "STAGE_PROCESSES", 1)
+    inline = stage(replica, alone, users, ".promote-a-2", GAP)
+    shared = _roots(tmp_path / "shared")
+    monkeypatch.setattr(materialize, "STAGE_PROCESSES", 2)
+    helped = stage(replica, shared, users, ".promote-a-2", GAP)
+    assert [s.user for s in helped] == users
+    for one, other in zip(inline, helped, strict=True):
+        assert one.summary == other.summary
+        for root in ("index", "control"):
+            assert _tree(one.dirs[root]) == _tree(other.dirs[root])
+
+
+def test_a_helper_that_fails_fails_the_stage_with_its_reason(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    replica = tmp_path / "replica"
+    for user in ("u1", "u2"):
+        _replica(replica, user)
+    (replica / "index" / "u2" / ".INBOX" / LOG).write_bytes(b"garbage" * 20)  # u2: a helper's
+    targets = _roots(tmp_path)
+    monkeypatch.setattr(materialize, "STAGE_PROCESSES", 2)
+    with pytest.raises(ReplicatorError, match=r"cannot raise next UIDs of u2: \.INBOX: "):
+        stage(replica, targets, ["u1", "u2"], ".promote-a-2", GAP)
+    assert [list(target.iterdir()) for target in targets.values()] == [[], []]
