@@ -19,7 +19,6 @@ from pathlib import Path
 from replicator.config import Config
 from replicator.control.server import request
 from replicator.errors import ReplicatorError
-from replicator.hashing import digest
 from replicator.promote.materialize import (
     clean_stage,
     replica_users,
@@ -28,8 +27,6 @@ from replicator.promote.materialize import (
     sync_filesystems,
 )
 from replicator.promote.probe import origin_answers
-from replicator.promote.uids import raise_user
-from replicator.replica.journal import DigestJournal
 from replicator.replica.state import AppliedState, Fences, save_json
 from replicator.verify.runner import verify_replica
 
@@ -148,44 +145,24 @@ def _refuse_if_damaged(replica: Path, config: Config) -> None:
                              + ". Let the origin resend it (verify --repair) first")
 
 
-def _raise_in_replica(replica: Path, roots: list[str], result: PromoteResult) -> None:
-    """Raise the gap in the RAM copy itself (tmpfs: its many small metadata writes cost a
-    fraction of what they cost on a disk), before it is copied. The fence already stops the
-    origin's batches; the digest journal is updated so the copy still verifies, and a mark
-    keeps a repeated promote of the same epoch from raising twice."""
-    mark = replica / f".uid-gap-raised-{result.epoch}.json"
-    raised = set(json.loads(mark.read_text())["users"]) if mark.exists() else set()
-    journal = DigestJournal(replica / ".digests")
-    for user in result.users:
-        summary = raise_user({root: replica / root / user for root in roots
-                              if (replica / root / user).is_dir()},
-                             0 if user in raised else result.uid_gap)
-        if summary.failures:
-            raise ReplicatorError(f"cannot raise next UIDs of {user}: "
-                                  + "; ".join(summary.failures[:5]))
-        result.mailboxes += summary.mailboxes
-        result.raised += summary.raised
-        result.unsynced += [f"{user}/{rel}" for rel in summary.unsynced]
-        for path in summary.touched:
-            data = path.read_bytes()
-            journal.set(path.relative_to(replica).as_posix(), len(data), digest(data))
-    journal.flush()
-    save_json(mark, {"users": sorted(raised | set(result.users))}, durable=False)
-
-
 def _materialize(config: Config, replica: Path, result: PromoteResult) -> None:
+    """Stage (copy with the UID gap written in), sync, rename into place, sync the renames."""
     targets = dict(config.roots)
-    tick = time.monotonic()
-    _raise_in_replica(replica, list(targets), result)
-    result.steps["uid_gap"] = time.monotonic() - tick
     stage_name = f".promote-{result.origin}-{result.epoch}"
     tick = time.monotonic()
-    staged = stage(replica, targets, result.users, stage_name)
+    staged = stage(replica, targets, result.users, stage_name, result.uid_gap)
     result.steps["copy"] = time.monotonic() - tick
+    for user in staged:
+        result.mailboxes += user.summary.mailboxes
+        result.raised += user.summary.raised
+        result.unsynced += user.summary.unsynced
     tick = time.monotonic()
     sync_filesystems(targets.values())
+    result.steps["sync"] = time.monotonic() - tick
+    tick = time.monotonic()
     backup = f".promote-backup-{result.origin}-{result.epoch}"
-    for user in result.users:
-        result.moved_aside += [str(p) for p in swap_in(user, staged[user], targets, backup)]
+    for user in staged:
+        result.moved_aside += [str(p) for p in swap_in(user.user, user.dirs, targets, backup)]
     clean_stage(targets.values(), stage_name)
-    result.steps["sync_and_rename"] = time.monotonic() - tick
+    sync_filesystems(targets.values())
+    result.steps["rename"] = time.monotonic() - tick

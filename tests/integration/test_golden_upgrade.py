@@ -26,7 +26,7 @@ from replicator.dovecot.doveadm import fetch_all_flags, fetch_body_hashes, mailb
 from replicator.dovecot.instance import MAIL_GID, MAIL_UID, DovecotInstance, DovecotLayout
 from replicator.dovecot.instance_conf import MailFormat
 from replicator.dovecot.version import installed
-from replicator.promote.uids import raise_user
+from replicator.promote.materialize import stage, swap_in
 from replicator.testing.imap import parse_appenduid
 
 pytestmark = pytest.mark.integration
@@ -38,11 +38,10 @@ def other_series() -> str:
     return "2.3" if installed().settings_v24 else "2.4"
 
 
-def lay_out(case: Path, oracle: dict[str, Any], layout: DovecotLayout, user: str) -> None:
-    """The golden trees as this node's roots (git kept no empty directories: they are listed
-    in the oracle), owned by the mail user as Dovecot left them."""
-    for name, root in (("mail", layout.mail_root), ("index", layout.index_root),
-                       ("control", layout.control_root)):
+def lay_out(case: Path, oracle: dict[str, Any], roots: dict[str, Path], user: str) -> None:
+    """The golden trees (mail, index, control) under `roots` (git kept no empty directories:
+    they are listed in the oracle), owned by the mail user as Dovecot left them."""
+    for name, root in roots.items():
         shutil.copytree(case / name, root / user)
         for rel in oracle["dirs"][name]:
             (root / user / rel).mkdir(parents=True, exist_ok=True)
@@ -61,12 +60,17 @@ def test_the_other_versions_replica_is_promoted_and_served(tmp_path: Path,
     user = oracle["user"]
     layout = DovecotLayout(tmp_path / "mail", tmp_path / "index", tmp_path / "control",
                            mail_format)
+    replica = tmp_path / "replica"
     for root in (layout.mail_root, layout.index_root, layout.control_root):
         root.mkdir(parents=True)
-    lay_out(case, oracle, layout, user)
-    raised = raise_user({"index": layout.index_root / user,
-                         "control": layout.control_root / user}, GAP)
-    assert raised.failures == [] and raised.raised == len(oracle["status"])
+        os.chown(root, MAIL_UID, MAIL_GID)
+    # the golden index and control trees as a replica of them, promoted the way promote does
+    lay_out(case, oracle, {"mail": layout.mail_root, "index": replica / "index",
+                           "control": replica / "control"}, user)
+    targets = {"index": layout.index_root, "control": layout.control_root}
+    [staged] = stage(replica, targets, [user], ".promote-golden", GAP)
+    assert staged.summary.failures == [] and staged.summary.raised == len(oracle["status"])
+    assert swap_in(user, staged.dirs, targets, ".promote-backup") == []
 
     inst = DovecotInstance(tmp_path / "node", "b", layout, [user])
     inst.start()
