@@ -7,9 +7,9 @@ IMAP client) measures:
 
 - the floors: fdatasync of a 4 KiB append on this machine's disk, the asyncio TCP round trip;
 - APPEND, flag STORE (\\Flagged \\Deleted) and UID EXPUNGE as an IMAP client sees them
-  (mdbox, one message appended, flagged and expunged per round) in three set-ups: *disk* without replication's plugin
-  (roots on disk, `mail_fsync = always`), *ram* without the plugin (tmpfs, `mail_fsync =
-  never`), and *ram* with sync commit to one peer over TCP loopback;
+  (mdbox, one message appended, flagged and expunged per round) in three set-ups: *disk*
+  without the plugin (roots on disk, `mail_fsync = always`), *ram* without the plugin (tmpfs,
+  `mail_fsync = never`), and *ram* with sync commit to one peer over TCP loopback;
 - the replication lag of one flag STORE (maildir and mdbox, disk and RAM mode, no plugin);
 - bytes on the link against delta bytes over the seeded 600-operation workload;
 - CPU seconds per 1000 sync-committed APPENDs of the sender and the receiver daemon
