@@ -3,10 +3,10 @@ syscalls on string paths.
 
 The copy keeps what `tar -p --same-owner` kept (owner, mode, mtimes; symlinks as symlinks) and
 writes the files the UID gap changes from the bytes it was given instead of the originals, so
-the gap costs no second write. Creating tens of thousands of inodes is kernel work (it released
-the GIL), which lets several users be copied at once by threads; per file it is open, fstat,
-create, chown, sendfile, utime and two closes, where the tar pipe also moved every byte twice
-through a pipe and parsed a tar stream.
+the gap costs no second write. Creating tens of thousands of inodes is kernel work, which lets
+several users be copied at once by helper processes (promote.helpers says why not threads); per
+file it is open, fstat, create, chown, sendfile, utime and two closes, where the tar pipe also
+moved every byte twice through a pipe and parsed a tar stream.
 """
 
 from __future__ import annotations
