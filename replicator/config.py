@@ -82,7 +82,7 @@ class Tuning:
     control_idle_timeout: float = 60.0  # seconds a control client may stay silent
     # How long index and cache rewrites may trail the changes a commit needs (its log records,
     # maildir's uidlist): one whole read of them then serves the commits in between. Seconds.
-    trailing_delay: float = 0.005
+    trailing_delay: float = 0.05
 
 
 @dataclass(frozen=True)
