@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
 import stat
@@ -164,6 +165,8 @@ class ConfigReader:
         value = self._table[key]
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{self.where(key)}: must be a number")
+        if not math.isfinite(value):  # TOML has inf and nan; a timer set to nan breaks the loop
+            raise ConfigError(f"{self.where(key)}: must be a finite number")
         if kind is int and not isinstance(value, int):
             raise ConfigError(f"{self.where(key)}: must be a whole number")
         if value < minimum:

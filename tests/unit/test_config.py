@@ -66,6 +66,10 @@ BAD = [
     (GOOD.replace('address = "127.0.0.1:7802"', 'address = "127.0.0.1:7802"\ntransport = "ib"'),
      r"'ib' is not one of auto, rdma, tcp"),
     ("[node\nid=", r"not valid TOML"),
+    (GOOD + '[replication]\ntrailing_delay = -0.01\n', r"trailing_delay.*at least 0"),
+    (GOOD + '[replication]\ntrailing_delay = nan\n', r"trailing_delay.*finite number"),
+    (GOOD + '[replication]\nrescan_interval = inf\n', r"rescan_interval.*finite number"),
+    (GOOD + '[replication]\ntrailing_delay = "50ms"\n', r"trailing_delay.*must be a number"),
 ]
 
 
