@@ -51,9 +51,6 @@ class TailStates:
         self.max_files = max_files
         self._items: OrderedDict[tuple[str, str], TailState] = OrderedDict()
 
-    def __len__(self) -> int:
-        return len(self._items)
-
     def for_tail_read(self, root: str, path: str) -> TailState | None:
         """What a tail read of `path` extends, or None: unknown, too short, or due for a
         whole read."""

@@ -116,18 +116,18 @@ class BatchApplier:
             elif kind == "tree":
                 changes.append((f"{self.root}/{rel}", None))
             elif kind == "keep":
-                changes += [(f"{self.root}/{join_rel(rel, name)}", None)
-                            for name in self._keep_only_victims(rel)]
-                changes += [(path, None) for path in self._journal_victims(rel)]
+                victims = self._keep_only_victims(rel)
+                changes += [(f"{self.root}/{join_rel(rel, name)}", None) for name in victims]
+                changes += [(path, None) for path in self._journal_victims(rel, set(victims))]
         return changes
 
-    def _journal_victims(self, rel: str) -> list[str]:
-        """Files the journal knows below directory `rel` that a KEEP_ONLY of it does not keep,
-        also those already gone (damage the resync repairs, such as the directory having been
-        replaced by a file meanwhile): the journal must not go on expecting them."""
+    def _journal_victims(self, rel: str, on_disk: set[str]) -> list[str]:
+        """Files the journal knows below directory `rel` that a KEEP_ONLY of it does not keep
+        and that are not among its entries `on_disk` either: already gone (damage the resync
+        repairs, such as the directory having been replaced by a file meanwhile). The journal
+        must not go on expecting them."""
         prefix = f"{self.root}/{rel}/" if rel else f"{self.root}/"
         keep = self._keep[rel]
-        on_disk = set(self._keep_only_victims(rel))
         return sorted(path for path in self.journal.files if path.startswith(prefix)
                       and (name := path[len(prefix):].partition("/")[0]) not in keep
                       and name not in on_disk)

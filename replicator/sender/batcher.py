@@ -86,10 +86,9 @@ def dir_rank(manifest: Manifest, key: DirKey, top: Path | None = None) -> int:
 
 
 class Batcher:
-    def __init__(self, roots: Mapping[str, Path], manifest: Manifest, bases: BaseCache,
-                 tails: TailStates | None = None) -> None:
+    def __init__(self, roots: Mapping[str, Path], manifest: Manifest, bases: BaseCache) -> None:
         self.roots, self.manifest, self.bases = roots, manifest, bases
-        self.tails = tails if tails is not None else TailStates()
+        self.tails = TailStates()  # what replicas hold of logs: read them from their old end
         self._root_names = frozenset(roots)
 
     def build(self, dirty: Mapping[DirKey, Forced],

@@ -32,7 +32,7 @@ class Message:
         """Fields equal to their default are left out (the decoder fills them in): a BATCH
         header is a third shorter, and every sync commit sends a few."""
         header = {name: value for name, default in _header_fields(type(self))
-                  if (value := getattr(self, name)) != default or default is MISSING}
+                  if (value := getattr(self, name)) != default}
         return Frame(self.TYPE, header, getattr(self, "payload", b""))
 
     @classmethod
@@ -52,7 +52,8 @@ _HEADER_FIELDS: dict[type[Message], tuple[tuple[str, Any], ...]] = {}
 
 
 def _header_fields(cls: type[Message]) -> tuple[tuple[str, Any], ...]:
-    """(name, default or MISSING) of each header field; a default factory's value counts."""
+    """(name, default) of each header field: MISSING for a required one (no value equals it),
+    a default factory's value for a list."""
     names = _HEADER_FIELDS.get(cls)
     if names is None:
         names = _HEADER_FIELDS[cls] = tuple(
