@@ -80,7 +80,7 @@ class Tuning:
     control_max_per_uid: int = 256      # control connections one non-admin uid may hold
     control_max_connections: int = 1024  # all non-admin control connections together
     control_idle_timeout: float = 60.0  # seconds a control client may stay silent
-    # How long index and cache rewrites may trail the changes a commit needs (its log records,
+    # How long index rewrites may trail the changes a commit needs (its log and cache records,
     # maildir's uidlist): one whole read of them then serves the commits in between. Seconds.
     trailing_delay: float = 0.05
 

@@ -4,9 +4,9 @@ A FLUSH names a mailbox's INDEX and CONTROL directories; the directories they de
 user's list index, mdbox `storage/`) are added. What Dovecot changed there is captured at once
 (inotify's queue), numbered, and the answer waits until `sync_quorum` peers acknowledged the
 last batch of those directories, or fails shortly before the plugin's own timeout so it gets
-our reason rather than a timeout. Index and cache rewrites are not waited for: they follow in
-the same stream a few ms later (Capture.flush_for_commit), since what makes the commit durable
-is in its log records (read from the log's old end) and, for maildir, its uidlist.
+our reason rather than a timeout. Index rewrites are not waited for: they follow in the same
+stream shortly after (Capture.flush_for_commit), since what makes the commit durable is in its
+log records (read from the log's old end), its cache records and, for maildir, its uidlist.
 
 Any local user may send a FLUSH, so nothing in one is trusted: its directories must be proven
 to lie below a root (`paths.wire_path_under`: no `..`, no symlink) or the request is refused

@@ -33,7 +33,7 @@ RESCAN_SLICE = 256
 # 3 x 1000 APPENDs with the plugin, before/after interleaved: p50 about 0.2-0.4 ms lower, one
 # read per commit instead of ~2.8, lock retries 1051 -> 4 on disk).
 HINT_GRACE = 0.005
-# How long index and cache rewrites may trail the changes a commit needs (`flush_for_commit`):
+# How long index rewrites may trail the changes a commit needs (`flush_for_commit`):
 # one whole read of them then serves every commit in that time. The daemon sets it from
 # [replication] trailing_delay. 50 ms against 5 ms, 2 x 2 x 550 rounds of APPEND, STORE,
 # EXPUNGE with sync commit (mdbox, RAM): whole flushes 386-420 -> 51-52, bytes read per round
@@ -87,7 +87,7 @@ class Capture:
 
     def _schedule_flush(self, *, after_commit: bool = False) -> None:
         """Flush at the next loop wakeup. For watcher events (`after_commit`) that flush ships
-        what a commit needs and leaves index and cache rewrites for `trailing_delay` later
+        what a commit needs and leaves index rewrites for `trailing_delay` later
         (`_flush_events`); while a sync-commit plugin is asking, a watcher event waits
         `hint_grace` first, so that the plugin's FLUSH reads the finished commit once."""
         loop = asyncio.get_running_loop()
@@ -103,7 +103,7 @@ class Capture:
                                                 else self.flush)
 
     def _flush_events(self) -> None:
-        """What watcher events marked: the changes but index and cache rewrites now, those
+        """What watcher events marked: the changes but index rewrites now, those
         within `trailing_delay` (flush_for_commit), or everything now when that cannot be
         done."""
         self._flush_handle = None
@@ -153,7 +153,7 @@ class Capture:
 
     # -- flushing ---------------------------------------------------------------------------
     def flush_for_commit(self, keys: set[DirKey]) -> bool:
-        """Number the changes of `keys` now but their index and cache rewrites, which stay
+        """Number the changes of `keys` now but their index rewrites, which stay
         dirty for a whole flush `trailing_delay` later (one read of them serves every commit in
         between). For a sync commit's FLUSH, and for watcher events. False when that cannot
         be done (Batcher.build_for_commit) or a directory of these users waits for a lock:

@@ -59,9 +59,11 @@ FCNTL_LOCKED = frozenset({FileKind.LOG, FileKind.CACHE})
 APPEND_MOSTLY = frozenset({FileKind.LOG, FileKind.UIDLIST, FileKind.MAILBOX_LOG})
 
 # Kinds a sync commit need not wait for (sender.batcher.build_for_commit): indexes are snapshots
-# of their log (Dovecot replays the log from the offset an index names), the cache is only a
-# cache, a backup is an older index. They follow the log tails in the same ordered stream.
-TRAILING_KINDS = frozenset({FileKind.INDEX, FileKind.CACHE, FileKind.BACKUP})
+# of their log (Dovecot replays the log from the offset an index names), a backup is an older
+# index. They follow the log tails in the same ordered stream. Not the cache: the log names
+# offsets in it, and a promoted copy whose cache lacked them would append its own records
+# there (Dovecot 2.4, mdbox, under load: "Broken physical size" for the message the log meant).
+TRAILING_KINDS = frozenset({FileKind.INDEX, FileKind.BACKUP})
 
 # The order a directory's changes become visible on the replica: what others depend on first.
 _VISIBLE_RANK = {

@@ -164,11 +164,12 @@ class Batcher:
         return kept
 
     def build_for_commit(self, keys: Iterable[DirKey]) -> BuildResult | None:
-        """What a sync commit must wait for in `keys`: every change there but index, cache and
-        backup rewrites (TRAILING_KINDS), which are left unread for the next whole flush to
-        ship in the same ordered stream. A replica whose index and cache trail its logs is a
-        state Dovecot opens (it replays the log from the offset the index names), and what the
-        commit made durable (its log records, maildir's uidlist) is in this batch.
+        """What a sync commit must wait for in `keys`: every change there but index and backup
+        rewrites (TRAILING_KINDS), which are left unread for the next whole flush to ship in
+        the same ordered stream. A replica whose indexes trail their logs is a state Dovecot
+        opens (it replays the log from the offset the index names), and what the commit made
+        durable (its log records, the cache records they point to, maildir's uidlist) is in
+        this batch.
 
         None, with nothing read recorded, when a directory is new (its subdirectories are found
         by a whole flush), vanished, or has a file Dovecot holds locked: then only a whole

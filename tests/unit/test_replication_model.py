@@ -4,7 +4,7 @@ rotation by hard link, deletes, new and removed directories, renamed directories
 through the real batcher, outbox frames, session and replica store, with receiver restarts and
 replica corruption thrown in. After every flush the replica equals the origin byte for byte
 (once corruption has been repaired by a resync); after a sync commit's flush, every file of its
-directories but indexes and caches (which may trail their logs) does."""
+directories but indexes (which may trail their logs) does."""
 
 from __future__ import annotations
 
@@ -243,8 +243,8 @@ class Replication(RuleBasedStateMachine):
     @precondition(lambda self: self.resynced and not self.corrupted)
     @rule()
     def flush_for_commit(self, dirs: list[str] | None = None) -> None:
-        """A sync commit's flush of `dirs` (default: all known): everything but index, cache
-        and backup rewrites, or nothing at all."""
+        """A sync commit's flush of `dirs` (default: all known): everything but index and
+        backup rewrites, or nothing at all."""
         known = [reldir for reldir, _ in self.manifest.dirs("index")]
         result = self.batcher.build_for_commit({("index", d) for d in dirs or known})
         if result is None:
@@ -318,7 +318,7 @@ class Replication(RuleBasedStateMachine):
 
 
 def _durable_files(directory: Path) -> dict[str, bytes]:
-    """The files of `directory` a sync commit waits for (not indexes, caches, backups)."""
+    """The files of `directory` a sync commit waits for (not indexes, backups)."""
     if not directory.is_dir():
         return {}
     return {p.name: p.read_bytes() for p in directory.iterdir()

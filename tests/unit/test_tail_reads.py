@@ -1,5 +1,5 @@
 """Logs and uidlists read from their old end (capture.tailstate), and a sync commit's flush
-that leaves index and cache rewrites to trail (Batcher.build_for_commit): what they read, what
+that leaves index rewrites to trail (Batcher.build_for_commit): what they read, what
 they ship, and when they leave it to a whole read."""
 
 from __future__ import annotations
