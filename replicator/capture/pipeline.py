@@ -36,8 +36,8 @@ HINT_GRACE = 0.005
 # How long index rewrites may trail the changes a commit needs (`flush_for_commit`):
 # one whole read of them then serves every commit in that time. The daemon sets it from
 # [replication] trailing_delay. 50 ms against 5 ms, 2 x 2 x 550 rounds of APPEND, STORE,
-# EXPUNGE with sync commit (mdbox, RAM): whole flushes 386-420 -> 51-52, bytes read per round
-# halved, APPEND p50 1.62-1.81 -> 1.58-1.66 ms.
+# EXPUNGE with sync commit (mdbox, RAM), measured while caches trailed too: whole flushes
+# 386-420 -> 51-52, bytes read per round halved, APPEND p50 1.62-1.81 -> 1.58-1.66 ms.
 TRAILING_DELAY = 0.05
 SYNC_COMMIT_SEEN = 10.0
 
