@@ -158,8 +158,8 @@ class Capture:
         between). For a sync commit's FLUSH, and for watcher events. False when that cannot
         be done (Batcher.build_for_commit) or a directory of these users waits for a lock:
         the caller then flushes whole."""
-        users = {reldir.partition("/")[0] for _root, reldir in keys}
-        if any(reldir.partition("/")[0] in users for _root, reldir in self._held):
+        held = self._held_users()
+        if any(reldir.partition("/")[0] in held for _root, reldir in keys):
             return False
         try:
             result = self.batcher.build_for_commit(keys)
@@ -209,9 +209,13 @@ class Capture:
         so shipping the mailbox alone would put a dangling reference on the replica."""
         if not self._held:
             return dirty, {}
-        users = {reldir.partition("/")[0] for _root, reldir in self._held}
+        users = self._held_users()
         now = {k: v for k, v in dirty.items() if k[1].partition("/")[0] not in users}
         return now, {k: v for k, v in dirty.items() if k not in now}
+
+    def _held_users(self) -> set[str]:
+        """Users with a directory waiting for Dovecot to release a lock."""
+        return {reldir.partition("/")[0] for _root, reldir in self._held}
 
     def _retry_when_unlocked(self, busy: dict[DirKey, Forced], files: list[str]) -> None:
         """Dovecot holds a write lock: retry those directories the moment it lets go (or after
