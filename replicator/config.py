@@ -28,7 +28,9 @@ DEFAULT_CONTROL_SOCKET = Path("/run/dovecot-replicator/control.sock")
 TRANSPORTS = ("auto", "rdma", "tcp")
 WATCHERS = ("inotify", "watchdog")
 SYNC_POLICIES = ("off", "degrade", "fail")  # weakest first
-_CHOICES = {"watcher": WATCHERS, "sync_policy": SYNC_POLICIES}
+LINK_COMPRESSION = ("zstd", "off")
+_CHOICES = {"watcher": WATCHERS, "sync_policy": SYNC_POLICIES,
+            "link_compression": LINK_COMPRESSION}
 _MINIMUMS = {"control_max_per_uid": 1, "control_max_connections": 1, "control_idle_timeout": 1}
 
 
@@ -83,6 +85,10 @@ class Tuning:
     # How long index rewrites may trail the changes a commit needs (its log and cache records,
     # maildir's uidlist): one whole read of them then serves the commits in between. Seconds.
     trailing_delay: float = 0.05
+    # Whether batches to peers travel as one zstd stream per connection (wire.packed), when
+    # the peer agrees: about a fifth of the bytes for a few µs per commit. "off" if the
+    # replication network is not trusted with compressed lengths (README: Link compression).
+    link_compression: str = "zstd"
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,7 @@ class Daemon(LinkHost):
         self.node_id, self.software = config.node_id, SOFTWARE
         self.max_frame_bytes, self.ack_timeout = tuning.max_frame_bytes, tuning.ack_timeout
         self.connect_timeout, self.reconnect_max_delay = 5.0, tuning.reconnect_max_delay
+        self.link_compression = tuning.link_compression
         self.credentials = Credentials.from_config(config, server=True)
         auth = config.auth
         self.gate = ConnectionGate(auth.max_connections, auth.max_unauthenticated,

@@ -60,6 +60,7 @@ def _full_status(daemon: Daemon) -> dict[str, Any]:
             "transport": link.transport_properties, "last_error": link.last_error,
             "acked_seq": cursor.acked, "behind": outbox.next_seq - 1 - cursor.acked,
             "broken_dirs": [f"{r}/{d}" for r, d in cursor.broken], "bytes_sent": link.bytes_sent,
+            "bytes_framed": link.bytes_framed, "link_compression": link.packing,
             "connects": link.connects, "manifest_resyncs": link.resyncs,
             "ack_lag": _percentiles(list(cursor.lag)),
         }

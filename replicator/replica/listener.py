@@ -38,6 +38,7 @@ from replicator.wire.messages import (
     Pong,
     Resync,
 )
+from replicator.wire.packed import FEATURE as PACKING
 from replicator.wire.session import Session
 
 log = logging.getLogger(__name__)
@@ -131,11 +132,15 @@ class Listener:
             self.active[origin] = current
         replica = self.store.origin(origin)
         replica.note_sync_policy(hello.sync_policy)
+        features = [PACKING] if PACKING in hello.features and \
+            self.config.tuning.link_compression == "zstd" else []
+        if features:
+            session.agree_packing()
         await transport.send(session.send(accepted.auth.sign(Hello(
             self.config.node_id, "replica", self.software, self.store.fences.minimum(origin),
             replica.persisted.stream, replica.persisted.seq,
             max_frame_bytes=self.config.tuning.max_frame_bytes, transports=["tcp"],
-            broken_dirs=replica.broken_dirs()))))
+            broken_dirs=replica.broken_dirs(), features=features))))
         log.info("replicating %s into this node (stream %s, epoch %d)", origin, hello.stream,
                  hello.epoch)
         await self._origin_loop(transport, session, hello, replica)

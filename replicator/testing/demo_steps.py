@@ -330,7 +330,7 @@ def print_summary(s: Summary, seconds: float) -> None:
         ("message bodies written by IMAP clients", _size(s.body_bytes)),
         ("bytes a whole-file copier would send", _size(traffic["whole_file_bytes"])),
         ("delta bytes in batches", _size(traffic["op_bytes"])),
-        ("bytes sent on the link (with framing)", _size(s.bytes_sent)),
+        ("bytes sent on the link (framed, compressed)", _size(s.bytes_sent)),
         ("wire ratio (link bytes / whole-file bytes)",
          f"{s.bytes_sent / traffic['whole_file_bytes']:.3f}" if traffic["whole_file_bytes"]
          else "-"),

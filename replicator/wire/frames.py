@@ -52,6 +52,7 @@ class FrameType(IntEnum):
     ERROR = 9
     RESYNC = 10
     AUTH = 11
+    PACKED = 12  # origin -> replica: frames compressed in the connection's stream (wire.packed)
 
 
 @dataclass(frozen=True)

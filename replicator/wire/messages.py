@@ -129,6 +129,8 @@ class Hello(Message):
     # replica: `root/dir` of the directories it could not apply (and awaits whole): the origin
     # resends them and does not count them as held until a resend is acknowledged
     broken_dirs: list[str] = field(default_factory=list)
+    # optional behaviours this end offers (origin) or agreed to (replica): wire.packed.FEATURE
+    features: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

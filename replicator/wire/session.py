@@ -6,6 +6,11 @@ AUTH challenge, AUTH proof, HELLO; see wire.auth for what they prove). ERROR may
 point and closes the session, as does a protocol violation. A violation by the peer raises a
 remote ProtocolError, one by us a local one, so logs say who broke the protocol.
 
+Once both ends agreed on link compression (HELLO `features`, wire.packed), the origin may send
+PACKED frames: each carries whole frames, compressed in the connection's stream. The replica's
+session unpacks them (bounded) and checks every frame inside as if it had come alone; a PACKED
+frame inside one, or a frame cut off at its end, is a protocol error.
+
 Until the handshake is done, a frame may be no larger than `HANDSHAKE_MAX_FRAME_BYTES`: the
 opening messages carry only small headers, and a caller who has proven nothing must not make us
 buffer (or decompress) a frame of the full `max_frame_bytes` per connection.
@@ -13,6 +18,7 @@ buffer (or decompress) a frame of the full `max_frame_bytes` per connection.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from enum import Enum
 from typing import Literal
 
@@ -21,11 +27,13 @@ from replicator.wire.frames import (
     DEFAULT_MAX_FRAME_BYTES,
     MAX_HEADER_BYTES,
     PREFIX,
+    Frame,
     FrameDecoder,
     FrameType,
     encode_frame,
 )
 from replicator.wire.messages import ErrorMessage, Hello, Message, decode_message
+from replicator.wire.packed import Packer, Unpacker
 
 Role = Literal["client", "server"]
 HANDSHAKE_MAX_FRAME_BYTES = PREFIX.size + MAX_HEADER_BYTES
@@ -44,7 +52,7 @@ class State(Enum):
 
 
 _T = FrameType
-_CLIENT_OPEN_SEND = {_T.BATCH, _T.RESYNC, _T.MANIFEST_REQ, _T.PING, _T.PONG}
+_CLIENT_OPEN_SEND = {_T.BATCH, _T.RESYNC, _T.MANIFEST_REQ, _T.PING, _T.PONG, _T.PACKED}
 _SERVER_OPEN_SEND = {_T.ACK, _T.NACK, _T.MANIFEST, _T.PING, _T.PONG}
 
 # (role, state, direction) -> frame types allowed once the session is open (it stays open)
@@ -77,6 +85,42 @@ class Session:
         self.peer_hello: Hello | None = None
         self._max_frame_bytes = max_frame_bytes
         self._decoder = FrameDecoder(min(max_frame_bytes, HANDSHAKE_MAX_FRAME_BYTES))
+        self._packer: Packer | None = None
+        self._unpacker: Unpacker | None = None
+        self._inner = FrameDecoder(max_frame_bytes)  # frames inside PACKED ones
+
+    def agree_packing(self) -> None:
+        """Both HELLOs named wire.packed.FEATURE: from now on the client may `pack` frames and
+        the server accepts PACKED ones (called by each end once it knows)."""
+        if self.role == "client":
+            self._packer = self._packer or Packer()
+        else:
+            self._unpacker = self._unpacker or Unpacker()
+
+    @property
+    def packing(self) -> bool:
+        return self._packer is not None
+
+    def pack(self, frames: Sequence[bytes], limit: int) -> bytes:
+        """PACKED frames carrying `frames` (whole encoded frames, in order), each carrying at
+        most `limit` bytes of them (half of what the peer accepts in one frame); a frame larger
+        than that goes alone in its own."""
+        packer = self._packer
+        if packer is None:
+            raise ProtocolError("PACKED frame without agreeing on link compression")
+        self._check(_T.PACKED, "send", remote=False)
+        out: list[bytes] = []
+        group: list[bytes] = []
+        size = 0
+        for frame in frames:
+            if group and size + len(frame) > limit:
+                out.append(encode_frame(Frame(_T.PACKED, {}, packer.pack(b"".join(group)))))
+                group, size = [], 0
+            group.append(frame)
+            size += len(frame)
+        if group:
+            out.append(encode_frame(Frame(_T.PACKED, {}, packer.pack(b"".join(group)))))
+        return b"".join(out)
 
     def send(self, message: Message) -> bytes:
         """The bytes to put on the wire for `message`; a local ProtocolError if not allowed now."""
@@ -91,16 +135,29 @@ class Session:
         messages: list[Message] = []
         try:
             for frame in self._decoder.feed(data):
-                self._check(frame.type, "recv", remote=True)
-                message = decode_message(frame)
-                self._advance(message, "recv")
-                messages.append(message)
-                if isinstance(message, ErrorMessage):
-                    break  # the peer said ERROR: nothing after it counts
+                frames = self._unpack(frame) if frame.type is _T.PACKED else (frame,)
+                for inner in frames:
+                    self._check(inner.type, "recv", remote=True)
+                    message = decode_message(inner)
+                    self._advance(message, "recv")
+                    messages.append(message)
+                    if isinstance(message, ErrorMessage):
+                        return messages  # the peer said ERROR: nothing after it counts
         except ProtocolError:
             self.state = State.CLOSED
             raise
         return messages
+
+    def _unpack(self, frame: Frame) -> list[Frame]:
+        """The frames a PACKED frame carries: whole ones, none of them PACKED."""
+        if self._unpacker is None or self.state is not State.OPEN:
+            raise ProtocolError("PACKED frame without agreeing on link compression", remote=True)
+        inner = self._inner.feed(self._unpacker.unpack(frame.payload, self._max_frame_bytes))
+        if self._inner.buffered:
+            raise ProtocolError("a PACKED frame ends inside a frame", remote=True)
+        if any(f.type is _T.PACKED for f in inner):
+            raise ProtocolError("a PACKED frame inside a PACKED frame", remote=True)
+        return inner
 
     @property
     def buffered(self) -> int:

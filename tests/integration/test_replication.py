@@ -98,6 +98,9 @@ def test_workload_replicates_byte_for_byte(nodes: tuple[DovecotInstance, Replica
     assert {"APPEND", "STORE", "EXPUNGE", "COPY", "MOVE", "CREATE", "RENAME", "DELETE",
             "SUBSCRIBE"} <= set(report.counts)
     assert_replicated(dovecot, a, b)
+    link = a.status()["peers"]["b"]  # by default batches travel compressed (wire.packed)
+    assert link["link_compression"] is True
+    assert 0 < link["bytes_sent"] < link["bytes_framed"] / 2, link
 
     for name, root in roots_of(dovecot).items():
         assert_same_metadata(root, b.replica_of("a", name))
@@ -175,3 +178,29 @@ def test_no_transient_file_is_replicated(
     a.barrier()
     replicated = [p.name for p in b.replica_dir.rglob("*") if p.is_file()]
     assert replicated and not [n for n in replicated if is_transient(n)]
+
+
+@pytest.mark.parametrize("mail_format", ["maildir"])
+@pytest.mark.parametrize("off", ["a", "b"])
+def test_link_compression_needs_both_ends(tmp_path: Path, dovecot_factory: DovecotFactory,
+                                          off: str) -> None:
+    """Either end saying link_compression = "off" keeps the link plain; nothing else changes."""
+    dovecot = dovecot_factory("a", USERS)
+    b_roots = {name: tmp_path / "b-roots" / name for name in ("index", "control")}
+    for path in b_roots.values():
+        path.mkdir(parents=True)
+    a, b = pair(tmp_path, roots_of(dovecot), b_roots)
+    {"a": a, "b": b}[off].replication = {"link_compression": "off"}
+    try:
+        b.start()
+        a.start()
+        workload = Workload(dovecot, USERS, ops=60, seed=5)
+        for _ in workload.steps():
+            pass
+        workload.close()
+        assert_replicated(dovecot, a, b)
+        link = a.status()["peers"]["b"]
+        assert link["link_compression"] is False
+        assert link["bytes_sent"] == link["bytes_framed"] > 0
+    finally:
+        stop_all([a, b])
