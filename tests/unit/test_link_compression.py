@@ -3,6 +3,7 @@ the replica decodes within its limits whatever a peer sends."""
 
 from __future__ import annotations
 
+import random
 import tracemalloc
 
 import pytest
@@ -58,6 +59,16 @@ def test_packed_frames_split_byte_by_byte_arrive_whole() -> None:
     data = client.pack([client.send(batch(1)), client.send(batch(2))], MiB)
     got = [m for byte in data for m in server.receive_data(bytes([byte]))]
     assert got == [batch(1), batch(2)]
+
+
+def test_a_large_send_arrives_whole() -> None:
+    """A resync's send is megabytes: every frame of it decodes from its own PACKED frame."""
+    client, server = opened()
+    rng = random.Random(7)
+    batches = [batch(seq, rng.randbytes(64) + b"index block " * 2000) for seq in range(1, 201)]
+    data = client.pack([client.send(b) for b in batches], 32 * MiB)
+    assert sum(len(b.payload) for b in batches) > 4 * MiB > 10 * len(data)
+    assert server.receive_data(data) == batches
 
 
 def test_a_send_is_split_where_the_peer_limit_says() -> None:
