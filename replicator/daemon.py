@@ -209,7 +209,7 @@ class Daemon(LinkHost):
         self.counters["resync_batches"] += sum(1 for d in drafts if d.resync)
         if drafts:
             for link in self.links.values():
-                link.wake.set()
+                link.kick()
 
     # -- link host ---------------------------------------------------------------------------
     def resync(self, untrusted: Mapping[DirKey, set[str] | None]) -> int:

@@ -19,7 +19,7 @@ from typing import Any
 from replicator.config import PeerConfig
 from replicator.errors import ProtocolError
 from replicator.manifest_codec import DirKey
-from replicator.sender.outbox import Outbox
+from replicator.sender.outbox import Numbered, Outbox
 from replicator.transport.base import Transport, TransportClosed
 from replicator.transport.handshake import Credentials, Dialled, dial
 from replicator.transport.select import choose
@@ -90,6 +90,9 @@ class PeerLink:
         self.bytes_framed = 0  # the batch frames they carried (more: link compression)
         self._peer_max_frame_bytes = host.max_frame_bytes
         self.packing = False  # whether this connection's batches travel compressed
+        self._live: tuple[Transport, Session] | None = None  # streaming on this connection
+        self._sent = 0  # last seq handed to its transport
+        self._sending = False  # a send is waiting for the transport to take it
         self.connects = 0
         self.resyncs = 0
         self._manifest: asyncio.Future[Manifest] | None = None
@@ -174,49 +177,76 @@ class PeerLink:
                     self.host.repair_directory(key)
                 broken.clear()
             if position is not None:
+                self._sent = position
                 resend_broken()
             while True:
                 if position is None:
-                    position = await self._manifest_resync(transport, session)
+                    position = self._sent = await self._manifest_resync(transport, session)
                     resend_broken()
-                position = await self._send_pending(transport, session, position, reader)
+                self._live = (transport, session)  # kick() may send from here on
+                if not await self._send_pending(transport, session, reader):
+                    self._live = position = None
                 if reader.done():
                     reader.result()
                     return
         finally:
+            self._live = None
             reader.cancel()
 
-    async def _send_pending(self, transport: Transport, session: Session, position: int,
-                            reader: asyncio.Task[None]) -> int | None:
-        batches = self.host.outbox.after(position)
+    def kick(self) -> None:
+        """The outbox numbered new batches: send them from the caller's stack when the
+        connection is streaming and nothing is queued on it (a sync commit's batches then
+        leave at once, not a few loop turns later when this link's task runs), else wake the
+        task to send them."""
+        live = self._live
+        if live is not None and not self._sending and live[0].ready():
+            batches = self.host.outbox.after(self._sent)
+            if batches:
+                live[0].send_nowait(self._encode(live[1], batches))
+        self.wake.set()
+
+    def _encode(self, session: Session, batches: list[Numbered]) -> bytes:
+        """The bytes for `batches` (SEND_CHUNK and a bit at most), counted as sent."""
+        chunk, size = [], 0
+        for batch in batches:
+            chunk += batch.frames
+            size += batch.size
+            self._sent = batch.seq
+            if size >= SEND_CHUNK:
+                break
+        # PACKED frames carry at most half of what the peer accepts decompressed (a frame
+        # the outbox made bigger, up to half of ours, goes alone)
+        data = session.pack(chunk, max(self._peer_max_frame_bytes // 2, 1)) \
+            if session.packing else b"".join(chunk)
+        self.bytes_sent += len(data)
+        self.bytes_framed += size
+        self.state = "streaming"
+        return data
+
+    async def _send_pending(self, transport: Transport, session: Session,
+                            reader: asyncio.Task[None]) -> bool:
+        """Send what follows `_sent`, or wait for more (pinging while idle); False when the
+        peer's position is no longer in the outbox (a manifest resync must follow)."""
+        batches = self.host.outbox.after(self._sent)
         if batches is None:
-            return None
+            return False
         if batches:
-            chunk, size = [], 0
-            for batch in batches:
-                chunk += batch.frames
-                size += batch.size
-                position = batch.seq
-                if size >= SEND_CHUNK:
-                    break
-            # PACKED frames carry at most half of what the peer accepts decompressed (a frame
-            # the outbox made bigger, up to half of ours, goes alone)
-            data = session.pack(chunk, max(self._peer_max_frame_bytes // 2, 1)) \
-                if session.packing else b"".join(chunk)
-            await transport.send(data)
-            self.bytes_sent += len(data)
-            self.bytes_framed += size
-            self.state = "streaming"
-            return position
+            data = self._encode(session, batches)
+            self._sending = True  # until the transport took it all: kick() must not overtake
+            try:
+                await transport.send(data)
+            finally:
+                self._sending = False
+            return True
         self.wake.clear()
-        if self.host.outbox.after(position) == []:
+        if self.host.outbox.after(self._sent) == []:
             woken = asyncio.ensure_future(self.wake.wait())
             done, _ = await asyncio.wait({woken, reader}, timeout=KEEPALIVE,
                                          return_when=asyncio.FIRST_COMPLETED)
             woken.cancel()
             if not done:
-                await self._keepalive(transport, session, position)
-        return position
+                await self._keepalive(transport, session, self._sent)
+        return True
 
     async def _keepalive(self, transport: Transport, session: Session, position: int) -> None:
         cursor = self.host.outbox.cursors[self.peer.id]

@@ -62,6 +62,16 @@ class TcpTransport:
             await self._abort()
             raise TransportClosed(str(exc)) from exc
 
+    def ready(self) -> bool:
+        """Open, and nothing waits in the socket's send buffer of asyncio."""
+        return not self._closed and not self._writer.is_closing() and \
+            self._writer.transport.get_write_buffer_size() == 0
+
+    def send_nowait(self, data: bytes) -> None:
+        """Queue `data` (the kernel takes it at once when `ready()`); a failure shows in the
+        next `send` or `recv`."""
+        self._writer.write(data)
+
     async def recv(self) -> bytes:
         if self._closed:
             raise TransportClosed("transport closed")
