@@ -177,12 +177,17 @@ def _sort_entry(entry: os.DirEntry[str], scan: DirScan,
     if not _shippable(join_rel(scan.reldir, name)):
         return
     try:
+        if entry.is_dir(follow_symlinks=False):  # the directory entry's type: no stat call
+            scan.subdirs.add(name)
+            return
+        if is_transient(name):
+            return
         est = entry.stat(follow_symlinks=False)
     except FileNotFoundError:
         return
     if stat.S_ISDIR(est.st_mode):
         scan.subdirs.add(name)
-    elif stat.S_ISREG(est.st_mode) and not is_transient(name):
+    elif stat.S_ISREG(est.st_mode):
         scan.present.add(name)
         candidates.append((name, est))
 
@@ -223,7 +228,7 @@ def read_file(dir_fd: int, name: str, now_ns: int, *, tail: TailHint | None = No
             if not stat.S_ISREG(before.st_mode):
                 return "gone"  # replaced by a fifo or device since the scan: never read one
             offset = _tail_offset(fd, before, tail, ino)
-            content = _read_all(fd, offset)
+            content = _read_all(fd, offset, before.st_size - offset)
             after = os.fstat(fd)
             if offset + len(content) == after.st_size and stat_key(before) == stat_key(after):
                 racy = now_ns - after.st_mtime_ns < RACY_NS
@@ -240,9 +245,15 @@ def _tail_offset(fd: int, st: os.stat_result, tail: TailHint | None, ino: int) -
     return tail.offset if digest(os.pread(fd, HEAD_BYTES, 0)) == tail.head else 0
 
 
-def _read_all(fd: int, offset: int = 0) -> bytes:
+def _read_all(fd: int, offset: int, expected: int) -> bytes:
+    """The file from `offset` to its end. `expected` (what fstat said is left) is asked for
+    in one read, and its end is not confirmed by another: the caller's fstat after the read
+    says whether the file is still that long."""
     chunks = []
-    while chunk := os.pread(fd, 1 << 20, offset):
+    while chunk := os.pread(fd, expected if expected > 0 else 1 << 16, offset):
         chunks.append(chunk)
         offset += len(chunk)
+        expected -= len(chunk)
+        if expected == 0:
+            break
     return b"".join(chunks)

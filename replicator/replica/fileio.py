@@ -41,9 +41,13 @@ def kind_at(dir_fd: int, name: str) -> str:
     return "dir" if stat.S_ISDIR(mode) else "other"
 
 
-def apply_meta(fd: int, meta: Meta, *, may_chown: bool) -> None:
-    os.fchmod(fd, meta.mode)
-    if may_chown:
+def apply_meta(fd: int, meta: Meta, *, may_chown: bool,
+               now: os.stat_result | None = None) -> None:
+    """Give the open file `meta`; `now`, its stat if the caller has it, spares the mode and
+    owner calls that would change nothing (a log appended to on every commit keeps them)."""
+    if now is None or stat.S_IMODE(now.st_mode) != meta.mode:
+        os.fchmod(fd, meta.mode)
+    if may_chown and (now is None or (now.st_uid, now.st_gid) != (meta.uid, meta.gid)):
         os.fchown(fd, meta.uid, meta.gid)
     if meta.mtime_ns:
         os.utime(fd, ns=(meta.mtime_ns, meta.mtime_ns))
@@ -85,7 +89,8 @@ def append_at(dir_fd: int, name: str, expected_size: int, tails: list[bytes],
     then as it was, never torn."""
     fd = os.open(name, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
     try:
-        size = os.fstat(fd).st_size
+        before = os.fstat(fd)
+        size = before.st_size
         if size != expected_size:
             raise ApplyError(f"{name}: has {size} bytes, the batch was checked against "
                              f"{expected_size}")
@@ -98,7 +103,7 @@ def append_at(dir_fd: int, name: str, expected_size: int, tails: list[bytes],
             os.ftruncate(fd, size)  # shrinking needs no room
             raise
         if meta is not None:
-            apply_meta(fd, meta, may_chown=may_chown)
+            apply_meta(fd, meta, may_chown=may_chown, now=before)  # writes keep mode, owner
     finally:
         os.close(fd)
 

@@ -106,7 +106,7 @@ class DigestJournal:
         batch's record: one write per batch). Until then a reader accepts the batch's files
         in their old or new state, and a restarted receiver settles which one they hold."""
         self._commit(batch)
-        self._marks.append(json.dumps(["C", batch]))
+        self._marks.append(f'["C", {batch}]')  # json.dumps(["C", batch]), without its cost
 
     def settle(self, holds: Callable[[str], Expected | None]) -> list[str]:
         """For every batch without its commit mark (a crash, a failed rename), record what

@@ -157,6 +157,7 @@ class Listener:
                             replica: OriginReplica, stats: dict[str, int]) -> None:
         while data := await transport.recv():
             stats["bytes"] += len(data)
+            self.store.fences.reload()  # once per chunk: see ReplicaStore.check_epoch
             replies: list[Message] = []
             last_ack = 0
             for message in session.receive_data(data):
@@ -180,7 +181,7 @@ class Listener:
     def _on_origin(self, message: Message, hello: Hello, replica: OriginReplica,
                    stats: dict[str, int]) -> tuple[Message | None, int]:
         if isinstance(message, Batch):
-            self.store.check_epoch(hello.node, message.epoch)
+            self.store.check_epoch(hello.node, message.epoch, reload=False)
             outcome = replica.receive(message)
             if outcome is None:
                 return None, 0

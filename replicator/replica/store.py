@@ -241,8 +241,13 @@ class ReplicaStore:
         """The origins this node has received from since it started."""
         return dict(self._origins)
 
-    def check_epoch(self, origin: str, epoch: int) -> None:
-        self.fences.reload()
+    def check_epoch(self, origin: str, epoch: int, *, reload: bool = True) -> None:
+        """FencedError if `origin` speaks for an epoch below its fence. `reload=False` trusts
+        the fences read at the start of this chunk of input (a promote's fence comes from
+        another process: one look per chunk sees it as soon as one per batch would, since
+        nothing else runs between the batches of a chunk)."""
+        if reload:
+            self.fences.reload()
         fence = self.fences.minimum(origin)
         if epoch < fence:
             raise FencedError(f"origin {origin} speaks for epoch {epoch}, but this node fenced "
