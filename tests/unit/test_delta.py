@@ -88,6 +88,27 @@ def test_in_place_header_rewrite_ships_one_block() -> None:
     assert sum(op.raw_size for op in ops) == BLOCK_SIZE
 
 
+def test_a_cache_rewritten_in_place_is_not_compressed_whole(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A commit rewrites a cache's header and appends a record: the changed blocks go, and
+    the megabytes around them are not compressed just to be compared with them."""
+    from replicator.delta import codec
+
+    compressed: list[int] = []
+    plain = codec.compress
+
+    def counting(data: bytes, *, base: bytes | None = None) -> bytes:
+        compressed.append(len(data))
+        return plain(data, base=base)
+
+    monkeypatch.setattr(codec, "compress", counting)
+    old = os.urandom(256 * BLOCK_SIZE)
+    new = b"HDR!" + old[4:] + b"a new cache record"
+    ops = roundtrip(old, new, cached_base=False)
+    assert [op.code for op in ops] == [OpCode.WRITE, OpCode.WRITE]
+    assert max(compressed) <= BLOCK_SIZE, "only the changed blocks were compressed"
+
+
 def test_rewrite_with_shifted_records_uses_the_previous_version() -> None:
     old = os.urandom(200_000)
     new = old[:1000] + old[1100:]  # a record expunged: everything after it moves
