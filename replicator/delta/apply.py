@@ -41,7 +41,7 @@ UNBOUNDED = 1 << 62
 class WorkingFile:
     """One file's state during a batch."""
 
-    def __init__(self, path: str, exists: bool, load: Callable[[], bytes],
+    def __init__(self, path: str, exists: bool, load: Callable[[], bytes | bytearray],
                  visible_digest: Callable[[], StreamingDigest],
                  budget: Budget | None = None) -> None:
         self.budget = budget if budget is not None else Budget(UNBOUNDED)
@@ -69,6 +69,10 @@ class WorkingFile:
     def content(self) -> bytes:
         """The whole current content (materialising it)."""
         return bytes(self._materialize())
+
+    def view(self) -> memoryview:
+        """The whole current content without a copy, valid until the next op."""
+        return memoryview(self._materialize())
 
     def apply(self, op: Op, max_size: int, source: WorkingFile | None = None) -> None:
         """Apply one file op; ApplyError if it cannot be (too big, missing file, bad data)."""
@@ -136,7 +140,8 @@ class WorkingFile:
 
     def _materialize(self) -> bytearray:
         if self._content is None:
-            self._content = bytearray(self._load())
+            loaded = self._load()  # a loader that hands over a buffer of its own saves a copy
+            self._content = loaded if isinstance(loaded, bytearray) else bytearray(loaded)
             for tail in self.tails:
                 self._content += tail
             self.tails = []

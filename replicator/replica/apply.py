@@ -101,7 +101,7 @@ class BatchApplier:
             wf = self._targets[rel]
             if wf.exists and wf.materialized:
                 staged = self._staged[rel] = f"{self.staging}.{len(self._staged)}"
-                fileio.write_staging(staged, wf.content(), wf.meta, may_chown=self.may_chown)
+                fileio.write_staging(staged, wf.view(), wf.meta, may_chown=self.may_chown)
 
     def _changes(self, plan: list[tuple[str, Action]]) -> list[Change]:
         """What the journal must expect of each file the plan changes (None: removed)."""
@@ -182,7 +182,7 @@ class BatchApplier:
         kind = self.tree.kind(rel)
         if kind not in ("file", "missing") and not target:
             raise ApplyError(f"{self._key(rel)}: is a {kind}, expected a regular file")
-        return WorkingFile(rel, kind == "file", lambda: self.tree.read(rel),
+        return WorkingFile(rel, kind == "file", lambda: self.tree.read_for_update(rel),
                            lambda: self.digests.get(self._key(rel), lambda: self.tree.read(rel)),
                            self.budget)
 

@@ -73,6 +73,13 @@ class Beneath:
             raise FileNotFoundError(errno.ENOENT, "no such file", f"{self.top}/{rel}")
         return fileio.read_at(*place)
 
+    def read_for_update(self, rel: str) -> bytearray:
+        """`read`, into a buffer the caller may change (fileio.read_for_update_at)."""
+        place = self.parent(rel)
+        if place is None:
+            raise FileNotFoundError(errno.ENOENT, "no such file", f"{self.top}/{rel}")
+        return fileio.read_for_update_at(*place)
+
     def take_removed(self) -> list[str]:
         """What `dir(create=True)` removed to make way for directories since last asked."""
         removed, self._removed = self._removed, []

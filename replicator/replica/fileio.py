@@ -30,6 +30,21 @@ def read_at(dir_fd: int, name: str) -> bytes:
         return f.read()
 
 
+def read_for_update_at(dir_fd: int, name: str) -> bytearray:
+    """The file's content, read straight into the buffer a batch then patches in place (a
+    cache of megabytes is rewritten on every commit: one copy fewer than read, then copy)."""
+    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    with os.fdopen(fd, "rb", buffering=0) as f:
+        content = bytearray(os.fstat(fd).st_size)
+        view, filled = memoryview(content), 0
+        while filled < len(content) and (got := f.readinto(view[filled:])):
+            filled += got
+        view.release()
+        del content[filled:]
+        content += f.read()  # grown meanwhile (only this daemon writes here: never, really)
+    return content
+
+
 def kind_at(dir_fd: int, name: str) -> str:
     """'file', 'dir', 'missing' or 'other' (symlinks and specials count as other)."""
     try:
@@ -53,7 +68,8 @@ def apply_meta(fd: int, meta: Meta, *, may_chown: bool,
         os.utime(fd, ns=(meta.mtime_ns, meta.mtime_ns))
 
 
-def write_staging(staging: PathLike, content: bytes, meta: Meta | None, *,
+def write_staging(staging: PathLike, content: bytes | bytearray | memoryview,
+                  meta: Meta | None, *,
                   may_chown: bool) -> None:
     """Write `content` (with the origin's metadata) to `staging` (in the daemon's own
     replica_dir/.staging), invisible to readers. This is where a full filesystem shows: a
@@ -119,7 +135,7 @@ def remove_at(dir_fd: int, name: str) -> None:
             os.unlink(name, dir_fd=dir_fd)
 
 
-def _write_all(fd: int, data: bytes, offset: int) -> None:
+def _write_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:
     view = memoryview(data)
     while view:
         written = os.pwrite(fd, view, offset)
