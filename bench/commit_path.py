@@ -14,6 +14,8 @@ IMAP client) measures:
 - bytes on the link against delta bytes over the seeded 600-operation workload;
 - CPU seconds per 1000 sync-committed APPENDs of the sender and the receiver daemon
   (bench.profile_commit, mdbox, RAM mode);
+- the same APPEND with 5 000 mailboxes replicated, and into a mailbox of 5 000 messages,
+  against one small mailbox (bench.commit_scale): what grows with the replica or a file;
 - with --promote, promote of 10 000 mailboxes (bench.promote_scale; it takes minutes).
 
 --write saves the figures to bench/commit-path.json and the goal table to the "Commit path
@@ -29,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import baselines, profile_commit, promote_scale, scenarios
+from bench import baselines, commit_scale, profile_commit, promote_scale, scenarios
 from bench.report import write_sections
 from bench.scenarios import summary
 from replicator.dovecot.instance import DovecotInstance
@@ -98,6 +100,8 @@ def measure(samples: int, with_promote: bool) -> dict[str, Any]:
         results["traffic"].append(scenarios.workload_traffic(fmt, 600, False))
     print("CPU per sync-committed APPEND ...", flush=True)
     results["cpu"] = profile_commit.profile(samples, "ram", None)
+    print("sync-committed APPEND at scale ...", flush=True)
+    results["scale"] = commit_scale.measure(5000, 5000, min(samples, 500))
     if with_promote:
         print("promote of 10 000 mailboxes ...", flush=True)
         results["promote"] = promote_scale.promote_at_scale(10_000)
@@ -146,6 +150,15 @@ def goal_rows(r: dict[str, Any]) -> list[str]:
         rows.append(f"| promote of {p['mailboxes']} mailboxes ≤ 1 s | "
                     f"{p['promote_inner_s']:.3f} s ({steps}) | verify of the same copy "
                     f"{p['verify_inner_s']:.3f} s | {_verdict(p['promote_inner_s'] <= 1.0)} |")
+    if "scale" in r:
+        small, many, big = (r["scale"][k] for k in ("small", "many_mailboxes", "big_mailbox"))
+        rows.append(f"| sync-commit APPEND with {many['mailboxes']} mailboxes replicated, "
+                    f"reported | {commit_scale.describe(many)} | one mailbox: "
+                    f"{commit_scale.describe(small)} | reported |")
+        rows.append(f"| sync-commit APPEND into a mailbox of {big['messages']} messages "
+                    f"(cache {big['cache_bytes'] / 1e6:.1f} MB), reported | "
+                    f"{commit_scale.describe(big)} | one small mailbox: "
+                    f"{commit_scale.describe(small)} | reported |")
     cpu = r["cpu"]["cpu_us_per_append"]
     rows.append("| CPU s per 1000 sync-committed APPENDs, reported | " + ", ".join(
         f"{role} {(c['user'] + c['system']) / 1000:.3f} s" for role, c in cpu.items())
