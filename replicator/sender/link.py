@@ -131,6 +131,7 @@ class PeerLink:
         try:
             await self._stream(dialled.transport, dialled.session, dialled.hello)
         finally:
+            self.packing = False
             await dialled.transport.close()
 
     async def _handshake(self) -> Dialled:
