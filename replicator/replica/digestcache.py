@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from replicator.hashing import StreamingDigest
+from replicator.replica.below import count_below
 
 
 class DigestCache:
@@ -47,11 +48,4 @@ class DigestCache:
         return len(self._states)
 
     def _count(self, path: str, delta: int) -> None:
-        parent = path.rpartition("/")[0]
-        while parent:
-            left = self._below.get(parent, 0) + delta
-            if left:
-                self._below[parent] = left
-            else:
-                del self._below[parent]
-            parent = parent.rpartition("/")[0]
+        count_below(self._below, path, delta)

@@ -24,6 +24,8 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from replicator.replica.below import count_below
+
 log = logging.getLogger(__name__)
 Expected = tuple[int, str]  # size, xxh3-128 hex
 Change = tuple[str, Expected | None]  # rel, what it holds after the batch (None: removed)
@@ -215,14 +217,7 @@ class DigestJournal:
                 self._count(key, -1)
 
     def _count(self, rel: str, delta: int) -> None:
-        parent = rel.rpartition("/")[0]
-        while parent:
-            left = self._below.get(parent, 0) + delta
-            if left:
-                self._below[parent] = left
-            else:
-                del self._below[parent]
-            parent = parent.rpartition("/")[0]
+        count_below(self._below, rel, delta)
 
     # -- on disk -----------------------------------------------------------------------------
     def _write_pending(self) -> None:
