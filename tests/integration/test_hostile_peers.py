@@ -26,12 +26,11 @@ from replicator.config_values import Address
 from replicator.delta.ops import Meta, Op, OpCode, Result, encode_ops
 from replicator.dovecot.instance import free_port
 from replicator.hashing import digest, frame_checksum
-from replicator.sender.link import LinkHost, PeerLink
-from replicator.sender.outbox import Outbox
+from replicator.sender.link import PeerLink
 from replicator.testing.certs import TestCA
 from replicator.testing.cluster import PeerSpec, ReplicatorNode, pair
+from replicator.testing.linkhost import StubLinkHost
 from replicator.transport import tcp
-from replicator.transport.handshake import Credentials
 from replicator.verify.trees import compare_trees
 from replicator.wire.frames import MAGIC, PREFIX, VERSION, FrameDecoder, FrameType, encode_frame
 from replicator.wire.messages import (
@@ -380,15 +379,8 @@ def test_the_listener_closes_a_connection_that_fails_and_carries_on(
     a.barrier()
 
 
-class FailingHost(LinkHost):
+class FailingHost(StubLinkHost):
     """A daemon whose manifest comparison has a bug: it raises what no one expects."""
-
-    def __init__(self) -> None:
-        self.node_id, self.software, self.sync_policy = "a", "test", "off"
-        self.outbox = Outbox("s1", 1, ["b"], retain_bytes=1 << 20, max_frame_bytes=1 << 20)
-        self.max_frame_bytes, self.connect_timeout, self.ack_timeout = 1 << 20, 5.0, 5.0
-        self.reconnect_max_delay = 0.05
-        self.credentials = Credentials("a")
 
     def diff_manifest(self, payload: bytes) -> dict[Any, Any]:
         raise RuntimeError("a bug in the manifest comparison")

@@ -9,20 +9,10 @@ from replicator.config import PeerConfig
 from replicator.config_values import Address
 from replicator.delta.ops import Op, OpCode
 from replicator.sender.batcher import Draft
-from replicator.sender.link import LinkHost, PeerLink
-from replicator.sender.outbox import Outbox
-from replicator.transport.handshake import Credentials
+from replicator.sender.link import PeerLink
+from replicator.testing.linkhost import StubLinkHost
 from replicator.wire.messages import Batch, Hello
 from tests.unit.test_link_compression import opened
-
-
-class Host(LinkHost):
-    def __init__(self) -> None:
-        self.node_id, self.software, self.sync_policy = "a", "test", "off"
-        self.outbox = Outbox("s1", 1, ["b"], retain_bytes=1 << 20, max_frame_bytes=1 << 20)
-        self.max_frame_bytes, self.connect_timeout, self.ack_timeout = 1 << 20, 5.0, 5.0
-        self.reconnect_max_delay = 0.05
-        self.credentials = Credentials("a")
 
 
 class Wire:
@@ -62,7 +52,7 @@ async def settle() -> None:
 
 def test_kick_sends_at_once_in_order_and_each_batch_once() -> None:
     async def scenario() -> list[int]:
-        host, wire = Host(), Wire()
+        host, wire = StubLinkHost(), Wire()
         link = PeerLink(host, PeerConfig("b", Address("127.0.0.1", 1)))
         client, server = opened(agreed=False)
         task = asyncio.create_task(link._stream(wire, client, Hello("b", "replica", "test",
