@@ -10,9 +10,10 @@ APPEND at a time): 1 137 link bytes per APPEND became 233, for about 12 µs of C
 
 The replica decodes them (`Unpacker`) without trusting a byte, as the plain frame decoder
 does: the history window is capped before anything is allocated (`MAX_WINDOW`), and the output
-of one PACKED frame may not exceed `limit` (its max_frame_bytes): it is written out in slices
-of a few MiB at most (`FEED`), and decoding stops at the first one past the limit, so a frame
-of a few KB that would expand to gigabytes costs at most `limit` + 2 MiB of memory.
+of one PACKED frame may not exceed `limit` (its max_frame_bytes): it is decoded `FEED` bytes of
+input at a time, each step yielding 2 MiB at most, and decoding stops at the first step past
+the limit, so a frame of a few KB that would expand to gigabytes costs at most `limit` + 2 MiB
+of memory.
 
 Only the origin -> replica direction is packed (ACKs are a few bytes), and only when both
 ends announced `FEATURE` in their HELLOs ([replication] link_compression on both).
@@ -25,8 +26,8 @@ import zstandard
 from replicator.errors import ProtocolError
 
 FEATURE = "zstd-stream"
-LEVEL = 1  # level 3 saved another 4 % of the bytes for 40 % more CPU (same workload)
-WINDOW_LOG = 20  # 1 MiB of history: a few thousand commits of this workload
+LEVEL = 1  # level 3 saved another 4 % of the bytes for about 40 % more CPU (same workload)
+WINDOW_LOG = 20  # 1 MiB of history: about a thousand commits of this workload
 MAX_WINDOW = 1 << 23  # what a replica accepts from a peer's frame header
 # Input is decoded this many bytes at a time: a zstd block takes at least 4 of them and yields
 # at most 128 KiB, so one step yields about 2 MiB at most, whatever the peer sent. (Feeding a
