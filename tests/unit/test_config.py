@@ -70,6 +70,9 @@ BAD = [
     (GOOD + '[replication]\ntrailing_delay = nan\n', r"trailing_delay.*finite number"),
     (GOOD + '[replication]\nrescan_interval = inf\n', r"rescan_interval.*finite number"),
     (GOOD + '[replication]\ntrailing_delay = "50ms"\n', r"trailing_delay.*must be a number"),
+    (GOOD + '[replication]\nlink_compression = "lz4"\n', r"'lz4' is not one of zstd, off"),
+    (GOOD + '[replication]\nlink_compression = true\n',
+     r"link_compression\]: must be a non-empty string"),
 ]
 
 
