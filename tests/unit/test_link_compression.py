@@ -152,3 +152,14 @@ def test_frames_inside_obey_the_session_rules() -> None:
     ack = encode_frame(Ack(1).to_frame())  # a replica's message, from the origin
     with pytest.raises(ProtocolError, match="peer recv ACK"):
         server.receive_data(client.pack([ack], MiB))
+
+
+@pytest.mark.parametrize("features", ["zstd-stream", [1], [["zstd-stream"]], {"a": 1}])
+def test_a_hello_with_malformed_features_is_the_peers_fault(features: object) -> None:
+    frame = Hello("a", "origin", "test", 1, "s1").to_frame()
+    hostile = encode_frame(Frame(FrameType.HELLO, {**frame.header, "features": features}))
+    server = Session("server")
+    with pytest.raises(ProtocolError, match="features") as info:
+        server.receive_data(hostile)
+    assert info.value.remote is True
+    assert server.state is State.CLOSED
