@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import random
 import re
 import signal
 import socket
@@ -269,11 +270,41 @@ def _comm(pid: int) -> str:
         return ""
 
 
+_handed_out: set[int] = set()
+
+
+def _ephemeral_low() -> int:
+    """The first port the kernel may pick as an outgoing connection's source port."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    """A port that was free on 127.0.0.1 a moment ago (the kernel's pick)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port free on 127.0.0.1 now, below the kernel's ephemeral range, not handed out before.
+
+    Why not the kernel's own pick (bind to port 0): that port lies in the ephemeral range,
+    and until the daemon that is given it binds it, any outgoing connection may take it as
+    its source port. A peer that keeps dialling the not yet listening port can even connect
+    to itself on it (TCP simultaneous open). CI saw the daemon then fail to bind. A port
+    below that range is never a source port, so only another listener can take it, which
+    the bind test here sees, and this process never hands the same port out twice.
+    """
+    top = max(_ephemeral_low(), 2049)
+    rng = random.SystemRandom()
+    for _ in range(1000):
+        port = rng.randrange(1024 if top <= 10000 else 10000, top)
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free port below {top} on 127.0.0.1 after 1000 tries")
 
 
 def _greets(port: int) -> bool:
