@@ -74,11 +74,17 @@ class Handovers:
         return [r for e in self.c.requests if (r := Request.parse(e)) is not None]
 
     async def act(self, view: View) -> None:
-        for request in self._requests():
+        requests = self._requests()
+        for request in requests:
             if (request.state == "requested" and request.source == self.c.me
                     and request.ident not in self.running):
                 self.running.add(request.ident)
                 self.actions.spawn(self._handing(request, view), f"switchover-{request.ident}")
+        # The promote here may end before the old owner has written "handed" (it hands the
+        # keys first, then says so): received() then saw the request still "requested", and
+        # only this look, after the old owner's write, can end it.
+        for request in done_here(requests, self.c.me, self.c.owned.token):
+            await self._finish(request, "done", "")
 
     def _handing(self, request: Request, view: View) -> Callable[[], object]:
         return lambda: self._hand_over(request, view)
@@ -151,10 +157,8 @@ class Handovers:
     async def received(self, users: list[str]) -> None:
         """The new owner put `users` in place: requests all of whose users are done end."""
         await self.c.refresh()
-        for request in self._requests():
-            if request.state == "handed" and request.target == self.c.me and all(
-                    self.c.owned.token(u) for u in request.users):
-                await self._finish(request, "done", "")
+        for request in done_here(self._requests(), self.c.me, self.c.owned.token):
+            await self._finish(request, "done", "")
 
     async def _finish(self, request: Request, state: str, reason: str) -> None:
         request.state, request.reason = state, reason
@@ -162,3 +166,11 @@ class Handovers:
             log.error("switchover %s to %s failed: %s", request.ident, request.target, reason)
         await asyncio.to_thread(self.c.etcd.put, self.c.keys.switchover(request.ident),
                                 request.value())
+
+
+def done_here(requests: list[Request], me: str,
+              token_of: Callable[[str], int]) -> list[Request]:
+    """Requests handed over to `me` whose users are all in place here (a token recorded for
+    each: promoted), which `me` now marks done."""
+    return [r for r in requests if r.state == "handed" and r.target == me
+            and all(token_of(user) for user in r.users)]

@@ -13,6 +13,7 @@ from replicator.coordination.coordinator import Coordinator
 from replicator.coordination.etcd import Entry
 from replicator.coordination.keys import Keys
 from replicator.coordination.lease import LeaseClock
+from replicator.coordination.switchover import Request, done_here
 from replicator.coordination.view import Owner, View
 from replicator.errors import ConfigError
 from replicator.replica.tokens import TokenFence
@@ -86,6 +87,23 @@ def test_keys_read_one_range_of_the_prefix() -> None:
     assert view.alive == {"a"} and view.owners["u1"] == Owner("a", 5, why="claim")
     assert "bad" not in view.owners and view.pending == {"a": (0, 7)}
     assert [r.key for r in requests] == ["/dr/switchover/x1"]
+
+
+def test_a_switchover_ends_on_the_new_owner_once_handed_and_every_user_is_in_place() -> None:
+    """The new owner's promote may end before the old owner wrote "handed": the request is
+    then ended by a later look, which must pick it up (CI once waited 120 s for it)."""
+    tokens = {"u1": 7, "u2": 8}
+
+    def request(ident: str, state: str, target: str, users: list[str]) -> Request:
+        return Request(ident, "a", target, users, state)
+
+    requests = [request("early", "requested", "b", ["u1"]),  # the old owner is still at it
+                request("handed", "handed", "b", ["u1", "u2"]),
+                request("partly", "handed", "b", ["u1", "u3"]),  # u3 not promoted yet
+                request("elsewhere", "handed", "c", ["u1"]),
+                request("over", "done", "b", ["u1"])]
+    done = done_here(requests, "b", lambda user: tokens.get(user, 0))
+    assert [r.ident for r in done] == ["handed"]
 
 
 # -- the receiver's token check ---------------------------------------------------------------
