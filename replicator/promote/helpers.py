@@ -25,10 +25,14 @@ import replicator
 from replicator.errors import ReplicatorError
 from replicator.promote.stageuser import StagedUser, StageJob, stage_user
 from replicator.promote.uids import RaiseSummary
+from replicator.verify.expected import Expectations
+from replicator.verify.model import Difference
 
 
-def start(job: StageJob, users: list[str]) -> subprocess.Popen[bytes]:
-    """A helper process staging `users`; collect() its answer."""
+def start(job: StageJob, users: list[str],
+          expected: dict[str, Expectations] | None = None) -> subprocess.Popen[bytes]:
+    """A helper process staging `users` (checking their files against `expected`); collect()
+    its answer."""
     env = dict(os.environ)
     package_dir = str(Path(replicator.__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_dir, env.get("PYTHONPATH")]))
@@ -37,7 +41,11 @@ def start(job: StageJob, users: list[str]) -> subprocess.Popen[bytes]:
                               stderr=subprocess.PIPE, env=env)
     assert helper.stdin is not None
     with contextlib.suppress(BrokenPipeError):  # it died at once: collect() says why
-        helper.stdin.write(json.dumps({"job": _job_json(job), "users": users}).encode())
+        helper.stdin.write(json.dumps({
+            "job": _job_json(job), "users": users,
+            "expected": None if expected is None else {u: e.to_json()
+                                                       for u, e in expected.items()},
+        }).encode())
     with contextlib.suppress(BrokenPipeError):
         helper.stdin.close()
     helper.stdin = None  # done with: communicate() would flush the closed file
@@ -70,8 +78,11 @@ def main() -> int:
     data = request["job"]
     job = StageJob(Path(data["replica"]), {k: Path(v) for k, v in data["targets"].items()},
                    data["stage_name"], int(data["gap"]), int(data["umask"]))
+    expected = request.get("expected")
     try:
-        staged = [_staged_json(stage_user(job, user)) for user in request["users"]]
+        staged = [_staged_json(stage_user(job, user, None if expected is None else
+                                          Expectations.from_json(expected[user])))
+                  for user in request["users"]]
     except (ReplicatorError, OSError) as exc:
         print(json.dumps({"error": str(exc)}))
         return 1
@@ -86,12 +97,16 @@ def _job_json(job: StageJob) -> dict[str, Any]:
 
 def _staged_json(staged: StagedUser) -> dict[str, Any]:
     return {"user": staged.user, "dirs": {k: str(v) for k, v in staged.dirs.items()},
-            "summary": asdict(staged.summary)}
+            "summary": asdict(staged.summary),
+            "differences": [asdict(d) for d in staged.differences],
+            "files": staged.files, "bytes_read": staged.bytes_read}
 
 
 def _staged_from_json(item: dict[str, Any]) -> StagedUser:
     return StagedUser(item["user"], {k: Path(v) for k, v in item["dirs"].items()},
-                      RaiseSummary(**item["summary"]))
+                      RaiseSummary(**item["summary"]),
+                      [Difference(**d) for d in item["differences"]], int(item["files"]),
+                      int(item["bytes_read"]))
 
 
 if __name__ == "__main__":

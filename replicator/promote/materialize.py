@@ -18,6 +18,7 @@ from pathlib import Path
 
 from replicator.promote import helpers
 from replicator.promote.stageuser import StagedUser, StageJob, stage_user
+from replicator.verify.expected import Expectations
 
 # Processes staging users at once, this one included (see helpers: threads do not help). More
 # than 4 were not measured.
@@ -36,11 +37,13 @@ def replica_users(replica: Path, roots: Iterable[str]) -> list[str]:
 
 
 def stage(replica: Path, targets: Mapping[str, Path], users: list[str], stage_name: str,
-          gap: int) -> list[StagedUser]:
+          gap: int, expected: Mapping[str, Expectations] | None = None) -> list[StagedUser]:
     """Copy the users into `<target root>/<stage_name>/`, raising every mailbox's next UID by
-    `gap` in the copy; a share of the users is staged by helper processes meanwhile. On any
-    failure the staging area is removed and nothing was made visible; a user whose mailboxes
-    cannot be raised is a failure (ReplicatorError)."""
+    `gap` in the copy; a share of the users is staged by helper processes meanwhile. With
+    `expected` (the digest journal's entries, by user), every file copied is checked against
+    them and Dovecot's checks: each StagedUser says what differed. On any failure the staging
+    area is removed and nothing was made visible; a user whose mailboxes cannot be raised is
+    a failure (ReplicatorError)."""
     for target in targets.values():
         area = target / stage_name
         if area.exists():
@@ -52,8 +55,10 @@ def stage(replica: Path, targets: Mapping[str, Path], users: list[str], stage_na
     shares = _shares(users, STAGE_PROCESSES)
     started: list[subprocess.Popen[bytes]] = []
     try:
-        started = [helpers.start(job, share) for share in shares[1:]]
-        mine = [stage_user(job, user) for user in shares[0]]
+        started = [helpers.start(job, share, _of(expected, share)) for share in shares[1:]]
+        mine_expected = _of(expected, shares[0])
+        mine = [stage_user(job, user, None if mine_expected is None else mine_expected[user])
+                for user in shares[0]]
         staged = {s.user: s for s in mine}
         for helper in started:
             staged |= {s.user: s for s in helpers.collect(helper)}
@@ -63,6 +68,13 @@ def stage(replica: Path, targets: Mapping[str, Path], users: list[str], stage_na
             helpers.stop(helper)
         clean_stage(targets.values(), stage_name)
         raise
+
+
+def _of(expected: Mapping[str, Expectations] | None,
+        users: list[str]) -> dict[str, Expectations] | None:
+    """The expectations of `users` (none for a user the journal does not know: each of its
+    files then differs)."""
+    return None if expected is None else {u: expected.get(u) or Expectations() for u in users}
 
 
 def _shares(users: list[str], processes: int) -> list[list[str]]:

@@ -30,6 +30,8 @@ def _print(result: PromoteResult, roots: str) -> None:
     print(f"fenced {result.origin} at epoch {result.epoch}: its batches are refused from now on")
     print(f"promoted {len(result.users)} user(s) ({', '.join(result.users[:10])}"
           f"{' ...' if len(result.users) > 10 else ''}) into {roots}")
+    print(f"checked {result.files_checked} file(s) ({result.bytes_read} bytes) against the "
+          "digest journal and Dovecot's checks as they were copied: all consistent")
     gap = (f"next UIDs raised by {result.uid_gap} in {result.raised} of {result.mailboxes} "
            f"mailboxes" if result.uid_gap else f"{result.mailboxes} mailboxes, no UID gap")
     print(gap)

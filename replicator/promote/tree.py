@@ -5,8 +5,9 @@ The copy keeps what `tar -p --same-owner` kept (owner, mode, mtimes; symlinks as
 writes the files the UID gap changes from the bytes it was given instead of the originals, so
 the gap costs no second write. Creating tens of thousands of inodes is kernel work, which lets
 several users be copied at once by helper processes (promote.helpers says why not threads); per
-file it is open, fstat, create, chown, sendfile, utime and two closes, where the tar pipe also
-moved every byte twice through a pipe and parsed a tar stream.
+file it is open, fstat, read, close, create, chown, write, utime and close. The bytes pass
+through this process (sendfile would not) because promote checks them against the digest
+journal on the way: one read per file serves both.
 """
 
 from __future__ import annotations
@@ -57,19 +58,20 @@ def list_tree(top: str) -> Listing:
     return listing
 
 
-def read_bytes(path: str, limit: int | None = None) -> bytes | None:
-    """The file's bytes (at most `limit`), None if there is no such file."""
+def read_file(path: str) -> tuple[bytes, os.stat_result] | None:
+    """The file's bytes (as many as its stat said) and its stat, None if there is no such
+    file. One open, fstat and read: verifying and copying the file both use these bytes."""
     try:
         fd = os.open(path, _READ)
     except (FileNotFoundError, NotADirectoryError):
         return None
     try:
-        size = limit if limit is not None else os.fstat(fd).st_size
-        chunks = []
+        st = os.fstat(fd)
+        chunks, size = [], st.st_size
         while size > 0 and (chunk := os.read(fd, size)):
             chunks.append(chunk)
             size -= len(chunk)
-        return b"".join(chunks)
+        return b"".join(chunks), st
     finally:
         os.close(fd)
 
@@ -92,23 +94,19 @@ class Copier:
         os.chown(dst, st.st_uid, st.st_gid)
         self._dir_times.append((dst, st.st_atime_ns, st.st_mtime_ns))
 
-    def file(self, src: str, dst: str, data: bytes | None) -> None:
-        """Copy `src`, or write `data` in its place (then the file is new: its mtime is now,
-        as when the gap is written into a file in place)."""
-        if data is not None:
-            self._write(dst, os.stat(src, follow_symlinks=False), data)
-            return
-        fd = os.open(src, _READ)
+    def file(self, dst: str, st: os.stat_result, data: bytes, *, own: bool) -> None:
+        """Create `dst` holding `data`, with the owner and mode of the source (`st`); `own`:
+        these are the source's own bytes, so its times are kept too, else the file is new
+        (its mtime is now, as when the gap is written into a file in place)."""
+        out = self._create(dst, st)
         try:
-            st = os.fstat(fd)
-            out = self._create(dst, st)
-            try:
-                _send(fd, out, st.st_size, dst)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(out, view):]
+            if own:
                 os.utime(out, ns=(st.st_atime_ns, st.st_mtime_ns))
-            finally:
-                os.close(out)
         finally:
-            os.close(fd)
+            os.close(out)
 
     def symlink(self, src: str, dst: str) -> None:
         st = os.lstat(src)
@@ -121,15 +119,6 @@ class Copier:
             os.utime(path, ns=(atime, mtime))
         self._dir_times.clear()
 
-    def _write(self, dst: str, st: os.stat_result, data: bytes) -> None:
-        out = self._create(dst, st)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(out, view):]
-        finally:
-            os.close(out)
-
     def _create(self, dst: str, st: os.stat_result) -> int:
         mode = stat.S_IMODE(st.st_mode)
         out = os.open(dst, _CREATE, mode)
@@ -141,14 +130,3 @@ class Copier:
             os.close(out)
             raise
         return out
-
-
-def _send(src: int, dst: int, size: int, name: str) -> None:
-    """Copy `size` bytes in the kernel (tmpfs to another filesystem: copy_file_range refuses
-    to cross filesystems here, sendfile does not)."""
-    done = 0
-    while done < size:
-        sent = os.sendfile(dst, src, done, size - done)
-        if sent == 0:
-            raise ReplicatorError(f"{name}: the replica's file shrank while it was copied")
-        done += sent

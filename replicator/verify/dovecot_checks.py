@@ -41,17 +41,26 @@ def check_tree(top: Path, label: str, read: Reader,
     problems: list[Difference] = []
     warnings: list[Difference] = []
     for rel, files in sorted(walk(os.fspath(top))):
-        names = set(files)
         directory = f"{top}/{rel}" if rel else os.fspath(top)
-        prefix = "/".join(part for part in (label, rel) if part)
-        prefix = prefix + "/" if prefix else ""
-        for index_name in INDEX_NAMES:
-            if index_name in names or f"{index_name}.log" in names:
-                _check_mailbox(directory, index_name, names, prefix, read, problems, warnings)
-        if "dovecot-uidlist" in names:
-            index_dir = f"{index_top}/{rel}" if index_top is not None else directory
-            _check_uidlist(f"{directory}/dovecot-uidlist", index_dir, prefix, read, problems)
+        index_dir = f"{index_top}/{rel}" if index_top is not None else directory
+        check_directory(directory, "/".join(part for part in (label, rel) if part), set(files),
+                        read, index_dir, problems, warnings)
     return problems, warnings
+
+
+def check_directory(directory: str, label: str, names: set[str], read: Reader,
+                    index_dir: str, problems: list[Difference],
+                    warnings: list[Difference]) -> None:
+    """Check one directory holding the (non-transient) files `names`, reporting them as
+    `label/<name>`; `index_dir` holds the index a uidlist here belongs to (the directory
+    itself unless the control files have a root of their own). Promote runs this on each
+    directory it copies, with the bytes it read for the copy."""
+    prefix = label + "/" if label else ""
+    for index_name in INDEX_NAMES:
+        if index_name in names or f"{index_name}.log" in names:
+            _check_mailbox(directory, index_name, names, prefix, read, problems, warnings)
+    if "dovecot-uidlist" in names:
+        _check_uidlist(f"{directory}/dovecot-uidlist", index_dir, prefix, read, problems)
 
 
 def _check_mailbox(directory: str, index_name: str, names: set[str], prefix: str,

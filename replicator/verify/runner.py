@@ -22,6 +22,7 @@ from replicator.hashing import digest
 from replicator.replica.journal import DigestJournal
 from replicator.replica.state import AppliedState
 from replicator.verify.dovecot_checks import check_tree
+from replicator.verify.expected import of_journal
 from replicator.verify.fields import field_differences
 from replicator.verify.model import Difference, VerifyReport
 from replicator.verify.walk import files_under as walk_files
@@ -115,32 +116,27 @@ def verify_replica(base: Path, roots: Iterable[str]) -> VerifyReport:
         report.errors.append(f"{base} has no digest journal (.digests): it cannot be verified "
                              "without its origin")
         return report
-    for root, reldir, seq, why in AppliedState.load(base / ".applied.json").broken_dirs():
-        report.differences.append(Difference(
-            f"{root}/{reldir}" if reldir else root, "broken", "every batch applied",
-            f"batch {seq} refused: {why or 'unknown reason'}; awaiting the origin's resend",
-            "state"))
+    report.differences += broken_dirs(base)
+    expected = of_journal(journal)
     on_disk = {f"{root}/{rel}" for root in roots for rel in files_under(base / root)}
-    for rel in sorted(on_disk | set(journal.files) | set(journal.uncertain)):
+    for rel in sorted(on_disk | expected.paths()):
         data = read_if_there(read, f"{base}/{rel}") if rel in on_disk else None
-        found = None if data is None else (len(data), digest(data).hex())
-        # a batch cut short by a crash: each of its files may hold its old or its new state
-        accepted = journal.uncertain.get(rel) or [journal.files.get(rel)]
-        if found is not None:
+        if data is not None:
             report.files += 1
-        if found in accepted:
-            continue
-        expected = journal.files.get(rel)
-        if found is None or expected is None:
-            report.differences.append(Difference(rel, "presence", _where(expected is not None),
-                                                 _where(found is not None), "journal"))
-        else:
-            report.differences.append(Difference(rel, "xxh3-128", f"{expected[1]} "
-                                      f"({expected[0]} bytes)", f"{found[1]} ({found[0]} "
-                                      "bytes)", "journal"))
+        if (difference := expected.difference(rel, data)) is not None:
+            report.differences.append(difference)
     _dovecot_checks(report, [(root, None, base / root) for root in roots], read)
     report.bytes_read, report.seconds = read.bytes, time.monotonic() - started
     return report
+
+
+def broken_dirs(base: Path) -> list[Difference]:
+    """The directories of the replica at `base` its receiver marked broken: a batch for each
+    was refused or applied only in part, and the origin has not resent it yet."""
+    return [Difference(f"{root}/{reldir}" if reldir else root, "broken", "every batch applied",
+                       f"batch {seq} refused: {why or 'unknown reason'}; awaiting the origin's "
+                       "resend", "state")
+            for root, reldir, seq, why in AppliedState.load(base / ".applied.json").broken_dirs()]
 
 
 def _dovecot_checks(report: VerifyReport, trees: list[tuple[str, Path | None, Path]],

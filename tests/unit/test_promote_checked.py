@@ -1,0 +1,101 @@
+"""Promote checks every file as it copies it (one read serves the check and the copy): a copy
+that differs from the digest journal is refused before the origin is fenced, and a batch the
+origin got in while the copy was made makes promote copy again under the fence."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from replicator.config import Config, load_config
+from replicator.hashing import digest
+from replicator.promote.command import PromoteRefused, promote
+from replicator.promote.materialize import stage as real_stage
+from replicator.replica.journal import DigestJournal
+from replicator.replica.state import AppliedState
+from tests.unit.test_config import GOOD, write
+
+FILES = {"index/u1/.INBOX/dovecot.index.cache": b"cache of u1",
+         "control/u1/.INBOX/subscriptions-like": b"INBOX\n",
+         "index/u2/.INBOX/dovecot.index.cache": b"cache of u2"}
+
+
+def _record(replica: Path, files: dict[str, bytes]) -> None:
+    """Write `files` into the replica as the receiver does: the journal first, then the
+    files, then the commit mark (carried by the next write, here a flush of a new batch)."""
+    journal = DigestJournal(replica / ".digests")
+    batch = journal.begin([(rel, (len(data), digest(data).hex())) for rel, data in files.items()])
+    for rel, data in files.items():
+        (replica / rel).parent.mkdir(parents=True, exist_ok=True)
+        (replica / rel).write_bytes(data)
+    journal.commit(batch)
+    journal.begin([])  # the next batch's record carries the commit mark
+    journal.close()
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Config:
+    config = load_config(write(tmp_path, GOOD))
+    replica = config.replica_root("b")
+    replica.mkdir(parents=True)
+    AppliedState(stream="s", seq=1, epoch=1).save(replica / ".applied.json")
+    _record(replica, FILES)
+    return config
+
+
+def _fence(config: Config) -> int:
+    path = config.state_dir / "fences.json"
+    return int(json.loads(path.read_text()).get("b", 0)) if path.exists() else 0
+
+
+def test_a_consistent_copy_is_promoted_with_every_file(config: Config) -> None:
+    result = promote(config, "b", force=True, uid_gap=0)
+    assert sorted(result.users) == ["u1", "u2"] and _fence(config) == result.epoch
+    assert result.files_checked == len(FILES)
+    for rel, data in FILES.items():
+        root, _, path = rel.partition("/")
+        assert (config.roots[root] / path).read_bytes() == data
+
+
+def test_a_damaged_file_is_refused_before_the_fence_and_nothing_is_put_in_place(
+        config: Config) -> None:
+    (config.replica_root("b") / "index/u2/.INBOX/dovecot.index.cache").write_bytes(b"bit rot")
+    with pytest.raises(PromoteRefused, match=r"index/u2/.INBOX/dovecot.index.cache: xxh3-128"):
+        promote(config, "b", force=True, uid_gap=0)
+    assert _fence(config) == 0, "the origin must stay able to resend (verify --repair)"
+    for root in config.roots.values():
+        assert {p.name for p in root.iterdir()} <= {"sub"}, "nothing staged or promoted"
+
+
+def test_a_user_gone_from_the_copy_is_refused_not_skipped(config: Config) -> None:
+    for root in ("index", "control"):
+        for path in sorted((config.replica_root("b") / root / "u1").rglob("*"), reverse=True):
+            path.unlink() if path.is_file() else path.rmdir()
+        (config.replica_root("b") / root / "u1").rmdir()
+    with pytest.raises(PromoteRefused, match=r"index/u1/.INBOX/dovecot.index.cache: presence"):
+        promote(config, "b", force=True, uid_gap=0)
+
+
+def test_a_batch_applied_while_the_copy_is_made_makes_promote_copy_again(
+        config: Config, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    changed = {"index/u1/.INBOX/dovecot.index.cache": b"cache of u1, one message later"}
+    calls: list[int] = []
+
+    def stage_then_receive(*args: object, **kwargs: object) -> object:
+        staged = real_stage(*args, **kwargs)  # type: ignore[arg-type]
+        calls.append(_fence(config))
+        if len(calls) == 1:  # the origin, cut off but not down, gets one more batch in
+            _record(config.replica_root("b"), changed)
+        return staged
+
+    monkeypatch.setattr("replicator.promote.command.stage", stage_then_receive)
+    with caplog.at_level(logging.WARNING):
+        result = promote(config, "b", force=True, uid_gap=0)
+    assert calls == [0, result.epoch], "copied once before the fence, once under it"
+    assert "changed while promote copied it" in caplog.text
+    assert (config.roots["index"] / "u1/.INBOX/dovecot.index.cache").read_bytes() == \
+        changed["index/u1/.INBOX/dovecot.index.cache"]
