@@ -9,6 +9,7 @@ content. `check` compares size and digest with what the origin announced.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 from replicator.delta.codec import decompress
 from replicator.delta.ops import Codec, Meta, Op, OpCode, Result
@@ -38,6 +39,18 @@ class Budget:
 UNBOUNDED = 1 << 62
 
 
+@dataclass(frozen=True)
+class Patch:
+    """How a working copy differs from the visible file it was loaded from, when it can be
+    written in place: `extents` (offset, end) of the new content to write, sorted and merged,
+    and `before`, the visible bytes each write covered, in the order written (written back in
+    reverse order, they restore the file, cut back to `old_size`)."""
+
+    old_size: int
+    extents: list[tuple[int, int]]
+    before: list[tuple[int, bytes]]
+
+
 class WorkingFile:
     """One file's state during a batch."""
 
@@ -55,6 +68,11 @@ class WorkingFile:
         self._load = load
         self._visible_digest = visible_digest
         self._digest: StreamingDigest | None = None
+        # while the copy is the visible file plus writes (no replace, copy, delete or cut):
+        # the visible file's size, what the writes changed, and what they covered
+        self._base_size: int | None = None
+        self._extents: list[tuple[int, int]] = []
+        self._before: list[tuple[int, bytes]] = []
 
     @property
     def materialized(self) -> bool:
@@ -84,6 +102,7 @@ class WorkingFile:
             self._replace(source.content())
         elif op.code == OpCode.DELETE:
             self.exists, self._content, self.tails = False, bytearray(), []
+            self._base_size = None
         elif op.code == OpCode.META:
             self._require_exists(op)
         else:
@@ -112,7 +131,9 @@ class WorkingFile:
             content = self._materialize()
             if op.offset < len(content):
                 del content[op.offset :]
+                self._base_size = None  # a file cut shorter is staged whole
             else:
+                self._extents.append((len(content), op.offset))
                 content.extend(bytes(op.offset - len(content)))
         else:
             raise ApplyError(f"{self.path}: {op.code.name} is not a file operation")
@@ -131,21 +152,42 @@ class WorkingFile:
             self.tails.append(data)
             return
         content = self._materialize()
+        if self._base_size is not None:
+            end = min(offset + len(data), self._base_size)
+            if offset < end:
+                self._before.append((offset, bytes(content[offset:end])))
+            self._extents.append((min(offset, len(content)), offset + len(data)))
         if offset > len(content):
             content.extend(bytes(offset - len(content)))
         content[offset : offset + len(data)] = data
 
     def _replace(self, data: bytes) -> None:
         self._content, self.tails, self.exists = bytearray(data), [], True
+        self._base_size = None
 
     def _materialize(self) -> bytearray:
         if self._content is None:
             loaded = self._load()  # a loader that hands over a buffer of its own saves a copy
             self._content = loaded if isinstance(loaded, bytearray) else bytearray(loaded)
+            self._base_size = len(self._content)
             for tail in self.tails:
+                self._extents.append((len(self._content), len(self._content) + len(tail)))
                 self._content += tail
             self.tails = []
         return self._content
+
+    def patch(self) -> Patch | None:
+        """The in-place form of this copy's changes (None: it must be written whole). Only a
+        copy loaded from the visible file and changed by writes and growth has one."""
+        if self._content is None or self._base_size is None or not self.exists:
+            return None
+        merged: list[tuple[int, int]] = []
+        for start, end in sorted(self._extents):
+            if merged and start <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+            elif start < end:
+                merged.append((start, end))
+        return Patch(self._base_size, merged, list(self._before))
 
     def _require_exists(self, op: Op) -> None:
         if not self.exists:

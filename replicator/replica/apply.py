@@ -3,7 +3,8 @@
 All ops run first against in-memory working copies (`WorkingFile`), and every announced result
 (size and xxh3-128) is checked; a failed check changes nothing. Then every new whole content
 is written to a staging file, the batch's changes are recorded in the digest journal, and only
-then do they become visible, in the batch's order, which the origin chose so that logs land
+then do they become visible (renamed into place; appends and a file changed in a few places
+are written in place), in the batch's order, which the origin chose so that logs land
 before caches and caches before indexes. Every path is reached through directory descriptors
 that never follow a symlink (replica.beneath). Streaming digests of visible files are kept so
 that appending to a log verifies without re-reading it.
@@ -18,7 +19,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from replicator.delta.apply import Budget, WorkingFile
+from replicator.delta.apply import Budget, Patch, WorkingFile
 from replicator.delta.ops import Op, OpCode
 from replicator.errors import ApplyError, ProtocolError
 from replicator.hashing import digest
@@ -51,6 +52,7 @@ class BatchApplier:
         self._actions: list[tuple[str, Action]] = []
         self._targets: dict[str, WorkingFile] = {}  # file -> its working copy at commit
         self._staged: dict[str, str] = {}  # file -> staging file holding its new content
+        self._patches: dict[str, Patch] = {}  # file -> its changes, written in place
         self._keep: dict[str, set[str]] = {}  # KEEP_ONLY directory -> the names it keeps
         self.changed = False  # whether anything visible has been changed yet
 
@@ -96,12 +98,20 @@ class BatchApplier:
 
     def _write_staging(self, rels: list[str]) -> None:
         """Every whole new content, written beside the replica before anything is renamed:
-        the step that needs room happens while nothing visible has changed."""
+        the step that needs room happens while nothing visible has changed. A file the batch
+        changed in place (writes into the visible file, growth) is patched instead: the
+        patch undoes itself if the filesystem fills part way."""
         for rel in rels:
             wf = self._targets[rel]
             if wf.exists and wf.materialized:
-                staged = self._staged[rel] = f"{self.staging}.{len(self._staged)}"
-                fileio.write_staging(staged, wf.view(), wf.meta, may_chown=self.may_chown)
+                if (patch := wf.patch()) is not None:
+                    self._patches[rel] = patch
+                else:
+                    self._stage_whole(wf)
+
+    def _stage_whole(self, wf: WorkingFile) -> None:
+        staged = self._staged[wf.path] = f"{self.staging}.{len(self._staged)}"
+        fileio.write_staging(staged, wf.view(), wf.meta, may_chown=self.may_chown)
 
     def _changes(self, plan: list[tuple[str, Action]]) -> list[Change]:
         """What the journal must expect of each file the plan changes (None: removed)."""
@@ -192,6 +202,15 @@ class BatchApplier:
             self._remove(wf.path)
             return
         key, state = self._key(wf.path), wf.digest()
+        patch = self._patches.pop(wf.path, None)
+        if patch is not None:
+            place = self.tree.parent(wf.path)
+            if place is None:
+                raise ApplyError(f"{key}: vanished while the batch was applied")
+            if fileio.patch_at(*place, wf.view(), patch, wf.meta, may_chown=self.may_chown):
+                self.digests.set(key, state)
+                return
+            self._stage_whole(wf)  # a hard link stands there: replace it whole
         if wf.materialized:
             place = self.tree.parent(wf.path, create=True)
             self._forget(self.tree.take_removed())  # files that stood where directories go

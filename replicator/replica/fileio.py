@@ -4,9 +4,11 @@ symlinks and keeping metadata.
 Every step names one entry of a directory the caller opened without following symlinks
 (replica.beneath), so nothing here can be redirected out of the replica. New contents are
 written to a staging file in the replica's own filesystem and renamed over the old one, so a
-reader (or a promote) never sees half a file; appends to an untouched file are written in place
-after checking that the file still has the size the batch was verified against, and cut back
-to that size if they fail part way.
+reader (or a promote) never sees half a file. Appends to an untouched file, and files changed
+in a few places (a cache Dovecot updates in place), are written in place after checking that
+the file still has the size the batch was verified against, and undone if they fail part
+way; a receiver killed in the middle of one leaves that file in neither state, which the
+digest journal then names as damage and the origin's resend repairs.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import shutil
 import stat
 from pathlib import Path
 
+from replicator.delta.apply import Patch
 from replicator.delta.ops import Meta
 from replicator.errors import ApplyError
 
@@ -120,6 +123,40 @@ def append_at(dir_fd: int, name: str, expected_size: int, tails: list[bytes],
             raise
         if meta is not None:
             apply_meta(fd, meta, may_chown=may_chown, now=before)  # writes keep mode, owner
+    finally:
+        os.close(fd)
+
+
+def patch_at(dir_fd: int, name: str, content: memoryview, patch: Patch, meta: Meta | None,
+             *, may_chown: bool) -> bool:
+    """Write the patch's extents of `content` (the whole new content, checked) into the file
+    in place: a cache of megabytes changed in a few places costs those places, not a new
+    file. False, having written nothing, if the file is not a regular file of its own (a
+    hard link: a write would change the other name too), the caller then installs the
+    content whole; ApplyError if it does not have the size the batch was checked against. A
+    write that fails part way (a full filesystem) is undone: the covered bytes are written
+    back and the file cut back to its old size, so it is as it was, never torn."""
+    fd = os.open(name, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        before = os.fstat(fd)
+        if not stat.S_ISREG(before.st_mode) or before.st_nlink != 1:
+            return False
+        if before.st_size != patch.old_size:
+            raise ApplyError(f"{name}: has {before.st_size} bytes, the batch was checked "
+                             f"against {patch.old_size}")
+        try:
+            for start, end in patch.extents:
+                _write_all(fd, content[start:end], start)
+            if len(content) < before.st_size:  # never, while patches only grow files
+                os.ftruncate(fd, len(content))
+        except OSError:
+            for offset, data in reversed(patch.before):  # overwriting needs no room
+                _write_all(fd, data, offset)
+            os.ftruncate(fd, patch.old_size)
+            raise
+        if meta is not None:
+            apply_meta(fd, meta, may_chown=may_chown, now=before)
+        return True
     finally:
         os.close(fd)
 

@@ -1,0 +1,137 @@
+"""Files a batch changes in a few places (a cache Dovecot updates in place) are written in
+place on the replica, not rewritten whole: only the changed extents are written, a full
+filesystem part way undoes the patch, and a hard link is replaced whole, never written
+through."""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from replicator.delta.apply import WorkingFile
+from replicator.delta.ops import Op, OpCode, Result, encode_ops
+from replicator.hashing import StreamingDigest, digest
+from replicator.replica.store import OriginReplica, Outcome, ReplicaStore
+from replicator.testing.tmpfs import fill, small_tmpfs
+from replicator.wire.messages import Batch
+
+MAX_FRAME = 1 << 20
+
+
+def _working(base: bytes) -> WorkingFile:
+    return WorkingFile("f", True, lambda: bytearray(base), lambda: StreamingDigest(base))
+
+
+def _write(offset: int, data: bytes) -> Op:
+    return Op(OpCode.WRITE, "f", offset, data, raw_size=len(data))
+
+
+def test_a_patch_rebuilds_the_new_content_and_its_before_images_the_old() -> None:
+    """Random writes (inside, across the end, past it) and growths: the extents written
+    over the old file give the new content; the before-images written back in reverse,
+    then a cut to the old size, give the old one."""
+    rng = random.Random(2026)
+    for _ in range(300):
+        base = rng.randbytes(rng.randrange(0, 4000))
+        wf = _working(base)
+        for _ in range(rng.randrange(1, 8)):
+            if rng.random() < 0.15:
+                wf.apply(Op(OpCode.TRUNCATE, "f", wf.size + rng.randrange(0, 300)), 1 << 20)
+            else:
+                offset = rng.randrange(0, wf.size + 200)
+                wf.apply(_write(offset, rng.randbytes(rng.randrange(1, 600))), 1 << 20)
+        patch, content = wf.patch(), wf.content()
+        assert patch is not None and patch.old_size == len(base)
+        patched = bytearray(base)
+        for start, end in patch.extents:
+            patched[start:end] = bytes(max(0, start - len(patched))) + content[start:end] \
+                if start > len(patched) else content[start:end]
+        assert patched == content
+        for offset, data in reversed(patch.before):
+            patched[offset:offset + len(data)] = data
+        del patched[patch.old_size:]
+        assert patched == base
+
+
+def test_a_replaced_cut_or_new_file_has_no_patch() -> None:
+    replaced = _working(b"old content")
+    replaced.apply(Op(OpCode.REPLACE, "f", 0, b"new", raw_size=3), 1 << 20)
+    cut = _working(b"old content")
+    cut.apply(Op(OpCode.TRUNCATE, "f", 3), 1 << 20)
+    new = WorkingFile("f", False, bytearray, lambda: StreamingDigest(b""))
+    new.apply(_write(0, b"fresh"), 1 << 20)
+    assert [w.patch() for w in (replaced, cut, new)] == [None, None, None]
+
+
+@pytest.fixture
+def replica(tmp_path: Path) -> Iterator[OriginReplica]:
+    with small_tmpfs(tmp_path / "mnt", "1m") as mount:
+        store = ReplicaStore(mount / "replica", tmp_path / "state", frozenset({"index"}),
+                             MAX_FRAME)
+        origin = store.origin("a")
+        origin.resync("s", 1, 1)
+        yield origin
+
+
+def _send(replica: OriginReplica, ops: list[Op], *, resync: bool = False) -> Outcome | None:
+    return replica.receive(Batch(1, "s", replica.state.seq + 1, "index", "u1", resync=resync,
+                                 payload=encode_ops(ops)))
+
+
+def _cache_ops(writes: list[tuple[int, bytes]], new: bytes) -> list[Op]:
+    """WRITEs of u1/cache; the last one announces the result, `new`."""
+    return [Op(OpCode.WRITE, "u1/cache", offset, data, raw_size=len(data),
+               result=Result(len(new), digest(new)) if last else None)
+            for last, (offset, data) in ((i == len(writes) - 1, w) for i, w in enumerate(writes))]
+
+
+def _create(replica: OriginReplica, content: bytes) -> Path:
+    outcome = _send(replica, [Op(OpCode.REPLACE, "u1/cache", 0, content,
+                                 raw_size=len(content),
+                                 result=Result(len(content), digest(content)))])
+    assert outcome is not None and outcome.ok, outcome
+    return replica.base / "index" / "u1" / "cache"
+
+
+def test_a_cache_changed_in_a_few_places_is_patched_in_place(replica: OriginReplica) -> None:
+    old = os.urandom(200_000)
+    path = _create(replica, old)
+    inode = path.stat().st_ino
+    new = old[:1000] + b"header!" + old[1007:] + b"appended record"
+    outcome = _send(replica, _cache_ops([(1000, b"header!"), (len(old), b"appended record")],
+                                        new))
+    assert outcome is not None and outcome.ok, outcome
+    assert path.read_bytes() == new
+    assert path.stat().st_ino == inode, "written in place, not renamed over"
+
+
+def test_a_hard_link_is_replaced_whole_and_the_other_name_keeps_its_bytes(
+        replica: OriginReplica, tmp_path: Path) -> None:
+    old = os.urandom(5000)
+    path = _create(replica, old)
+    other = path.with_name("planted-link")
+    os.link(path, other)
+    new = b"X" + old[1:]
+    outcome = _send(replica, _cache_ops([(0, b"X")], new))
+    assert outcome is not None and outcome.ok, outcome
+    assert path.read_bytes() == new and other.read_bytes() == old
+
+
+def test_a_full_filesystem_part_way_undoes_the_patch(replica: OriginReplica) -> None:
+    old = os.urandom(100_000)
+    path = _create(replica, old)
+    filler = fill(replica.base)
+    grown = os.urandom(400_000)  # more than is left: the growth fails part way
+    new = b"Y" * 10 + old[10:] + grown
+    ops = _cache_ops([(0, b"Y" * 10), (len(old), grown)], new)
+    outcome = _send(replica, ops)
+    assert outcome is not None and not outcome.ok and outcome.full, outcome
+    assert path.read_bytes() == old, "the patch must be undone, the file never torn"
+    filler.unlink()
+    outcome = _send(replica, ops, resync=True)  # what the origin resends, once there is room
+    assert outcome is not None and outcome.ok, outcome
+    assert path.read_bytes() == new
