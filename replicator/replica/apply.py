@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -26,11 +25,12 @@ from replicator.hashing import digest
 from replicator.paths import join_rel
 from replicator.replica import fileio
 from replicator.replica.beneath import Beneath
+from replicator.replica.crashpoints import crash_point
 from replicator.replica.digestcache import DigestCache
 from replicator.replica.journal import Change, DigestJournal, Expected
+from replicator.replica.undo import UndoLog
 
 Action = Callable[[], None]
-CRASH_AT = "REPLICATOR_TEST_CRASH_AT"
 
 
 @dataclass
@@ -43,9 +43,10 @@ class BatchApplier:
     """Applies ops whose paths are relative to `base` (replica_dir/<origin>/<root>)."""
 
     def __init__(self, base: Path, staging: Path, digests: DigestCache, *, max_size: int,
-                 may_chown: bool, journal: DigestJournal, root: str, budget: Budget) -> None:
+                 may_chown: bool, journal: DigestJournal, root: str, budget: Budget,
+                 undo: UndoLog | None = None) -> None:
         self.base, self.staging, self.digests = base, staging, digests
-        self.journal, self.root, self.budget = journal, root, budget
+        self.journal, self.root, self.budget, self.undo = journal, root, budget, undo
         self.max_size, self.may_chown = max_size, may_chown
         self.tree = Beneath(str(base))
         self._work: dict[str, WorkingFile] = {}
@@ -84,6 +85,10 @@ class BatchApplier:
         batch = self.journal.begin(self._changes(plan))
         crash_point("before-renames", self._targets)
         try:
+            if self.undo is not None and any(p.before for p in self._patches.values()):
+                # before the first in-place write (growth alone needs none: it is cut back)
+                self.undo.record(batch, {f"{self.root}/{rel}": patch
+                                         for rel, patch in self._patches.items()})
             for key, action in plan:
                 self.changed = True
                 action()
@@ -261,14 +266,3 @@ class BatchApplier:
     def _keep_only(self, op: Op) -> None:
         for name in self._keep_only_victims(op.path):
             self._remove(join_rel(op.path, name))
-
-
-def crash_point(name: str, rels: Iterable[str]) -> None:
-    """Tests only: kill this process (SIGKILL, no clean-up) at the named point of a batch
-    that touches a file whose path contains the armed text, e.g.
-    `REPLICATOR_TEST_CRASH_AT=before-renames:crash-me`. Inert unless a test sets it."""
-    armed = os.environ.get(CRASH_AT)
-    if armed:
-        point, _, text = armed.partition(":")
-        if point == name and any(text in rel for rel in rels):
-            os.kill(os.getpid(), signal.SIGKILL)

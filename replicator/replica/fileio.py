@@ -23,6 +23,7 @@ from pathlib import Path
 from replicator.delta.apply import Patch
 from replicator.delta.ops import Meta
 from replicator.errors import ApplyError
+from replicator.replica.crashpoints import crash_point
 
 PathLike = str | Path
 
@@ -145,7 +146,9 @@ def patch_at(dir_fd: int, name: str, content: memoryview, patch: Patch, meta: Me
             raise ApplyError(f"{name}: has {before.st_size} bytes, the batch was checked "
                              f"against {patch.old_size}")
         try:
-            for start, end in patch.extents:
+            for number, (start, end) in enumerate(patch.extents):
+                if number == 1:
+                    crash_point("mid-patch", [name])
                 _write_all(fd, content[start:end], start)
             if len(content) < before.st_size:  # never, while patches only grow files
                 os.ftruncate(fd, len(content))

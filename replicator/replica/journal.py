@@ -110,6 +110,10 @@ class DigestJournal:
         self._commit(batch)
         self._marks.append(f'["C", {batch}]')  # json.dumps(["C", batch]), without its cost
 
+    def open_batches(self) -> set[int]:
+        """Ids of the batches recorded without their commit mark."""
+        return set(self._open)
+
     def settle(self, holds: Callable[[str], Expected | None]) -> list[str]:
         """For every batch without its commit mark (a crash, a failed rename), record what
         each of its files holds now (`holds(rel)`), if that is its old or its new state;

@@ -21,13 +21,14 @@ from replicator.errors import ApplyError, FencedError, PathError, ProtocolError
 from replicator.hashing import digest
 from replicator.paths import check_relpath, check_root_name
 from replicator.replica.apply import ApplyStats, BatchApplier
-from replicator.replica.beneath import make_private, read_file_under
+from replicator.replica.beneath import make_private, read_file_under, write_back_under
 from replicator.replica.digestcache import DigestCache
 from replicator.replica.journal import DigestJournal
 from replicator.replica.parts import BUDGET_FRAMES, Parts
 from replicator.replica.space import SpaceGuard, is_full
 from replicator.replica.state import AppliedState, Fences
 from replicator.replica.tokens import TokenFence
+from replicator.replica.undo import UndoLog, restored
 from replicator.wire.messages import AWAITING_RESYNC, Batch
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ class OriginReplica:
         self.state = AppliedState.load(self.state_path)
         self.persisted = self.state.copy()  # what HELLO may report: on disk, not in memory
         self.journal = DigestJournal(base / ".digests", repair=True)
+        self.undo = UndoLog(base / ".undo")
         if self.journal.uncertain:
             self._settle_after_crash()
         self.digests = DigestCache()
@@ -65,11 +67,25 @@ class OriginReplica:
 
     def _settle_after_crash(self) -> None:
         """The receiver died between a batch's journal record and its commit mark: record
-        what each of its files holds (its old or its new state); a file holding neither is
-        damage, which verify reports and the origin's resend repairs."""
+        what each of its files holds (its old or its new state). A file written in place and
+        cut short by the kill holds neither: it is put back into its old state (replica.undo)
+        where its old content can be rebuilt; anything else holding neither is damage, which
+        verify reports and the origin's resend repairs."""
+        images = self.undo.load(self.journal.open_batches())
+
         def holds(rel: str) -> tuple[int, str] | None:
             data = read_file_under(self.base, rel)
-            return None if data is None else (len(data), digest(data).hex())
+            if data is None:
+                return None
+            found = (len(data), digest(data).hex())
+            accepted = self.journal.uncertain.get(rel, [])
+            old = None if found in accepted else restored(data, accepted, images.get(rel))
+            if old is not None:
+                write_back_under(self.base, rel, old)
+                log.warning("replica of %s: %s was cut short by the crash in the middle of an "
+                            "in-place write; put back as it was before it", self.origin, rel)
+                found = (len(old), digest(old).hex())
+            return found
         damaged = self.journal.settle(holds)
         self.journal.flush()
         log.warning("replica of %s: settled a batch cut short by a crash%s", self.origin,
@@ -191,7 +207,8 @@ class OriginReplica:
             return Outcome(batch.seq, False, batch.root, batch.dir, AWAITING_RESYNC)
         applier = BatchApplier(self.base / batch.root, self.staging, self.digests,
                                max_size=self.max_size, may_chown=os.geteuid() == 0,
-                               journal=self.journal, root=batch.root, budget=budget)
+                               journal=self.journal, root=batch.root, budget=budget,
+                               undo=self.undo)
         try:
             stats = applier.apply(ops)
         except (ApplyError, OSError, MemoryError) as exc:  # OSError: e.g. the tmpfs is full

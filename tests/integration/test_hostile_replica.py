@@ -2,7 +2,8 @@
 
 * a full replica tmpfs (a real 300 KiB tmpfs): nothing is acknowledged that b does not hold,
   `verify --local` never calls a half-applied copy consistent, and a `fail` FLUSH gets FAIL;
-* the receiver killed (SIGKILL) inside a batch: the copy verifies and can be promoted;
+* the receiver killed (SIGKILL) inside a batch: the copy verifies and can be promoted; killed
+  in the middle of an in-place patch: the file is put back on restart;
 * a mail user (a real unprivileged uid) swapping its directory in the replica for a symlink:
   nothing outside replica_dir is ever touched, and the copy is repaired;
 * batches whose working set is far beyond the configured bounds: refused, the daemon lives.
@@ -150,6 +151,39 @@ def test_receiver_killed_mid_batch_leaves_a_promotable_copy(
     assert promoted.returncode == 0, promoted.stdout + promoted.stderr
     log = (roots_b["index"] / "u1" / "box" / "log.bin").read_bytes()
     assert log in (b"first record\n", b"first record\nsecond record\n")
+
+
+def test_receiver_killed_mid_patch_puts_the_file_back_on_restart(
+        tmp_path: Path, nodes: list[ReplicatorNode], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cache changed in a few places is patched in place on b; b killed between two of the
+    patch's writes holds it torn, puts it back on restart, then gets the new one resent."""
+    roots_a, roots_b = roots(tmp_path / "a-roots"), roots(tmp_path / "b-roots")
+    a, b = pair(tmp_path, roots_a, roots_b)
+    nodes += [a, b]
+    box = roots_a["index"] / "u1" / "box"
+    box.mkdir(parents=True)
+    cache = box / "crash-me.cache"
+    cache.write_bytes(os.urandom(64 << 10))
+    monkeypatch.setenv("REPLICATOR_TEST_CRASH_AT", "mid-patch:crash-me")  # b only
+    b.start()
+    monkeypatch.delenv("REPLICATOR_TEST_CRASH_AT")
+    a.start()
+    assert flush(a, box).startswith("OK")  # b holds the cache whole
+    held = b.replica_of("a", "index") / "u1" / "box" / "crash-me.cache"
+    old = held.read_bytes()
+    with cache.open("r+b") as f:  # a header field rewritten, a record appended
+        f.write(b"header!!")
+        f.seek(0, os.SEEK_END)
+        f.write(os.urandom(4096))
+    assert not flush(a, box).startswith("OK")
+    assert b.process is not None and b.process.wait(10) == -9
+    assert held.read_bytes() not in (old, cache.read_bytes()), "killed before it was torn"
+    assert verify_local(b, "a")["exit_code"] == 1, "a torn file is damage until the restart"
+    b.start()
+    a.barrier()  # a reconnects: b opens its replica of a (settling the batch), then a resends
+    assert "put back as it was before it" in b.log_text()
+    assert held.read_bytes() == cache.read_bytes()
+    assert verify_local(b, "a")["exit_code"] == 0
 
 
 @pytest.fixture

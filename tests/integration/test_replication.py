@@ -116,7 +116,7 @@ def test_workload_replicates_byte_for_byte(nodes: tuple[DovecotInstance, Replica
     assert sorted(p.name for p in b.replica_dir.iterdir()) == [".staging", "a"]
     assert not any(b.replica_dir.joinpath(".staging").iterdir())
     assert sorted(p.name for p in (b.replica_dir / "a").iterdir()) == [
-        ".applied.json", ".digests", "control", "index"]
+        ".applied.json", ".digests", ".undo", "control", "index"]  # .undo: caches patched
     for root in b.roots.values():
         assert not any(root.iterdir()), f"b's own root {root} was written"
 

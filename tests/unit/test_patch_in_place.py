@@ -17,6 +17,7 @@ from replicator.delta.ops import Op, OpCode, Result, encode_ops
 from replicator.hashing import StreamingDigest, digest
 from replicator.replica.store import OriginReplica, Outcome, ReplicaStore
 from replicator.testing.tmpfs import fill, small_tmpfs
+from replicator.verify.runner import verify_replica
 from replicator.wire.messages import Batch
 
 MAX_FRAME = 1 << 20
@@ -135,3 +136,44 @@ def test_a_full_filesystem_part_way_undoes_the_patch(replica: OriginReplica) -> 
     outcome = _send(replica, ops, resync=True)  # what the origin resends, once there is room
     assert outcome is not None and outcome.ok, outcome
     assert path.read_bytes() == new
+
+
+def _killed_in(replica: OriginReplica, point: str, ops: list[Op]) -> None:
+    """Apply `ops` in a forked receiver that is killed (SIGKILL) at crash point `point`."""
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child dies by SIGKILL
+        os.environ["REPLICATOR_TEST_CRASH_AT"] = f"{point}:cache"
+        _send(replica, ops)
+        os._exit(0)
+    _, status = os.waitpid(child, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == 9, "not killed at the point"
+
+
+def _restarted(replica: OriginReplica) -> OriginReplica:
+    store = ReplicaStore(replica.base.parent, replica.base.parent.parent / "state-2",
+                         frozenset({"index"}), MAX_FRAME)
+    return store.origin("a")
+
+
+def test_a_receiver_killed_mid_patch_puts_the_file_back_on_restart(
+        replica: OriginReplica) -> None:
+    old = os.urandom(50_000)
+    path = _create(replica, old)
+    new = b"Z" * 8 + old[8:] + os.urandom(20_000)
+    _killed_in(replica, "mid-patch", _cache_ops([(0, b"Z" * 8), (len(old), new[len(old):])],
+                                                new))
+    assert path.read_bytes() not in (old, new), "the kill must leave the patch half written"
+    _restarted(replica)
+    assert path.read_bytes() == old
+    assert verify_replica(replica.base, ["index"]).exit_code == 0
+
+
+def test_a_receiver_killed_mid_append_cuts_it_back_on_restart(replica: OriginReplica) -> None:
+    old = os.urandom(3000)
+    path = _create(replica, old)
+    tail = os.urandom(5000)
+    _killed_in(replica, "before-commit-mark", _cache_ops([(len(old), tail)], old + tail))
+    os.truncate(path, len(old) + 1234)  # as a kill in the middle of the append's write leaves it
+    _restarted(replica)
+    assert path.read_bytes() == old
+    assert verify_replica(replica.base, ["index"]).exit_code == 0
