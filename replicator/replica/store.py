@@ -245,6 +245,9 @@ class ReplicaStore:
         self.space = SpaceGuard(replica_dir, self.staging)
         self.tokens = TokenFence()  # newest fencing token per user, shared by every origin
         self._origins: dict[str, OriginReplica] = {}
+        for held in sorted(replica_dir.iterdir()):  # settle what a crash left, now: the
+            if (held / ".applied.json").is_file():  # origin may never connect again, and a
+                self.origin(held.name)              # promote of its copy needs it whole
 
     def origin(self, origin: str) -> OriginReplica:
         replica = self._origins.get(origin)
@@ -255,7 +258,7 @@ class ReplicaStore:
         return replica
 
     def origins(self) -> dict[str, OriginReplica]:
-        """The origins this node has received from since it started."""
+        """The origins whose replicas were here at start or arrived since."""
         return dict(self._origins)
 
     def check_epoch(self, origin: str, epoch: int, *, reload: bool = True) -> None:

@@ -155,8 +155,9 @@ def test_receiver_killed_mid_batch_leaves_a_promotable_copy(
 
 def test_receiver_killed_mid_patch_puts_the_file_back_on_restart(
         tmp_path: Path, nodes: list[ReplicatorNode], monkeypatch: pytest.MonkeyPatch) -> None:
-    """A cache changed in a few places is patched in place on b; b killed between two of the
-    patch's writes holds it torn, puts it back on restart, then gets the new one resent."""
+    """A cache changed in a few places is patched in place on b. b killed between two of the
+    patch's writes holds it torn; a dies too. b restarted puts the file back as a last had it
+    acknowledged, by itself (a never connects again), and its copy of a is promoted."""
     roots_a, roots_b = roots(tmp_path / "a-roots"), roots(tmp_path / "b-roots")
     a, b = pair(tmp_path, roots_a, roots_b)
     nodes += [a, b]
@@ -170,20 +171,25 @@ def test_receiver_killed_mid_patch_puts_the_file_back_on_restart(
     a.start()
     assert flush(a, box).startswith("OK")  # b holds the cache whole
     held = b.replica_of("a", "index") / "u1" / "box" / "crash-me.cache"
-    old = held.read_bytes()
+    acknowledged = held.read_bytes()
     with cache.open("r+b") as f:  # a header field rewritten, a record appended
         f.write(b"header!!")
         f.seek(0, os.SEEK_END)
         f.write(os.urandom(4096))
     assert not flush(a, box).startswith("OK")
     assert b.process is not None and b.process.wait(10) == -9
-    assert held.read_bytes() not in (old, cache.read_bytes()), "killed before it was torn"
+    assert held.read_bytes() not in (acknowledged, cache.read_bytes()), "killed, not torn"
     assert verify_local(b, "a")["exit_code"] == 1, "a torn file is damage until the restart"
+    a.kill9()
     b.start()
-    a.barrier()  # a reconnects: b opens its replica of a (settling the batch), then a resends
     assert "put back as it was before it" in b.log_text()
-    assert held.read_bytes() == cache.read_bytes()
+    assert held.read_bytes() == acknowledged
     assert verify_local(b, "a")["exit_code"] == 0
+    promoted = subprocess.run([sys.executable, "-m", "replicator", "promote", "--config",
+                               str(b.config_path), "--origin", "a"],
+                              capture_output=True, text=True, check=False)
+    assert promoted.returncode == 0, promoted.stdout + promoted.stderr
+    assert (roots_b["index"] / "u1" / "box" / "crash-me.cache").read_bytes() == acknowledged
 
 
 @pytest.fixture
