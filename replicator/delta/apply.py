@@ -73,6 +73,7 @@ class WorkingFile:
         self._base_size: int | None = None
         self._extents: list[tuple[int, int]] = []
         self._before: list[tuple[int, bytes]] = []
+        self._covered = 0  # bytes in _before
 
     @property
     def materialized(self) -> bool:
@@ -102,7 +103,7 @@ class WorkingFile:
             self._replace(source.content())
         elif op.code == OpCode.DELETE:
             self.exists, self._content, self.tails = False, bytearray(), []
-            self._base_size = None
+            self._no_patch()
         elif op.code == OpCode.META:
             self._require_exists(op)
         else:
@@ -131,7 +132,7 @@ class WorkingFile:
             content = self._materialize()
             if op.offset < len(content):
                 del content[op.offset :]
-                self._base_size = None  # a file cut shorter is staged whole
+                self._no_patch()  # a file cut shorter is written whole
             else:
                 self._extents.append((len(content), op.offset))
                 content.extend(bytes(op.offset - len(content)))
@@ -153,17 +154,35 @@ class WorkingFile:
             return
         content = self._materialize()
         if self._base_size is not None:
-            end = min(offset + len(data), self._base_size)
-            if offset < end:
-                self._before.append((offset, bytes(content[offset:end])))
-            self._extents.append((min(offset, len(content)), offset + len(data)))
+            self._note_write(content, offset, len(data))
         if offset > len(content):
             content.extend(bytes(offset - len(content)))
         content[offset : offset + len(data)] = data
 
+    def _note_write(self, content: bytearray, offset: int, length: int) -> None:
+        """Record a write for the patch: its extent, and the bytes of the visible file it
+        covers (counted in the budget: a hostile batch rewriting one region over and over
+        must not pile up copies of it). Once they would exceed the file's size, patching is
+        given up: the copy is written whole."""
+        assert self._base_size is not None
+        end = min(offset + length, self._base_size)
+        if offset < end:
+            if self._covered + end - offset > self._base_size:
+                self._no_patch()
+                return
+            self.budget.take(end - offset, f"{self.path}: bytes a patch covers")
+            self._before.append((offset, bytes(content[offset:end])))
+            self._covered += end - offset
+        self._extents.append((min(offset, len(content)), offset + length))
+
+    def _no_patch(self) -> None:
+        """The copy will be written whole: what a patch needed is dropped."""
+        self.budget.used -= self._covered
+        self._base_size, self._extents, self._before, self._covered = None, [], [], 0
+
     def _replace(self, data: bytes) -> None:
         self._content, self.tails, self.exists = bytearray(data), [], True
-        self._base_size = None
+        self._no_patch()
 
     def _materialize(self) -> bytearray:
         if self._content is None:

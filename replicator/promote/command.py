@@ -165,7 +165,12 @@ def _materialize(config: Config, replica: Path, result: PromoteResult, *, fence:
             log.warning("the replica of %s changed while promote copied it: copying it again, "
                         "now that %s is fenced", result.origin, result.origin)
             clean_stage(targets.values(), stage_name)
-            staged = _stage_checked(config, replica, result, stage_name)
+            try:
+                staged = _stage_checked(config, replica, result, stage_name)
+            except PromoteRefused as exc:
+                raise PromoteRefused(f"{exc}. Note: {result.origin} sent batches while this "
+                                     "promote copied its replica, and it is fenced now, so it "
+                                     "cannot resend until its fence is lowered") from None
     result.steps["copy"] = time.monotonic() - tick
     for user in staged:
         result.mailboxes += user.summary.mailboxes
