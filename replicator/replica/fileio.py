@@ -7,8 +7,8 @@ written to a staging file in the replica's own filesystem and renamed over the o
 reader (or a promote) never sees half a file. Appends to an untouched file, and files changed
 in a few places (a cache Dovecot updates in place), are written in place after checking that
 the file still has the size the batch was verified against, and undone if they fail part
-way; a receiver killed in the middle of one leaves that file in neither state, which the
-digest journal then names as damage and the origin's resend repairs.
+way; a receiver killed in the middle of one leaves that file in neither state, and puts it
+back into the old one when it restarts (replica.undo).
 """
 
 from __future__ import annotations
