@@ -245,9 +245,19 @@ class ReplicaStore:
         self.space = SpaceGuard(replica_dir, self.staging)
         self.tokens = TokenFence()  # newest fencing token per user, shared by every origin
         self._origins: dict[str, OriginReplica] = {}
-        for held in sorted(replica_dir.iterdir()):  # settle what a crash left, now: the
-            if (held / ".applied.json").is_file():  # origin may never connect again, and a
-                self.origin(held.name)              # promote of its copy needs it whole
+        for held in sorted(replica_dir.iterdir()):
+            if (held / ".applied.json").is_file():
+                self._open_held(held.name)
+
+    def _open_held(self, origin: str) -> None:
+        """Open a replica found at start, settling what a crash left in it now: its origin
+        may never connect again, and a promote of the copy needs it whole. One that cannot
+        be opened is logged and left as it is (the daemon still starts)."""
+        try:
+            self.origin(origin)
+        except (OSError, ValueError) as exc:
+            log.error("replica of %s in %s cannot be opened (%s); left as it is until %s "
+                      "connects", origin, self.replica_dir / origin, exc, origin)
 
     def origin(self, origin: str) -> OriginReplica:
         replica = self._origins.get(origin)

@@ -1,7 +1,11 @@
-"""Files a batch changes in a few places (a cache Dovecot updates in place) are written in
-place on the replica, not rewritten whole: only the changed extents are written, a full
-filesystem part way undoes the patch, and a hard link is replaced whole, never written
-through."""
+"""Writes into the replica's visible files, and what a crash in the middle of one leaves.
+
+Files a batch changes in a few places (a cache Dovecot updates in place) are patched in place,
+not rewritten whole: only the changed extents are written, a full filesystem part way undoes
+the patch, and a hard link is replaced whole, never written through. A receiver killed in the
+middle of an append or a patch puts the file back into its old state when it starts again,
+for every replica it holds.
+"""
 
 from __future__ import annotations
 
@@ -195,3 +199,14 @@ def test_a_receiver_killed_mid_append_cuts_it_back_on_restart(replica: OriginRep
     _restarted(replica)
     assert path.read_bytes() == old
     assert verify_replica(replica.base, ["index"]).exit_code == 0
+
+
+def test_a_replica_that_cannot_be_opened_at_start_does_not_stop_the_others(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    for origin, state in (("a", '{"stream": "s", "seq": 3, "epoch": 1}'), ("c", "{torn")):
+        (tmp_path / "replica" / origin).mkdir(parents=True)
+        (tmp_path / "replica" / origin / ".applied.json").write_text(state)
+    store = ReplicaStore(tmp_path / "replica", tmp_path / "state", frozenset({"index"}),
+                         MAX_FRAME)
+    assert set(store.origins()) == {"a"} and store.origins()["a"].state.seq == 3
+    assert "replica of c in" in caplog.text and "cannot be opened" in caplog.text
