@@ -80,7 +80,9 @@ def stage_user(job: StageJob, user: str, expected: Expectations | None = None) -
     bytes are held in memory at a time. With `expected` (the journal's entries for this
     user), every file is checked against it and the Dovecot checks run on each directory:
     what they find is in `differences`, for the caller to refuse. A mailbox that cannot be
-    raised fails the user (ReplicatorError), after the copy, which the caller then removes."""
+    raised fails the user (ReplicatorError), after the copy, which the caller then removes,
+    unless the user's files differ from the journal: a damaged log is what the caller then
+    reports."""
     sources = {root: f"{job.replica}/{root}/{user}" for root in job.targets
                if os.path.isdir(f"{job.replica}/{root}/{user}")}
     listings = {root: list_tree(top) for root, top in sources.items()}
@@ -107,7 +109,8 @@ def stage_user(job: StageJob, user: str, expected: Expectations | None = None) -
         result.differences += [d for path in sorted(expected.paths() - seen)
                                if (d := expected.difference(path, None)) is not None]
     summary = result.summary
-    if summary.failures:
+    # with differences, the damage explains the failures, and is what to report
+    if summary.failures and not result.differences:
         raise ReplicatorError(f"cannot raise next UIDs of {user}: "
                               + "; ".join(summary.failures[:5]))
     summary.unsynced = [f"{user}/{rel}" for rel in summary.unsynced]

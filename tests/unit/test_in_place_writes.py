@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import random
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -160,15 +162,31 @@ def test_a_full_filesystem_part_way_undoes_the_patch(replica: OriginReplica) -> 
     assert path.read_bytes() == new
 
 
+CHILD = """
+import sys
+from pathlib import Path
+from replicator.replica.store import ReplicaStore
+from replicator.wire.messages import Batch
+replica_dir, state_dir, seq, payload = sys.argv[1:5]
+origin = ReplicaStore(Path(replica_dir), Path(state_dir), frozenset({"index"}),
+                      1 << 20).origin("a")
+origin.resync("s", int(seq), 1)
+origin.receive(Batch(1, "s", int(seq), "index", "u1", payload=Path(payload).read_bytes()))
+"""
+
+
 def _killed_in(replica: OriginReplica, point: str, ops: list[Op]) -> None:
-    """Apply `ops` in a forked receiver that is killed (SIGKILL) at crash point `point`."""
-    child = os.fork()
-    if child == 0:  # pragma: no cover - the child dies by SIGKILL
-        os.environ["REPLICATOR_TEST_CRASH_AT"] = f"{point}:cache"
-        _send(replica, ops)
-        os._exit(0)
-    _, status = os.waitpid(child, 0)
-    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == 9, "not killed at the point"
+    """Apply `ops` in a receiver process of its own, killed (SIGKILL) at crash point
+    `point` (a process, not a fork: this one may have threads)."""
+    payload = replica.base.parent.parent / "batch.ops"
+    payload.write_bytes(encode_ops(ops))
+    env = {**os.environ, "REPLICATOR_TEST_CRASH_AT": f"{point}:cache",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    child = subprocess.run([sys.executable, "-c", CHILD, str(replica.base.parent),
+                            str(replica.base.parent.parent / "state-child"),
+                            str(replica.state.seq + 1), str(payload)],
+                           env=env, capture_output=True, text=True, check=False)
+    assert child.returncode == -9, f"not killed at the point: {child.stderr[-2000:]}"
 
 
 def _restarted(replica: OriginReplica) -> OriginReplica:

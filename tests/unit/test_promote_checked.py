@@ -16,6 +16,7 @@ from replicator.promote.command import PromoteRefused, promote
 from replicator.promote.materialize import stage as real_stage
 from replicator.replica.journal import DigestJournal
 from replicator.replica.state import AppliedState
+from tests.unit import dovecot_craft as craft
 from tests.unit.test_config import GOOD, write
 
 FILES = {"index/u1/.INBOX/dovecot.index.cache": b"cache of u1",
@@ -99,3 +100,18 @@ def test_a_batch_applied_while_the_copy_is_made_makes_promote_copy_again(
     assert "changed while promote copied it" in caplog.text
     assert (config.roots["index"] / "u1/.INBOX/dovecot.index.cache").read_bytes() == \
         changed["index/u1/.INBOX/dovecot.index.cache"]
+
+
+def test_a_damaged_log_the_gap_cannot_be_written_into_is_refused_as_damage(
+        config: Config) -> None:
+    """The raise fails on a damaged log (seen on Dovecot 2.4: a bit flipped in a record); the
+    refusal must name the damage (exit 3), not the raise (exit 2)."""
+    log = craft.log_bytes([craft.header_update(24, craft.UID_VALIDITY), craft.append(1, 2),
+                           craft.append(3)])
+    replica = config.replica_root("b")
+    _record(replica, {"index/u1/.box/dovecot.index.log": log})
+    damaged = bytearray(log)
+    damaged[len(log) - 12:] = b"\xff" * 12  # the last record's header is garbage now
+    (replica / "index/u1/.box/dovecot.index.log").write_bytes(bytes(damaged))
+    with pytest.raises(PromoteRefused, match=r"index/u1/.box/dovecot.index.log: xxh3-128"):
+        promote(config, "b", force=True, uid_gap=1000)
