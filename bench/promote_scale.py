@@ -1,8 +1,8 @@
 """Promote and verify at scale: 1, 100 and 10 000 mailboxes (one message each), node a killed
 after replication, then `verify --local` and `promote` timed on node b.
 
-Promote runs twice on the same replica: into b's roots on disk (disk mode), then into roots on
-tmpfs (RAM mode, a second config naming other roots and state). Beside each, the floor of
+Promote runs twice on the same replica: into roots on tmpfs (RAM mode, a second config naming
+other roots and state), then into b's roots on disk (disk mode). Beside each, the floor of
 making those files on that filesystem, in the same run: `tar` of the replica's roots piped
 into `tar -x` there, then a syncfs. Creating tens of thousands of inodes is kernel work that
 no promote avoids, and how much it costs depends on the filesystem's state (ext4 on this VM
@@ -58,14 +58,16 @@ def promote_at_scale(mailboxes: int, mail_format: str = "maildir") -> dict[str, 
         config = nodes.repl_b.config_path
         verify_s, out = _cli(config, "verify", "--local", "--json")
         verify = json.loads(out)
-        promote_s, out = _cli(config, "promote", "--json")
-        promoted = json.loads(out)
         replica = nodes.repl_b.replica_of("a", "index").parent
-        disk_floor = _tar_copy(replica, nodes.base / "floor-disk")
+        # RAM mode first: once users are promoted into b's own roots, b's daemon captures
+        # them (to replicate them onwards), which would share the CPUs with a later promote
         with scratch_dir("promote-ram-", ram=True) as ram:
             ram_s, out = _cli(_ram_config(nodes, ram), "promote", "--json")
             in_ram = json.loads(out)
             ram_floor = _tar_copy(replica, ram / "floor")
+        promote_s, out = _cli(config, "promote", "--json")
+        promoted = json.loads(out)
+        disk_floor = _tar_copy(replica, nodes.base / "floor-disk")
         return {"mailboxes": promoted["mailboxes"], "users": len(users), "format": mail_format,
                 "fill_s": fill, "verify_s": verify_s, "verify_inner_s": verify["seconds"],
                 "verify_bytes": verify["bytes_read"], "verify_files": verify["files"],

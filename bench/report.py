@@ -181,7 +181,7 @@ def _promote_section(results: dict[str, Any]) -> list[str]:
              "One message per mailbox (maildir), node a killed after replication, then on "
              "node b `verify --local` (the RAM copy against its digest journal) and `promote` "
              "(copy with the UID gap written in and every file checked as `verify --local` "
-             "does, fence, sync, rename), into b's roots on disk, then into roots on tmpfs. "
+             "does, fence, sync, rename), into roots on tmpfs, then into b's roots on disk. "
              "Beside each, a `tar` pipe copying the same files there, then syncfs: the "
              "filesystem's own floor for making them, in the same run.",
              "", "| mailboxes | files | verify s | bytes verify read | promote s (disk) | "

@@ -46,6 +46,17 @@ def check_root_name(name: str, known: frozenset[str] | set[str]) -> str:
     return name
 
 
+PROMOTE_AREA = ".promote-"  # promote's staging and backup directories: .promote-<...>
+
+
+def is_promote_area(reldir: str, name: str) -> bool:
+    """Whether `name` in `reldir` is a directory promote makes at the top of a root (where
+    it stages users before renaming them into place, and keeps what they replaced): this
+    node's own, never replicated. Capturing it would ship every staged file to the peers,
+    and then the same files again once renamed into place."""
+    return not reldir and name.startswith(PROMOTE_AREA)
+
+
 def join_rel(reldir: str, name: str) -> str:
     """`reldir/name`, where an empty `reldir` is the root itself."""
     return f"{reldir}/{name}" if reldir else name

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from replicator.capture.watcher import Hint
 from replicator.dovecot.filekinds import is_transient
+from replicator.paths import is_promote_area
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,8 @@ class InotifyWatcher:
             try:
                 with os.scandir(path) as entries:
                     stack += [f"{rel}/{e.name}" if rel else e.name for e in entries
-                              if e.is_dir(follow_symlinks=False)]
+                              if e.is_dir(follow_symlinks=False)
+                              and not is_promote_area(rel, e.name)]
             except (FileNotFoundError, NotADirectoryError):
                 continue
         return hints
@@ -160,6 +162,8 @@ class InotifyWatcher:
 
     def _dir_event(self, root: str, reldir: str, name: str, mask: int,
                    hints: list[Hint]) -> None:
+        if is_promote_area(reldir, name):
+            return
         child = f"{reldir}/{name}" if reldir else name
         hints.append((root, reldir, None))
         if mask & (IN_CREATE | IN_MOVED_TO):

@@ -27,7 +27,7 @@ from replicator.delta.ops import Meta
 from replicator.dovecot.filekinds import FCNTL_LOCKED, classify, is_transient, read_rank
 from replicator.errors import PathError
 from replicator.hashing import digest
-from replicator.paths import check_relpath, join_rel
+from replicator.paths import check_relpath, is_promote_area, join_rel
 
 log = logging.getLogger(__name__)
 _WARNED: set[str] = set()  # paths already logged as unshippable (each is said once)
@@ -174,7 +174,7 @@ def _tail_hint(old: FileEntry | None, est: os.stat_result, hint: TailHint | None
 def _sort_entry(entry: os.DirEntry[str], scan: DirScan,
                 candidates: list[tuple[str, os.stat_result]]) -> None:
     name = entry.name
-    if not _shippable(join_rel(scan.reldir, name)):
+    if is_promote_area(scan.reldir, name) or not _shippable(join_rel(scan.reldir, name)):
         return
     try:
         if entry.is_dir(follow_symlinks=False):  # the directory entry's type: no stat call

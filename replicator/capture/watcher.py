@@ -34,6 +34,7 @@ from watchdog.events import (
 from watchdog.observers import Observer
 
 from replicator.dovecot.filekinds import is_transient
+from replicator.paths import is_promote_area
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,8 @@ class _Handler(FileSystemEventHandler):
         if rel.startswith(".."):
             return None
         rel = "" if rel == "." else rel
+        if is_promote_area("", rel.partition("/")[0]):
+            return None
         parent, _, name = rel.rpartition("/")
         if is_dir:
             return (self._root, rel, None) if rel else None

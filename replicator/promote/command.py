@@ -24,6 +24,7 @@ from replicator.config import Config
 from replicator.control.server import request
 from replicator.dovecot.filekinds import is_transient
 from replicator.errors import ReplicatorError
+from replicator.paths import PROMOTE_AREA
 from replicator.promote.materialize import (
     clean_stage,
     replica_users,
@@ -154,7 +155,7 @@ def _materialize(config: Config, replica: Path, result: PromoteResult, *, fence:
     before it changes any file, so a journal that changed between the start of the copy and
     the fence means: copy again, now that nothing can change it."""
     targets = dict(config.roots)
-    stage_name = f".promote-{result.origin}-{result.epoch}"
+    stage_name = f"{PROMOTE_AREA}{result.origin}-{result.epoch}"
     tick = time.monotonic()
     mark = _journal_mark(replica)
     staged = _stage_checked(config, replica, result, stage_name)
@@ -182,7 +183,7 @@ def _materialize(config: Config, replica: Path, result: PromoteResult, *, fence:
     sync_filesystems(targets.values())
     result.steps["sync"] = time.monotonic() - tick
     tick = time.monotonic()
-    backup = f".promote-backup-{result.origin}-{result.epoch}"
+    backup = f"{PROMOTE_AREA}backup-{result.origin}-{result.epoch}"
     for user in staged:
         result.moved_aside += [str(p) for p in swap_in(user.user, user.dirs, targets, backup)]
     clean_stage(targets.values(), stage_name)

@@ -33,7 +33,13 @@ from replicator.dovecot.filekinds import (
     visible_rank,
 )
 from replicator.errors import PathError
-from replicator.paths import check_relpath, check_root_name, join_rel, parent_rel
+from replicator.paths import (
+    check_relpath,
+    check_root_name,
+    is_promote_area,
+    join_rel,
+    parent_rel,
+)
 
 DirKey = tuple[str, str]            # (root name, relative directory)
 Forced = set[str] | None            # names to read even if their stat is unchanged; None: all
@@ -226,7 +232,7 @@ class Batcher:
         except PathError as exc:
             log.error("not scanning %s/%s: %s", key[0][:64], key[1][:200], exc)
             return False
-        return True
+        return not is_promote_area("", key[1].partition("/")[0])  # promote's own, silently
 
     def shipped_base(self, root: str, path: str) -> bytes | None:
         return self.bases.get(root, path)

@@ -164,3 +164,20 @@ def test_a_tree_deeper_than_the_wire_allows_ships_only_what_a_receiver_accepts(
     for path in paths:
         check_relpath(path, allow_empty=True)
     assert max(len(p) for p in paths) > 3500  # the shallow part did ship
+
+
+def test_promotes_staging_and_backup_directories_are_never_shipped(tmp_path: Path) -> None:
+    """Promote stages users in `.promote-<origin>-<epoch>/` at the top of a root and moves
+    what they replace to `.promote-backup-...`: this node's own. Shipping them would send
+    every staged file to the peers, and again once renamed into place."""
+    root = tmp_path / "root"
+    for rel in ("u1/box", ".promote-a-2/u2/box", ".promote-backup-a-2/u1/box"):
+        (root / rel).mkdir(parents=True)
+        (root / rel / "dovecot.index.log").write_bytes(rel.encode())
+    capture = _capture(root)
+    keys = {("index", ""): None, ("index", ".promote-a-2/u2/box"): None,
+            ("index", ".promote-backup-a-2/u1"): None}
+    drafts = capture.batcher.build(keys).drafts
+    shipped = [d.reldir for d in drafts] + [op.path for d in drafts for op in d.ops]
+    assert "u1/box/dovecot.index.log" in shipped
+    assert not [p for p in shipped if ".promote-" in p], shipped
