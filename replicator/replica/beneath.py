@@ -141,23 +141,14 @@ def read_file_under(top: Path | str, rel: str) -> bytes | None:
 
 
 def write_back_under(top: Path | str, rel: str, content: bytes) -> None:
-    """Overwrite the regular file `rel` below `top` (reached without following symlinks)
-    with `content`, no longer than it is: rewriting pages it has and cutting it needs no
-    room, even on a full filesystem."""
+    """fileio.overwrite_at for the regular file `rel` below `top`, reached without following
+    any symlink."""
     tree = Beneath(os.fspath(top))
     try:
         place = tree.parent(rel)
         if place is None:
             raise FileNotFoundError(errno.ENOENT, "no such file", f"{top}/{rel}")
-        fd = os.open(place[1], os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=place[0])
-        try:
-            view = memoryview(content)
-            offset = 0
-            while offset < len(view):
-                offset += os.pwrite(fd, view[offset:], offset)
-            os.ftruncate(fd, len(content))
-        finally:
-            os.close(fd)
+        fileio.overwrite_at(*place, content)
     finally:
         tree.close()
 

@@ -164,6 +164,17 @@ def patch_at(dir_fd: int, name: str, content: memoryview, patch: Patch, meta: Me
         os.close(fd)
 
 
+def overwrite_at(dir_fd: int, name: str, content: bytes) -> None:
+    """Make the regular file `name` hold `content`, no longer than it is, in place: rewriting
+    pages it has and cutting it needs no room, even on a full filesystem."""
+    fd = os.open(name, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        _write_all(fd, content, 0)
+        os.ftruncate(fd, len(content))
+    finally:
+        os.close(fd)
+
+
 def remove_at(dir_fd: int, name: str) -> None:
     """Remove `name` (a whole tree if it is a directory; a symlink itself, never its
     target)."""
