@@ -57,6 +57,11 @@ def is_promote_area(reldir: str, name: str) -> bool:
     return not reldir and name.startswith(PROMOTE_AREA)
 
 
+def in_promote_area(relpath: str) -> bool:
+    """Whether `relpath` (relative to a root) lies in one of promote's directories."""
+    return is_promote_area("", relpath.partition("/")[0])
+
+
 def join_rel(reldir: str, name: str) -> str:
     """`reldir/name`, where an empty `reldir` is the root itself."""
     return f"{reldir}/{name}" if reldir else name

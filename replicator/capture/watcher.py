@@ -34,7 +34,7 @@ from watchdog.events import (
 from watchdog.observers import Observer
 
 from replicator.dovecot.filekinds import is_transient
-from replicator.paths import is_promote_area
+from replicator.paths import in_promote_area
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ class _Handler(FileSystemEventHandler):
         if rel.startswith(".."):
             return None
         rel = "" if rel == "." else rel
-        if is_promote_area("", rel.partition("/")[0]):
+        if in_promote_area(rel):
             return None
         parent, _, name = rel.rpartition("/")
         if is_dir:

@@ -36,7 +36,7 @@ from replicator.errors import PathError
 from replicator.paths import (
     check_relpath,
     check_root_name,
-    is_promote_area,
+    in_promote_area,
     join_rel,
     parent_rel,
 )
@@ -232,7 +232,7 @@ class Batcher:
         except PathError as exc:
             log.error("not scanning %s/%s: %s", key[0][:64], key[1][:200], exc)
             return False
-        return not is_promote_area("", key[1].partition("/")[0])  # promote's own, silently
+        return not in_promote_area(key[1])  # promote's own: dropped silently
 
     def shipped_base(self, root: str, path: str) -> bytes | None:
         return self.bases.get(root, path)
