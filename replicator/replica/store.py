@@ -26,7 +26,7 @@ from replicator.replica.digestcache import DigestCache
 from replicator.replica.journal import DigestJournal
 from replicator.replica.parts import BUDGET_FRAMES, Parts
 from replicator.replica.space import SpaceGuard, is_full
-from replicator.replica.state import AppliedState, Fences
+from replicator.replica.state import AppliedState, Fences, InPlaceJson
 from replicator.replica.tokens import TokenFence
 from replicator.replica.undo import UndoLog, restored
 from replicator.wire.messages import AWAITING_RESYNC, Batch
@@ -56,6 +56,7 @@ class OriginReplica:
         self.staging, self.max_size, self.space = staging, max_size, space
         make_private(base, 0o700)  # mail users own directories inside: keep them out
         self.state = AppliedState.load(self.state_path)
+        self.state_file = InPlaceJson(self.state_path)
         self.persisted = self.state.copy()  # what HELLO may report: on disk, not in memory
         self.journal = DigestJournal(base / ".digests", repair=True)
         self.undo = UndoLog(base / ".undo")
@@ -131,7 +132,7 @@ class OriginReplica:
         """Make the origin's next connection a manifest resync (after damage was found): it
         then compares what we hold with what it has and resends what differs."""
         self.state = AppliedState(epoch=self.state.epoch, sync_policy=self.state.sync_policy)
-        self.state.save(self.state_path)
+        self.state_file.save(self.state.as_json())
         self.persisted = self.state.copy()
         self.digests = DigestCache()
         self.parts.clear()
@@ -171,7 +172,7 @@ class OriginReplica:
     def _persist(self) -> None:
         self.journal.flush()
         if self._unsaved:
-            self.state.save(self.state_path)
+            self.state_file.save(self.state.as_json())
             self._unsaved = False
             self.persisted = self.state.copy()
 

@@ -15,7 +15,7 @@ from replicator.hashing import digest
 from replicator.promote.command import PromoteRefused, promote
 from replicator.promote.materialize import stage as real_stage
 from replicator.replica.journal import DigestJournal
-from replicator.replica.state import AppliedState
+from replicator.replica.state import AppliedState, save_json
 from tests.unit import dovecot_craft as craft
 from tests.unit.test_config import GOOD, write
 
@@ -42,7 +42,8 @@ def config(tmp_path: Path) -> Config:
     config = load_config(write(tmp_path, GOOD))
     replica = config.replica_root("b")
     replica.mkdir(parents=True)
-    AppliedState(stream="s", seq=1, epoch=1).save(replica / ".applied.json")
+    save_json(replica / ".applied.json", AppliedState(stream="s", seq=1, epoch=1).as_json(),
+              durable=False)
     _record(replica, FILES)
     return config
 
