@@ -96,8 +96,9 @@ class SyncCommit:
         deadline = started + request.timeout_ms / 1000 - margin
         if self.ownership is not None:  # never wait past the lease's commit deadline
             deadline = min(deadline, self.ownership.commit_deadline())
-        self.capture.catch_up(keys)
-        if not self.capture.flush_for_commit(keys) and not await self._numbered(keys, deadline):
+        changed = self.capture.catch_up(keys)
+        if not (changed and self.capture.flush_for_commit(changed)) and \
+                not await self._numbered(keys, deadline):
             return self._result(False, 0, "files stayed locked by Dovecot", request)
         numbered = time.monotonic()
         quorum = self.quorum if self.ownership is None else \

@@ -48,6 +48,7 @@ class InotifyWatcher:
         self._paths: dict[int, tuple[str, str]] = {}
         self._wds: dict[tuple[str, str], int] = {}
         self._limit_logged = False
+        self.overflows = 0  # queue overflows seen (counted as read: before on_overflow runs)
 
     def start(self) -> None:
         self._fd = _libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
@@ -66,6 +67,10 @@ class InotifyWatcher:
     @property
     def watches(self) -> int:
         return len(self._paths)
+
+    def watching(self, root: str, reldir: str) -> bool:
+        """Whether a watch covers `root/reldir` (its changes raise events)."""
+        return (root, reldir) in self._wds
 
     def _watch_tree(self, root: str, reldir: str) -> list[Hint]:
         """Watch `reldir` and every directory below it; hints for each (whole directory).
@@ -142,6 +147,7 @@ class InotifyWatcher:
 
     def _event(self, wd: int, mask: int, name: str, hints: list[Hint]) -> None:
         if mask & IN_Q_OVERFLOW:  # on_overflow says so in the log and rescans
+            self.overflows += 1
             self._loop.call_soon(self._on_overflow)
             return
         where = self._paths.get(wd)

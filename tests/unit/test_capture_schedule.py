@@ -8,6 +8,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from replicator.capture.inotify import _EVENT, IN_Q_OVERFLOW, InotifyWatcher
 from replicator.capture.pipeline import Capture
 from replicator.sender.batcher import Draft
 
@@ -67,3 +68,59 @@ def test_a_lock_release_is_not_held_back_by_a_waiting_event(tmp_path: Path) -> N
         assert not capture.pending() and [d.reldir for d in emitted] == [""]
 
     _with_one_change(tmp_path, True, check)
+
+
+def _known_dirs(root: Path, then: Callable[[Capture], Awaitable[None]]) -> None:
+    """A capture on `root` holding directories a/ and b/ with a log each, already known to
+    its manifest (as after the daemon's start)."""
+    for name in ("a", "b"):
+        (root / name).mkdir()
+        (root / name / "dovecot.index.log").write_bytes(b"log")
+
+    async def scenario() -> None:
+        capture = Capture({"index": root}, "inotify", 1 << 20, lambda drafts: None, Counter())
+        capture.start(asyncio.get_running_loop())
+        capture.flush()  # what the start's events marked
+        try:
+            await then(capture)
+        finally:
+            capture.stop()
+
+    asyncio.run(scenario())
+
+
+A, B = ("index", "a"), ("index", "b")
+
+
+def test_a_flush_reads_only_the_directories_events_marked(tmp_path: Path) -> None:
+    async def check(capture: Capture) -> None:
+        assert capture.catch_up({A, B}) == set()  # nothing changed: nothing to read
+        (tmp_path / "a" / "dovecot.index.log").write_bytes(b"log, longer")
+        assert capture.catch_up({A, B}) == {A}
+
+    _known_dirs(tmp_path, check)
+
+
+def test_after_lost_events_every_directory_is_read_until_a_rescan_made_up_for_them(
+        tmp_path: Path) -> None:
+    async def check(capture: Capture) -> None:
+        watcher = capture._watcher
+        assert isinstance(watcher, InotifyWatcher)
+        watcher._parse(_EVENT.pack(-1, IN_Q_OVERFLOW, 0, 0), [])  # the kernel's record
+        assert capture.catch_up({A, B}) == {A, B}
+        capture.flush()
+        await capture.rescan()
+        assert capture.catch_up({A, B}) == set()
+
+    _known_dirs(tmp_path, check)
+
+
+def test_a_directory_without_a_watch_is_read(tmp_path: Path) -> None:
+    async def check(capture: Capture) -> None:
+        watcher = capture._watcher
+        assert isinstance(watcher, InotifyWatcher)
+        watcher._forget_tree(*B)  # as when the watch limit refused it
+        (tmp_path / "b" / "dovecot.index.log").write_bytes(b"log, unseen")
+        assert capture.catch_up({A, B}) == {B}
+
+    _known_dirs(tmp_path, check)
