@@ -26,14 +26,16 @@ FILES = {"index/u1/.INBOX/dovecot.index.cache": b"cache of u1",
 
 def _record(replica: Path, files: dict[str, bytes]) -> None:
     """Write `files` into the replica as the receiver does: the journal first, then the
-    files, then the commit mark (carried by the next write, here a flush of a new batch)."""
+    files, then the commit mark (carried by the next write, here a record for one of them)."""
     journal = DigestJournal(replica / ".digests")
     batch = journal.begin([(rel, (len(data), digest(data).hex())) for rel, data in files.items()])
     for rel, data in files.items():
         (replica / rel).parent.mkdir(parents=True, exist_ok=True)
         (replica / rel).write_bytes(data)
     journal.commit(batch)
-    journal.begin([])  # the next batch's record carries the commit mark
+    rel, data = next(iter(files.items()))
+    journal.set(rel, len(data), digest(data))  # this record carries the commit mark
+    journal.flush()
     journal.close()
 
 

@@ -153,3 +153,16 @@ def test_a_full_filesystem_never_leaves_a_torn_line_behind(tmp_path: Path) -> No
         journal.flush()
         assert DigestJournal(mount / ".digests").files == journal.files
         assert "index/later" in journal.files
+
+
+def test_a_batch_that_changes_no_file_leaves_no_record(tmp_path: Path) -> None:
+    journal = DigestJournal(tmp_path / ".digests")
+    first = journal.begin([("index/x", expected(b"1"))])
+    journal.commit(first)
+    journal.commit(journal.begin([]))  # directories only: nothing to settle after a crash
+    journal.flush()
+    second = journal.begin([("index/x", expected(b"12"))])  # still carries the first's mark
+    journal.commit(second)
+    lines = (tmp_path / ".digests").read_text().splitlines()
+    assert [line[:4] for line in lines] == ['["B"', '["C"', '["B"']
+    assert DigestJournal(tmp_path / ".digests").files == {"index/x": expected(b"12")}
