@@ -123,9 +123,14 @@ class ControlServer:
 
     async def _reply(self, writer: asyncio.StreamWriter, line: str) -> None:
         """Send a reply; TimeoutError if the client does not read it within `idle_timeout`
-        (a client that asks and never reads would otherwise hold its connection for ever)."""
+        (a client that asks and never reads would otherwise hold its connection for ever).
+        When the kernel took the whole reply at once, as it does for a client that reads, no
+        timer is set up: this is on every sync commit's path."""
+        writer.write(line.encode("utf-8", "surrogateescape") + b"\n")
+        if writer.transport.get_write_buffer_size() == 0:
+            return
         async with asyncio.timeout(self.idle_timeout):
-            await _send(writer, line)
+            await writer.drain()
 
     async def _next_line(self, reader: asyncio.StreamReader) -> str:
         """The next request line; TimeoutError if the client stays silent (or dribbles one
