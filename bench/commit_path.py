@@ -34,7 +34,7 @@ from typing import Any
 from bench import baselines, commit_scale, profile_commit, promote_scale, scenarios
 from bench.report import write_sections
 from bench.scenarios import summary
-from replicator.dovecot.instance import DovecotInstance
+from replicator.dovecot.instance import DovecotInstance, MailFormat
 from replicator.testing.imap import parse_appenduid
 from replicator.testing.scenario import scratch_dir, two_nodes
 
@@ -42,6 +42,7 @@ HERE = Path(__file__).resolve().parent
 MESSAGE = b"From: bench@example.org\r\nSubject: commit path\r\n\r\nbody\r\n"
 WARM_UP = 50
 SETUPS = (("disk", None), ("ram", None), ("ram", "fail"))
+FORMATS: tuple[MailFormat, ...] = ("maildir", "mdbox")
 
 
 def imap_latencies(instance: DovecotInstance, rounds: int) -> dict[str, list[float]]:
@@ -90,12 +91,12 @@ def measure(samples: int, with_promote: bool) -> dict[str, Any]:
         results["imap"].append(imap_setup(mode, sync, samples))
     results["lag"] = []
     for mode in ("disk", "ram"):
-        for fmt in ("maildir", "mdbox"):
+        for fmt in FORMATS:
             print(f"lag {fmt} {mode} ...", flush=True)
             run = scenarios.store_lag(fmt, mode, samples)
             results["lag"].append({**run, "samples": summary(run["samples"])})
     results["traffic"] = []
-    for fmt in ("maildir", "mdbox"):
+    for fmt in FORMATS:
         print(f"traffic {fmt} ...", flush=True)
         results["traffic"].append(scenarios.workload_traffic(fmt, 600, False))
     print("CPU per sync-committed APPEND ...", flush=True)
@@ -150,6 +151,9 @@ def goal_rows(r: dict[str, Any]) -> list[str]:
                 ("roots on disk", p, f"; `verify --local` alone {p['verify_inner_s']:.3f} s"),
                 ("roots on tmpfs (RAM mode)", p["ram"], "")):
             steps = ", ".join(f"{k} {v:.2f} s" for k, v in run["steps"].items())
+            if "runs" in run:
+                steps = (f"median of {', '.join(f'{s:.2f}' for s in run['runs'])} s; "
+                         f"{steps}")
             rows.append(f"| promote of {p['mailboxes']} mailboxes ≤ 1 s, {mode} | "
                         f"{run['promote_inner_s']:.3f} s ({steps}) | `tar` copy of the same "
                         f"files there + syncfs {run['floor_s']:.3f} s{beside} | "

@@ -185,8 +185,8 @@ def _promote_section(results: dict[str, Any]) -> list[str]:
              "Beside each, a `tar` pipe copying the same files there, then syncfs: the "
              "filesystem's own floor for making them, in the same run.",
              "", "| mailboxes | files | verify s | bytes verify read | promote s (disk) | "
-             "copy+check s | sync s | rename s | tar copy s (disk) | promote s (tmpfs) | "
-             "tar copy s (tmpfs) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "copy+check s | sync s | rename s | tar copy s (disk) | promote s (tmpfs, median of "
+             "3) | tar copy s (tmpfs) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results["promote"]:
         st, ram = r["steps"], r["ram"]
         lines.append(f"| {r['mailboxes']} | {r['verify_files']} | {r['verify_inner_s']:.3f} | "
