@@ -151,8 +151,9 @@ class Capture:
         there). Then, and with the watchdog backend (its events arrive later, through
         threads), the directories are compared with the manifest instead. The periodic
         rescan stays the safety net under both. Comparing every directory of the request on
-        each commit was a third of the sender's capture work (four directories listed and
-        stat'ed per mdbox APPEND, two of them the user's, which an APPEND rarely changes)."""
+        each commit (four listed and stat'ed per mdbox APPEND, two of them the user's, which
+        an APPEND rarely changes) held the capture phase of a sync commit about a fifth
+        higher (bench.profile_commit, interleaved: 0.38-0.43 -> 0.32-0.34 ms p50)."""
         watcher = self._watcher
         if isinstance(watcher, InotifyWatcher):
             watcher.drain()

@@ -12,7 +12,8 @@ have each of its files in its old or its new state, and either is accepted (`unc
 the receiver, on restart, reads the files and records which one each holds; anything else is
 damage. A torn last line (a crash mid-append, or a
 full filesystem) is ignored on load and cut off by the receiver: it can only be the last one,
-since every append that fails is cut back before the next.
+since every append that fails is cut back before the next. A batch that changes no file (only
+directories) writes no record.
 """
 
 from __future__ import annotations
@@ -104,9 +105,7 @@ class DigestJournal:
     # -- the receiver's side ---------------------------------------------------------------
     def begin(self, changes: list[Change]) -> int:
         """Record, with one write, what a batch is about to make visible; its id. A batch
-        that changes no file (directories only) is not recorded: id 0, nothing to settle.
-        (Half the batches of a workload creating mailboxes were such records, and promote
-        reads every record before it copies anything.)"""
+        that changes no file (directories only) is not recorded: id 0, nothing to settle."""
         if not changes:
             return 0
         batch = self._next_id

@@ -1,4 +1,5 @@
-"""Small durable JSON state files, replaced atomically.
+"""Small JSON state files: the receiver's position, rewritten in place; fences and markers,
+replaced atomically.
 
 `replica_dir/<origin>/.applied.json` says how far this replica got in the origin's stream; it
 lives beside the replica (tmpfs: it must vanish with the data it describes) and is rewritten in
