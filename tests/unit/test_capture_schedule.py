@@ -4,9 +4,12 @@ plugin is asking, when its FLUSH arrives (so a commit is read once, finished).""
 from __future__ import annotations
 
 import asyncio
+import os
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+
+import pytest
 
 from replicator.capture.inotify import _EVENT, IN_Q_OVERFLOW, InotifyWatcher
 from replicator.capture.pipeline import Capture
@@ -124,3 +127,39 @@ def test_a_directory_without_a_watch_is_read(tmp_path: Path) -> None:
         assert capture.catch_up({A, B}) == {B}
 
     _known_dirs(tmp_path, check)
+
+
+QUEUE = Path("/proc/sys/fs/inotify/max_queued_events")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="sets fs.inotify.max_queued_events: needs root")
+def test_a_change_whose_event_the_kernel_dropped_is_still_read(tmp_path: Path) -> None:
+    """A real queue overflow: the capture's inotify instance gets a queue of 16 events (the
+    limit applies to instances made while it is set), a burst overflows it, and the event of
+    the change that follows is dropped by the kernel. The FLUSH must still find it."""
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "dovecot.index.log").write_bytes(b"log")
+
+    async def scenario() -> None:
+        emitted: list[Draft] = []
+        capture = Capture({"index": tmp_path}, "inotify", 1 << 20, emitted.extend, Counter())
+        limit = QUEUE.read_text()
+        QUEUE.write_text("16")
+        try:
+            capture.start(asyncio.get_running_loop())
+        finally:
+            QUEUE.write_text(limit)
+        try:
+            capture.flush()
+            for i in range(64):  # the loop does not run meanwhile: nothing drains the queue
+                (tmp_path / "a" / f"burst{i}").write_bytes(b"x")
+            (tmp_path / "b" / "dovecot.index.log").write_bytes(b"log, grown past the queue")
+            assert capture.catch_up({B}) == {B}
+            assert capture.flush_for_commit({B})
+            shipped = [op.path for d in emitted for op in d.ops]
+            assert "b/dovecot.index.log" in shipped
+        finally:
+            capture.stop()
+
+    asyncio.run(scenario())
