@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from replicator.replica.state import IN_PLACE_MAX, AppliedState, InPlaceJson, load_json
 from replicator.testing.tmpfs import fill, small_tmpfs
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_a_shorter_state_leaves_nothing_of_a_longer_one(tmp_path: Path) -> None:
@@ -74,3 +78,38 @@ def test_the_position_is_still_recorded_on_a_full_filesystem(tmp_path: Path) -> 
             (mount / "another").write_bytes(b"x" * 8192)
         state.save(AppliedState("s", 2, 1).as_json())
         assert AppliedState.load(path).seq == 2
+
+
+WRITER = """
+import sys
+from pathlib import Path
+from replicator.replica.state import InPlaceJson
+state = InPlaceJson(Path(sys.argv[1]))
+seq = 0
+while True:
+    seq += 1
+    # lengths vary, so a torn rewrite would leave a longer state's end behind a shorter one
+    state.save({"seq": seq, "why": {"index\\u0000u1/box": "x" * (seq * 37 % 900)}})
+    if seq % 500 == 0:
+        print(seq, flush=True)
+"""
+
+
+def test_a_kill_9_never_leaves_a_state_half_written(tmp_path: Path) -> None:
+    """The receiver's claim (one page rewritten in one step): a writer killed at arbitrary
+    points of its rewrite loop, 20 times, always leaves a state that parses whole."""
+    path = tmp_path / ".applied.json"
+    last = 0
+    for _ in range(20):
+        writer = subprocess.Popen([sys.executable, "-c", WRITER, str(path)],
+                                  stdout=subprocess.PIPE, text=True,
+                                  env={**os.environ, "PYTHONPATH": str(ROOT)})
+        assert writer.stdout is not None
+        written = int(writer.stdout.readline())
+        writer.kill()
+        writer.wait()
+        state = load_json(path)
+        assert state["seq"] >= written and set(state) == {"seq", "why"}
+        assert len(state["why"]["index\0u1/box"]) == state["seq"] * 37 % 900
+        last = state["seq"]
+    assert last > 0
