@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from replicator.replica.rewritten import RewrittenFile
+
 # An in-place rewrite covers at most one page: the kernel copies it into the file in one step,
 # so a kill -9 cannot leave it half written (a bigger state is replaced by a rename instead).
 IN_PLACE_MAX = 4096
@@ -65,8 +67,9 @@ def _replace(path: Path, encoded: bytes, *, durable: bool) -> None:
 
 
 class InPlaceJson:
-    """A small JSON file rewritten in place: one pwrite at offset 0, padded with spaces to at
-    least what the file held, so nothing of an older, longer state stays behind it.
+    """A small JSON file rewritten in place: one pwrite at offset 0 (replica.rewritten),
+    padded with spaces to at least what the file held, so nothing of an older, longer state
+    stays behind it.
 
     The receiver saves its position once per chunk of input, on a sync commit's latency path;
     replacing the file (open, write, close, rename) was a fifth of a batch's cost there
@@ -78,42 +81,21 @@ class InPlaceJson:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._fd: int | None = None
-        self._size = 0
+        self._file = RewrittenFile(path, 0o644)
 
     def save(self, data: dict[str, Any]) -> None:
         encoded = json.dumps(data, sort_keys=True).encode()
-        if len(encoded) > IN_PLACE_MAX:  # too big for one step: a new file, renamed
-            self.close()
+        self._file.open()
+        if len(encoded) > IN_PLACE_MAX or self._file.size > IN_PLACE_MAX:
+            # too big for one step, or a big state is there: a new file, renamed (the next
+            # small one then goes in place again)
+            self._file.close()
             _replace(self.path, encoded, durable=False)
             return
-        if self._fd is not None and os.fstat(self._fd).st_nlink == 0:
-            self.close()  # removed under us (the replica wiped by hand): write a new one
-        if self._fd is None:
-            self._open(encoded)
-        assert self._fd is not None
-        padded = encoded.ljust(self._size)
-        if os.pwrite(self._fd, padded, 0) != len(padded):
-            raise OSError(errno.ENOSPC, f"short write to {self.path}")
-        self._size = len(padded)
-
-    def _open(self, encoded: bytes) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-        size = os.fstat(fd).st_size
-        if size > IN_PLACE_MAX:  # left by a big state: start over in a file of one page
-            os.close(fd)
-            _replace(self.path, encoded, durable=False)
-            fd = os.open(self.path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
-            size = len(encoded)
-        self._fd, self._size = fd, size
+        self._file.rewrite(encoded.ljust(self._file.size))
 
     def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-    def __del__(self) -> None:
-        self.close()
+        self._file.close()
 
 
 @dataclass

@@ -17,15 +17,14 @@ resend repairs).
 
 from __future__ import annotations
 
-import errno
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from replicator.delta.apply import Patch
 from replicator.hashing import digest
 from replicator.replica.journal import Expected
+from replicator.replica.rewritten import RewrittenFile
 
 Images = tuple[int, list[tuple[int, bytes]]]  # old size, before-images in the order written
 
@@ -35,7 +34,7 @@ class UndoLog:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._fd: int | None = None
+        self._file = RewrittenFile(path, 0o600)
 
     def record(self, batch: int, patches: dict[str, Patch]) -> None:
         """Replace the record with `batch`'s patches (journal names: `<root>/<path>`): a line
@@ -46,13 +45,9 @@ class UndoLog:
         meta = json.dumps({"batch": batch, "files": {
             rel: [p.old_size, [[offset, len(image)] for offset, image in p.before]]
             for rel, p in patches.items()}}).encode()
-        data = b"".join([b"undo %d\n" % len(meta), meta,
-                         *(image for p in patches.values() for _, image in p.before)])
-        if self._fd is None:
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
-                               0o600)
-        if os.pwrite(self._fd, data, 0) != len(data):
-            raise OSError(errno.ENOSPC, f"short write to {self.path}")
+        self._file.rewrite(b"".join([
+            b"undo %d\n" % len(meta), meta,
+            *(image for p in patches.values() for _, image in p.before)]))
 
     def load(self, batches: set[int]) -> dict[str, Images]:
         """The before-images recorded for one of `batches` (those without a commit mark);
@@ -78,9 +73,7 @@ class UndoLog:
             return {}
 
     def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        self._file.close()
 
 
 def restored(data: bytes, accepted: list[Expected | None],
