@@ -166,3 +166,16 @@ def test_a_batch_that_changes_no_file_leaves_no_record(tmp_path: Path) -> None:
     lines = (tmp_path / ".digests").read_text().splitlines()
     assert [line[:4] for line in lines] == ['["B"', '["C"', '["B"']
     assert DigestJournal(tmp_path / ".digests").files == {"index/x": expected(b"12")}
+
+
+def test_hostile_commit_marks_are_skipped_and_lose_nothing(tmp_path: Path) -> None:
+    """Commit marks are read without the JSON parser; one that is not a mark the receiver
+    writes goes to the parser, which refuses it like any damaged line."""
+    x, y = expected(b"x"), expected(b"y")
+    lines = [f'["B", 1, [["index/x", {x[0]}, "{x[1]}"]]]', '["C", 1]',
+             '["C", 1x]', '["C", -1]', '["C", ]', '["C", 99999999999999999999999999]',
+             '["C", "2"]', f'["B", 2, [["index/y", {y[0]}, "{y[1]}"]]]', '["C", 2]']
+    (tmp_path / ".digests").write_text("\n".join(lines) + "\n")
+    journal = DigestJournal(tmp_path / ".digests")
+    assert journal.files == {"index/x": x, "index/y": y}
+    assert not journal.uncertain and not journal.open_batches()
