@@ -34,6 +34,10 @@ class RewrittenFile:
     def rewrite(self, data: bytes) -> None:
         """Write `data` over the start of the file, in one pwrite (ENOSPC if it fell short)."""
         self.open()
+        self.write_opened(data)
+
+    def write_opened(self, data: bytes) -> None:
+        """`rewrite`, for a caller that has just called `open` (to look at `size` first)."""
         assert self._fd is not None
         if os.pwrite(self._fd, data, 0) != len(data):
             raise OSError(errno.ENOSPC, f"short write to {self.path}")

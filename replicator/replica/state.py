@@ -92,7 +92,7 @@ class InPlaceJson:
             self._file.close()
             _replace(self.path, encoded, durable=False)
             return
-        self._file.rewrite(encoded.ljust(self._file.size))
+        self._file.write_opened(encoded.ljust(self._file.size))
 
     def close(self) -> None:
         self._file.close()
