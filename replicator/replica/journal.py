@@ -14,6 +14,12 @@ damage. A torn last line (a crash mid-append, or a
 full filesystem) is ignored on load and cut off by the receiver: it can only be the last one,
 since every append that fails is cut back before the next. A batch that changes no file (only
 directories) writes no record.
+
+Digests: a journal starts with `["V", 2]`, its digests being those of `replicator.hashing`
+(a file over 64 KiB named by its chunks' digests). A journal without it (written before that)
+named every file by the xxh3-128 of its whole content: on load, each such entry of a longer
+file is converted by reading the file, when it holds what the entry says (else the entry is
+kept, and the file stays reported as differing). The receiver then rewrites the journal.
 """
 
 from __future__ import annotations
@@ -25,11 +31,17 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+import xxhash
+
+from replicator.hashing import CHUNK_SIZE, digest
 from replicator.replica.below import count_below
+from replicator.replica.beneath import read_file_under
 
 log = logging.getLogger(__name__)
 Expected = tuple[int, str]  # size, xxh3-128 hex
 Change = tuple[str, Expected | None]  # rel, what it holds after the batch (None: removed)
+DIGESTS_VERSION = 2  # see the module's docstring
+_VERSION_LINE = f'["V", {DIGESTS_VERSION}]'
 
 
 class DigestJournal:
@@ -47,8 +59,13 @@ class DigestJournal:
         self._marks: list[str] = []  # commit marks, written with the next record
         self._lines = 0
         self._fd: int | None = None
+        self._digests_version = DIGESTS_VERSION
+        self._upgraded = False  # entries converted on load: rewrite once no batch is open
         if self.exists:
+            self._digests_version = 1  # until its first line says otherwise
             self._load(repair)
+            if self._digests_version < DIGESTS_VERSION:
+                self._convert_whole_file_digests()
 
     def _load(self, repair: bool) -> None:
         with open(self.path, "rb") as f:
@@ -99,8 +116,35 @@ class DigestJournal:
             self._drop(str(record[1]))
         elif kind == "f":
             self._forget_file(str(record[1]))
+        elif kind == "V":
+            self._digests_version = int(str(record[1]))
         else:
             raise ValueError(f"unknown record {kind!r}")
+
+    def _convert_whole_file_digests(self) -> None:
+        """Name every file over one chunk the way `replicator.hashing` does now, where the file
+        holds what the old digest (xxh3-128 of the whole content) says; see the module."""
+        converted: dict[tuple[str, Expected], Expected] = {}
+
+        def convert(rel: str, expected: Expected) -> Expected:
+            size, old = expected
+            if size <= CHUNK_SIZE:
+                return expected  # the same either way
+            if (rel, expected) not in converted:
+                data = read_file_under(self.path.parent, rel)
+                converted[(rel, expected)] = (
+                    (size, digest(data).hex()) if data is not None and len(data) == size
+                    and xxhash.xxh3_128_hexdigest(data) == old else expected)
+            return converted[(rel, expected)]
+
+        for rel, expected in list(self.files.items()):
+            self.files[rel] = convert(rel, expected)
+        for rel, states in self.uncertain.items():
+            states[:] = [None if s is None else convert(rel, s) for s in states]
+        self._upgraded = True
+        log.info("%s: written before files over %d bytes were named by their chunks' digests: "
+                 "%d converted", self.path, CHUNK_SIZE,
+                 sum(old != new for (_rel, old), new in converted.items()))
 
     # -- the receiver's side ---------------------------------------------------------------
     def begin(self, changes: list[Change]) -> int:
@@ -169,6 +213,10 @@ class DigestJournal:
             self._pending.append(json.dumps(["f", rel]))
 
     def flush(self) -> None:
+        if self._upgraded and not self._open:
+            self._rewrite()
+            self._upgraded = False
+            return
         if not self._pending:
             if not self.exists:  # a replica with no files yet is verifiable (and empty)
                 self.path.touch()
@@ -250,6 +298,8 @@ class DigestJournal:
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
                                0o600)
         size = os.fstat(self._fd).st_size
+        if size == 0:  # a new journal says which digests it holds
+            data = f"{_VERSION_LINE}\n".encode() + data
         try:  # one write; one that fails part way is cut back: no torn line stays
             if os.write(self._fd, data) != len(data):
                 raise OSError(errno.ENOSPC, f"short write to {self.path}")
@@ -263,8 +313,9 @@ class DigestJournal:
     def _rewrite(self) -> None:
         tmp = self.path.with_name(self.path.name + ".tmp")
         with open(tmp, "w", encoding="utf-8") as f:
-            for rel, (size, digest) in self.files.items():
-                f.write(json.dumps(["+", rel, size, digest]) + "\n")
+            f.write(_VERSION_LINE + "\n")
+            for rel, (size, hexdigest) in self.files.items():
+                f.write(json.dumps(["+", rel, size, hexdigest]) + "\n")
         os.replace(tmp, self.path)
         self.close()  # the next write opens the new file
         self._lines = len(self.files)

@@ -31,7 +31,9 @@ from replicator.wire.bounded_zstd import decompress_bounded
 from replicator.wire.strict_json import loads as strict_loads
 
 MAGIC = b"DRPL"
-VERSION = 2  # 2: peers authenticate (AUTH frames, HELLO nonce and proof); 1 spoke unauthenticated
+# 3: a file longer than 64 KiB is named by a digest of its chunks' digests (replicator.hashing);
+# 2: peers authenticate (AUTH frames, HELLO nonce and proof); 1 spoke unauthenticated
+VERSION = 3
 PREFIX = struct.Struct("<4sBBHIIQ")
 FLAG_ZSTD = 0x1
 _KNOWN_FLAGS = FLAG_ZSTD

@@ -235,12 +235,14 @@ def test_good_flush_still_parses() -> None:
 
 # --- golden known-answer frames -----------------------------------------------------------
 
-# Known answers (DESIGN §12): the bytes of v2 frames as written on the wire. If one of these
+# Known answers (DESIGN §12): the bytes of v3 frames as written on the wire. If one of these
 # changes, old peers can no longer talk to new ones: bump VERSION instead (v1 -> v2 when peers
-# began to authenticate).
-GOLDEN_ACK = "4452504c020300000b00000000000000a60fb8bcbd03297f7b22736571223a3130307d"
-GOLDEN_HELLO = ("4452504c020100003500000000000000d50e35ea940dc2987b226e6f6465223a2261222c22726f6c"
+# began to authenticate, v2 -> v3 when files over 64 KiB began to be named by their chunks'
+# digests: the frames are the same, what a digest in them means is not).
+GOLDEN_ACK = "4452504c030300000b000000000000000f851c90d31aaa237b22736571223a3130307d"
+GOLDEN_HELLO = ("4452504c030100003500000000000000e933caab4a0b22c27b226e6f6465223a2261222c22726f6c"
                 "65223a226f726967696e222c22736f667477617265223a2267222c2265706f6368223a327d")
+GOLDEN_V2_ACK = "4452504c020300000b00000000000000a60fb8bcbd03297f7b22736571223a3130307d"
 GOLDEN_V1_ACK = "4452504c010300000b000000000000009e63afa43a5894d37b22736571223a3130307d"
 
 
@@ -251,9 +253,10 @@ def test_golden_frames_decode_to_what_they_always_meant() -> None:
     assert hello == [Hello(node="a", role="origin", software="g", epoch=2)]
 
 
-def test_a_v1_peer_is_told_which_version_we_speak() -> None:
-    with pytest.raises(ProtocolError, match=r"unsupported protocol version 1 .*speaks 2"):
-        decode_frames(bytes.fromhex(GOLDEN_V1_ACK))
+@pytest.mark.parametrize(("old", "frame"), [(1, GOLDEN_V1_ACK), (2, GOLDEN_V2_ACK)])
+def test_an_older_peer_is_told_which_version_we_speak(old: int, frame: str) -> None:
+    with pytest.raises(ProtocolError, match=rf"unsupported protocol version {old} .*speaks 3"):
+        decode_frames(bytes.fromhex(frame))
 
 
 def test_golden_batch_and_compressed_manifest_round_trip() -> None:

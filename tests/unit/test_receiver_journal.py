@@ -7,8 +7,9 @@ import os
 from pathlib import Path
 
 import pytest
+import xxhash
 
-from replicator.hashing import digest
+from replicator.hashing import CHUNK_SIZE, digest
 from replicator.replica.journal import DigestJournal
 from replicator.testing.tmpfs import fill, small_tmpfs
 from replicator.verify.runner import verify_replica
@@ -43,7 +44,8 @@ def test_a_torn_tail_is_cut_off_so_later_records_survive(tmp_path: Path) -> None
     journal.set("index/c", 3, "cc")
     journal.flush()
     assert DigestJournal(path).files == {"index/a": (1, "aa"), "index/c": (3, "cc")}
-    assert path.read_text().count("\n") == 2
+    assert path.read_text().splitlines() == [
+        '["V", 2]', '["+", "index/a", 1, "aa"]', '["+", "index/c", 3, "cc"]']
 
 
 def test_a_reader_does_not_cut_the_writers_file(tmp_path: Path) -> None:
@@ -104,7 +106,7 @@ def test_one_write_per_batch(tmp_path: Path) -> None:
     journal.commit(second)
     journal.flush()
     lines = (tmp_path / ".digests").read_text().splitlines()
-    assert [line[:4] for line in lines] == ['["B"', '["C"', '["B"']
+    assert [line[:4] for line in lines] == ['["V"', '["B"', '["C"', '["B"']
     reloaded = DigestJournal(tmp_path / ".digests")
     assert reloaded.uncertain == {"index/x": [expected(b"1"), expected(b"12")]}
 
@@ -164,7 +166,7 @@ def test_a_batch_that_changes_no_file_leaves_no_record(tmp_path: Path) -> None:
     second = journal.begin([("index/x", expected(b"12"))])  # still carries the first's mark
     journal.commit(second)
     lines = (tmp_path / ".digests").read_text().splitlines()
-    assert [line[:4] for line in lines] == ['["B"', '["C"', '["B"']
+    assert [line[:4] for line in lines] == ['["V"', '["B"', '["C"', '["B"']
     assert DigestJournal(tmp_path / ".digests").files == {"index/x": expected(b"12")}
 
 
@@ -179,3 +181,29 @@ def test_hostile_commit_marks_are_skipped_and_lose_nothing(tmp_path: Path) -> No
     journal = DigestJournal(tmp_path / ".digests")
     assert journal.files == {"index/x": x, "index/y": y}
     assert not journal.uncertain and not journal.open_batches()
+
+
+def test_a_journal_from_before_chunked_digests_is_converted_where_files_hold_it(
+        tmp_path: Path) -> None:
+    """A journal without its `V` line named every file by the xxh3-128 of its whole content.
+    A file over one chunk that holds what its entry says gets today's digest (verify passes);
+    one that does not keeps the old entry (verify still reports it); small files are named
+    alike either way. The receiver rewrites the journal with its `V` line."""
+    big, damaged, small = os.urandom(3 * CHUNK_SIZE), os.urandom(CHUNK_SIZE + 1), b"small"
+    base = replica_with(tmp_path, {"index/u1/cache": big, "index/u1/other": damaged,
+                                   "index/u1/small": small})
+    flat = {rel: (len(data), xxhash.xxh3_128_hexdigest(data))
+            for rel, data in (("index/u1/cache", big), ("index/u1/other", damaged),
+                              ("index/u1/small", small))}
+    (base / "index/u1/other").write_bytes(damaged[:-1] + b"!")
+    (base / ".digests").write_text("".join(f'["+", "{rel}", {size}, "{hexdigest}"]\n'
+                                           for rel, (size, hexdigest) in flat.items()))
+    reader = DigestJournal(base / ".digests")
+    assert reader.files == {**flat, "index/u1/cache": expected(big)}
+    assert not (base / ".digests").read_text().startswith('["V"')  # a reader writes nothing
+    report = verify_replica(base, ["index"])
+    assert [d.file for d in report.differences] == ["index/u1/other"]
+    writer = DigestJournal(base / ".digests", repair=True)
+    writer.flush()
+    assert (base / ".digests").read_text().splitlines()[0] == '["V", 2]'
+    assert DigestJournal(base / ".digests").files == writer.files == reader.files
