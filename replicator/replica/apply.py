@@ -199,7 +199,7 @@ class BatchApplier:
             raise ApplyError(f"{self._key(rel)}: is a {kind}, expected a regular file")
         return WorkingFile(rel, kind == "file", lambda: self.tree.read_for_update(rel),
                            lambda: self.digests.get(self._key(rel), lambda: self.tree.read(rel)),
-                           self.budget)
+                           self.budget, lambda offset, n: self.tree.read_range(rel, offset, n))
 
     def _commit(self, wf: WorkingFile) -> None:
         """Make `wf` visible (the journal already expects it: `begin`)."""
@@ -212,7 +212,8 @@ class BatchApplier:
             place = self.tree.parent(wf.path)
             if place is None:
                 raise ApplyError(f"{key}: vanished while the batch was applied")
-            if fileio.patch_at(*place, wf.view(), patch, wf.meta, may_chown=self.may_chown):
+            if fileio.patch_at(*place, wf.extent, wf.size, patch, wf.meta,
+                               may_chown=self.may_chown):
                 self.digests.set(key, state)
                 return
             self._stage_whole(wf)  # a hard link stands there: replace it whole

@@ -73,6 +73,13 @@ class Beneath:
             raise FileNotFoundError(errno.ENOENT, "no such file", f"{self.top}/{rel}")
         return fileio.read_at(*place)
 
+    def read_range(self, rel: str, offset: int, length: int) -> bytes:
+        """`length` bytes of the file `rel` from `offset` (fewer at its end)."""
+        place = self.parent(rel)
+        if place is None:
+            raise FileNotFoundError(errno.ENOENT, "no such file", f"{self.top}/{rel}")
+        return fileio.read_range_at(*place, offset, length)
+
     def read_for_update(self, rel: str) -> bytearray:
         """`read`, into a buffer the caller may change (fileio.read_for_update_at)."""
         place = self.parent(rel)

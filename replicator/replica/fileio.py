@@ -18,6 +18,7 @@ import errno
 import os
 import shutil
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 from replicator.delta.apply import Patch
@@ -32,6 +33,19 @@ def read_at(dir_fd: int, name: str) -> bytes:
     fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
     with os.fdopen(fd, "rb") as f:
         return f.read()
+
+
+def read_range_at(dir_fd: int, name: str, offset: int, length: int) -> bytes:
+    """`length` bytes of the file from `offset` (fewer at its end)."""
+    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        parts, got = [], 0
+        while got < length and (part := os.pread(fd, length - got, offset + got)):
+            parts.append(part)
+            got += len(part)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+    finally:
+        os.close(fd)
 
 
 def read_for_update_at(dir_fd: int, name: str) -> bytearray:
@@ -128,10 +142,11 @@ def append_at(dir_fd: int, name: str, expected_size: int, tails: list[bytes],
         os.close(fd)
 
 
-def patch_at(dir_fd: int, name: str, content: memoryview, patch: Patch, meta: Meta | None,
-             *, may_chown: bool) -> bool:
-    """Write the patch's extents of `content` (the whole new content, checked) into the file
-    in place: a cache of megabytes changed in a few places costs those places, not a new
+def patch_at(dir_fd: int, name: str, extent: Callable[[int, int], bytes | memoryview],
+             size: int, patch: Patch, meta: Meta | None, *, may_chown: bool) -> bool:
+    """Write the patch's extents of the new content (`extent(start, end)`; `size` bytes in
+    all, checked) into the file in place: a cache of megabytes changed in a few places
+    costs those places, not a new
     file. False, having written nothing, if the file is not a regular file of its own (a
     hard link: a write would change the other name too), the caller then installs the
     content whole; ApplyError if it does not have the size the batch was checked against. A
@@ -149,9 +164,9 @@ def patch_at(dir_fd: int, name: str, content: memoryview, patch: Patch, meta: Me
             for number, (start, end) in enumerate(patch.extents):
                 if number == 1:
                     crash_point("mid-patch", [name])
-                _write_all(fd, content[start:end], start)
-            if len(content) < before.st_size:  # never, while patches only grow files
-                os.ftruncate(fd, len(content))
+                _write_all(fd, extent(start, end), start)
+            if size < before.st_size:  # never, while patches only grow files
+                os.ftruncate(fd, size)
         except OSError:
             for offset, data in reversed(patch.before):  # overwriting needs no room
                 _write_all(fd, data, offset)

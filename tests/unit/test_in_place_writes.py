@@ -20,7 +20,7 @@ import pytest
 
 from replicator.delta.apply import Budget, WorkingFile
 from replicator.delta.ops import Op, OpCode, Result, encode_ops
-from replicator.hashing import StreamingDigest, digest
+from replicator.hashing import CHUNK_SIZE, StreamingDigest, digest
 from replicator.replica.store import OriginReplica, Outcome, ReplicaStore
 from replicator.testing.tmpfs import fill, small_tmpfs
 from replicator.verify.runner import verify_replica
@@ -66,6 +66,65 @@ def test_a_patch_rebuilds_the_new_content_and_its_before_images_the_old() -> Non
         del patched[patch.old_size:]
         assert patched == base
     assert checked > 150, checked
+
+
+def _chunked(base: bytes, budget: Budget | None = None) -> tuple[WorkingFile, list[int]]:
+    """A working copy that reads the visible file in pieces; and the bytes each read asked."""
+    reads: list[int] = []
+
+    def read_range(offset: int, length: int) -> bytes:
+        reads.append(length)
+        return base[offset : offset + length]
+
+    return WorkingFile("f", True, lambda: bytearray(base), lambda: StreamingDigest(base),
+                       budget, read_range), reads
+
+
+def test_writes_into_a_big_file_read_and_hash_only_the_chunks_they_touch() -> None:
+    """Random appends, writes (inside, across chunk borders, across the end, past it) and
+    growths into files of up to five 64 KiB chunks, kept as changed chunks: the digest,
+    the patch and the content are those of the same ops applied to the whole file, and
+    what was read of the visible file is the chunks touched (and, when the size changed,
+    those from the old end on)."""
+    rng, patched_files = random.Random(1611), 0
+    for _ in range(200):
+        base = rng.randbytes(rng.choice([0, 100, CHUNK_SIZE, rng.randrange(0, 5 * CHUNK_SIZE)]))
+        chunked, reads = _chunked(base)
+        whole = _working(base)
+        for _ in range(rng.randrange(1, 8)):
+            roll = rng.random()
+            if roll < 0.15:
+                op = Op(OpCode.TRUNCATE, "f", whole.size + rng.randrange(0, 2 * CHUNK_SIZE))
+            elif roll < 0.3:
+                op = _write(whole.size, rng.randbytes(rng.randrange(1, 3000)))
+            else:
+                offset = rng.randrange(0, whole.size + CHUNK_SIZE)
+                op = _write(offset, rng.randbytes(rng.randrange(1, CHUNK_SIZE + 5000)))
+            for wf in (chunked, whole):
+                wf.apply(op, 1 << 30)
+        assert chunked.size == whole.size
+        assert chunked.digest().digest() == digest(whole.content())
+        patch = chunked.patch()
+        if patch is not None:
+            patched_files += 1
+            assert sum(reads) <= len(base)
+            rebuilt = bytearray(base)
+            for start, end in patch.extents:
+                rebuilt[len(rebuilt):] = bytes(max(0, start - len(rebuilt)))
+                rebuilt[start:end] = chunked.extent(start, end)
+            assert rebuilt == whole.content()
+        assert chunked.content() == whole.content()
+    assert patched_files > 100, patched_files
+
+
+def test_a_header_write_into_a_big_cache_reads_one_chunk() -> None:
+    base = os.urandom(20 * CHUNK_SIZE + 123)
+    wf, reads = _chunked(base)
+    wf.apply(_write(8, b"new header"), 1 << 30)
+    wf.apply(_write(len(base), b"an appended record"), 1 << 30)
+    new = base[:8] + b"new header" + base[18:] + b"an appended record"
+    wf.check(Result(len(new), digest(new)))
+    assert reads == [CHUNK_SIZE, 123]  # the header's chunk, the last one (it grew)
 
 
 def test_a_replaced_cut_or_new_file_has_no_patch() -> None:
