@@ -16,10 +16,20 @@ from dataclasses import dataclass, replace
 
 from replicator.delta.codec import smallest
 from replicator.delta.ops import Codec, Meta, Op, OpCode, Result
-from replicator.hashing import block_hashes, digest
+from replicator.hashing import (
+    CHUNK_SIZE,
+    DIGEST_SIZE,
+    block_hashes,
+    chunk_digests,
+    digest,
+    digest_of_chunks,
+)
 
 BLOCK_SIZE = 4096
 OP_OVERHEAD = 48  # bytes an op costs on the wire beyond its data, for comparing candidates
+
+
+BLOCKS_PER_CHUNK = CHUNK_SIZE // BLOCK_SIZE
 
 
 @dataclass(frozen=True)
@@ -30,13 +40,31 @@ class Shipped:
     digest: bytes
     blocks: array[int] | None  # None: not computed (append-only kinds)
     meta: Meta
+    chunks: bytes | None = None  # its chunk digests (replicator.hashing), with `blocks`
 
 
-def describe(content: bytes, meta: Meta, *, blocks: bool = True) -> Shipped:
-    """The `Shipped` record for `content` once it has been sent. Append-only files (logs) skip
-    the block hashes: their changes are found by the prefix digest instead."""
-    hashes = array("Q", block_hashes(content, BLOCK_SIZE)) if blocks else None
-    return Shipped(len(content), digest(content), hashes, meta)
+def describe(content: bytes, meta: Meta, old: Shipped | None = None) -> Shipped:
+    """The `Shipped` record for `content` once it has been sent, with its block hashes. One
+    pass hashes its 64 KiB chunks (which also gives the digest); the 4 KiB block hashes of a
+    chunk whose digest equals that chunk's in `old` (what was shipped before) are taken from
+    `old`, so a cache of megabytes changed in two places hashes two chunks' blocks again, not
+    all of them."""
+    chunks = chunk_digests(content)
+    old_chunks = old.chunks if old is not None and old.blocks is not None else None
+    if old_chunks is None or old is None or old.blocks is None:
+        hashes = array("Q", block_hashes(content, BLOCK_SIZE))
+    else:
+        hashes = array("Q")
+        view = memoryview(content)
+        for start in range(0, len(chunks), DIGEST_SIZE):
+            first = start // DIGEST_SIZE * BLOCKS_PER_CHUNK
+            if chunks[start : start + DIGEST_SIZE] == old_chunks[start : start + DIGEST_SIZE]:
+                hashes.extend(old.blocks[first : first + BLOCKS_PER_CHUNK])
+            else:
+                offset = first * BLOCK_SIZE
+                hashes.extend(block_hashes(view[offset : offset + CHUNK_SIZE], BLOCK_SIZE))
+        del hashes[(len(content) + BLOCK_SIZE - 1) // BLOCK_SIZE :]  # b"": one chunk, no block
+    return Shipped(len(content), digest_of_chunks(chunks), hashes, meta, chunks)
 
 
 # Changed blocks that cost at most 1/RANGES_WIN of a file's size are shipped without also

@@ -300,7 +300,8 @@ class _DirPlan:
         """What replicas will hold of the file once its ops are applied; for an append-mostly
         file also its TailState (extended from the last one for a tail read)."""
         if classify(read.name) not in APPEND_MOSTLY:
-            return describe(read.content, read.meta), None
+            old = self.b.manifest.file(self.key[0], join_rel(self.key[1], read.name))
+            return describe(read.content, read.meta, old.shipped if old else None), None
         if read.offset:
             previous = self.b.tails.for_tail_read(self.key[0],
                                                   join_rel(self.key[1], read.name))
