@@ -43,12 +43,16 @@ class Shipped:
     chunks: bytes | None = None  # its chunk digests (replicator.hashing), with `blocks`
 
 
-def describe(content: bytes, meta: Meta, old: Shipped | None = None) -> Shipped:
+def describe(content: bytes, meta: Meta, old: Shipped | None = None, *,
+             blocks: bool = True) -> Shipped:
     """The `Shipped` record for `content` once it has been sent, with its block hashes. One
     pass hashes its 64 KiB chunks (which also gives the digest); the 4 KiB block hashes of a
     chunk whose digest equals that chunk's in `old` (what was shipped before) are taken from
     `old`, so a cache of megabytes changed in two places hashes two chunks' blocks again, not
-    all of them."""
+    all of them. Append-only files (logs) skip the block hashes (`blocks=False`): their
+    changes are found by the prefix digest instead."""
+    if not blocks:
+        return Shipped(len(content), digest(content), None, meta)
     chunks = chunk_digests(content)
     old_chunks = old.chunks if old is not None and old.blocks is not None else None
     if old_chunks is None or old is None or old.blocks is None:
