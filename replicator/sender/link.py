@@ -198,12 +198,17 @@ class PeerLink:
         """The outbox numbered new batches: send them from the caller's stack when the
         connection is streaming and nothing is queued on it (a sync commit's batches then
         leave at once, not a few loop turns later when this link's task runs), else wake the
-        task to send them."""
+        task to send them. When they all left here the task is not woken: it would only find
+        nothing to send and wait again, four loop turns per commit (measured: 10.6 epoll
+        waits per sync-committed STORE before, on 2 vCPUs that the receiver and Dovecot
+        share)."""
         live = self._live
         if live is not None and not self._sending and live[0].ready():
             batches = self.host.outbox.after(self._sent)
             if batches:
                 live[0].send_nowait(self._encode(live[1], batches))
+            if self.host.outbox.after(self._sent) == []:
+                return
         self.wake.set()
 
     def _encode(self, session: Session, batches: list[Numbered]) -> bytes:
