@@ -9,8 +9,8 @@ IMAP client) measures:
 - APPEND, flag STORE (\\Flagged \\Deleted) and UID EXPUNGE as an IMAP client sees them
   (mdbox, one message appended, flagged and expunged per round) in three set-ups: *disk*
   without the plugin (roots on disk, `mail_fsync = always`), *ram* without the plugin (tmpfs,
-  `mail_fsync = never`), and *ram* with sync commit to one peer over TCP loopback; the three
-  run at once and take turns of 50 rounds (`imap_setups`);
+  `mail_fsync = never`), and *ram* with sync commit to one peer over TCP loopback, in four
+  passes that rotate their order (`imap_setups`);
 - the replication lag of one flag STORE (maildir and mdbox, disk and RAM mode, no plugin);
 - bytes on the link against delta bytes over the seeded 600-operation workload;
 - CPU seconds per 1000 sync-committed APPENDs of the sender and the receiver daemon
@@ -26,7 +26,6 @@ goals" section of bench/RESULTS.md (other sections are kept).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
 import time
@@ -43,7 +42,7 @@ from replicator.testing.scenario import scratch_dir, two_nodes
 HERE = Path(__file__).resolve().parent
 MESSAGE = b"From: bench@example.org\r\nSubject: commit path\r\n\r\nbody\r\n"
 WARM_UP = 50
-BLOCK = 50  # rounds a set-up runs per turn (imap_setups)
+PASSES = 4  # imap_setups
 SETUPS = (("disk", None), ("ram", None), ("ram", "fail"))
 FORMATS: tuple[MailFormat, ...] = ("maildir", "mdbox")
 
@@ -65,35 +64,31 @@ def imap_round(client: Any) -> Round:
 
 
 def imap_setups(rounds: int) -> list[dict[str, Any]]:
-    """Every set-up of SETUPS running at once, measured in turns of BLOCK rounds each, in an
-    order that rotates, so that the VM's slow and fast minutes (up to 1.7x apart on the 2
-    vCPUs these figures come from) fall on all of them alike: measured one set-up after the
-    other, the same code gave disk/RAM ratios on either side of 1 from one run to the next.
-    Turns of single rounds measured something else: each operation then found its processes
-    cold (RAM-mode APPEND p50 0.24 -> 0.80 ms). The first WARM_UP rounds, and the first round
-    of each turn (the set-up's processes waking up again), are left out. Each set-up's daemons
-    replicate in the background as on a server, beside the other set-ups' rounds too."""
+    """Every set-up of SETUPS, measured in PASSES passes of `rounds / PASSES` rounds, each
+    pass starting the set-ups afresh one after the other in an order that rotates, so that
+    the VM's slow and fast minutes (up to 1.7x apart on the 2 vCPUs these figures come from)
+    fall on all of them alike: measured in one pass each, the same code gave disk/RAM ratios
+    on either side of 1 from one run to the next. Only one set-up runs at a time: run side
+    by side and taking turns, each one's background replication slowed the others (RAM-mode
+    APPEND p99 0.59 -> 3.0 ms). The first WARM_UP rounds of each pass (files, connections,
+    caches) are left out."""
     samples: list[dict[str, list[float]]] = [
         {"APPEND": [], "STORE": [], "EXPUNGE": []} for _ in SETUPS]
-    with contextlib.ExitStack() as stack:
-        clients = []
-        for mode, sync in SETUPS:
-            base = stack.enter_context(scratch_dir("cp-", ram=mode == "ram"))
-            nodes = stack.enter_context(two_nodes(
-                "mdbox", ("u1",), base=base / "n", sync_commit=sync,
-                mail_fsync=scenarios.MODES[mode]))
-            client = nodes.dovecot_a.imap("u1")
-            client.select_folder("INBOX")
-            stack.callback(client.logout)
-            clients.append(client)
-            for _ in range(WARM_UP):
-                imap_round(client)
-        for turn in range(-(-rounds // BLOCK)):
-            for index in [(turn + k) % len(SETUPS) for k in range(len(SETUPS))]:
-                imap_round(clients[index])  # wakes the set-up up: left out
-                for _ in range(min(BLOCK, rounds - turn * BLOCK)):
-                    for op, seconds in imap_round(clients[index]).items():
-                        samples[index][op].append(seconds)
+    for turn in range(PASSES):
+        count = rounds // PASSES + (turn < rounds % PASSES)
+        for index in [(turn + k) % len(SETUPS) for k in range(len(SETUPS))]:
+            mode, sync = SETUPS[index]
+            with scratch_dir("cp-", ram=mode == "ram") as base, \
+                    two_nodes("mdbox", ("u1",), base=base / "n", sync_commit=sync,
+                              mail_fsync=scenarios.MODES[mode]) as nodes:
+                client = nodes.dovecot_a.imap("u1")
+                client.select_folder("INBOX")
+                for number in range(WARM_UP + count):
+                    result = imap_round(client)
+                    if number >= WARM_UP:
+                        for op, seconds in result.items():
+                            samples[index][op].append(seconds)
+                client.logout()
     return [{"mode": mode, "plugin": sync is not None,
              "ops": {op: summary(s) for op, s in taken.items()}}
             for (mode, sync), taken in zip(SETUPS, samples, strict=True)]
