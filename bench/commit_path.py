@@ -195,7 +195,10 @@ def section(r: dict[str, Any], command: str) -> str:
     lines = ["", "## Commit path goals", "",
              f"`{command}` on {m['cpu']}, {m['cpus']} CPUs, Linux {m['kernel']}, Dovecot "
              f"{m['dovecot']}, Python {m['python']}; {m['date']}. One run: every baseline "
-             "beside its figure was measured in it. This VM's disk flushes fast (the "
+             "beside its figure was measured in it. The IMAP set-ups ran in "
+             f"{PASSES} passes of a quarter of the rounds each, one set-up at a time, their "
+             "order rotating, so that the VM's slow and fast minutes fall on all of them "
+             "alike. This VM's disk flushes fast (the "
              "fdatasync floor): on real disks disk mode is slower, so its ratios are the "
              "conservative ones.", "", *goal_rows(r), "",
              "| set-up | APPEND p50 / p99 ms | STORE p50 / p99 ms | EXPUNGE p50 / p99 ms |",
