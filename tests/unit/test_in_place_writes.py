@@ -20,6 +20,7 @@ import pytest
 
 from replicator.delta.apply import Budget, WorkingFile
 from replicator.delta.ops import Op, OpCode, Result, encode_ops
+from replicator.errors import ApplyError
 from replicator.hashing import CHUNK_SIZE, StreamingDigest, digest
 from replicator.replica.store import OriginReplica, Outcome, ReplicaStore
 from replicator.testing.tmpfs import fill, small_tmpfs
@@ -125,6 +126,29 @@ def test_a_header_write_into_a_big_cache_reads_one_chunk() -> None:
     new = base[:8] + b"new header" + base[18:] + b"an appended record"
     wf.check(Result(len(new), digest(new)))
     assert reads == [CHUNK_SIZE, 123]  # the header's chunk, the last one (it grew)
+
+
+def test_hostile_writes_across_many_chunks_stop_at_the_batch_budget() -> None:
+    """One byte written into each chunk of a big file makes the receiver read each chunk:
+    every read counts in the batch's budget, so the batch is refused once they pass it,
+    whatever the file's size."""
+    base = bytes(40 * CHUNK_SIZE)
+    budget = Budget(10 * CHUNK_SIZE)
+    wf, reads = _chunked(base, budget)
+    with pytest.raises(ApplyError, match="over its budget"):
+        for index in range(40):
+            wf.apply(_write(index * CHUNK_SIZE, b"x"), 1 << 30)
+    assert len(reads) <= 10 and budget.used <= budget.limit
+
+
+def test_a_visible_file_shorter_than_its_digest_says_is_refused() -> None:
+    """The stored digest says what the file holds; a file cut behind the receiver's back
+    (damage) is refused when a write needs its bytes, not patched as if it were whole."""
+    base = os.urandom(3 * CHUNK_SIZE)
+    wf = WorkingFile("f", True, lambda: bytearray(base), lambda: StreamingDigest(base), None,
+                     lambda offset, length: base[offset : min(offset + length, CHUNK_SIZE)])
+    with pytest.raises(ApplyError, match="fewer bytes than its digest says"):
+        wf.apply(_write(2 * CHUNK_SIZE + 5, b"x"), 1 << 30)
 
 
 def test_a_replaced_cut_or_new_file_has_no_patch() -> None:
