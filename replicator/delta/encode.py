@@ -87,7 +87,7 @@ def encode_file(path: str, old: Shipped | None, base: bytes | None, new: bytes,
             return []
         return [Op(OpCode.META, path, result=result, meta=shipped_new.meta)]
     if old is not None:
-        tail = _append(path, old, new)
+        tail = _append(path, old, new, shipped_new)
         if tail is not None:
             return _finish(tail, result, shipped_new.meta)
     candidates = []
@@ -131,10 +131,25 @@ def _whole(path: str, new: bytes, base: bytes | None) -> list[Op]:
     return [Op(OpCode.REPLACE, path, data=data, codec=codec, raw_size=len(new))]
 
 
-def _append(path: str, old: Shipped, new: bytes) -> list[Op] | None:
-    if len(new) < old.size or digest(memoryview(new)[: old.size]) != old.digest:
+def _append(path: str, old: Shipped, new: bytes, shipped_new: Shipped) -> list[Op] | None:
+    if len(new) < old.size or not _holds_prefix(old, new, shipped_new):
         return None
     return [_write(path, old.size, new[old.size :])]
+
+
+def _holds_prefix(old: Shipped, new: bytes, shipped_new: Shipped) -> bool:
+    """Whether `new` starts with what `old` describes. With both sides' chunk digests, the
+    old file's whole chunks are compared by digest and only its last, partial chunk is hashed
+    again: a cache written at its head (every commit) fails at the first chunk, with nothing
+    hashed, where the digest of the whole prefix was a second pass over the file."""
+    if old.chunks is None or shipped_new.chunks is None or old.size <= CHUNK_SIZE:
+        return digest(memoryview(new)[: old.size]) == old.digest
+    whole, rest = divmod(old.size, CHUNK_SIZE)
+    if shipped_new.chunks[: whole * DIGEST_SIZE] != old.chunks[: whole * DIGEST_SIZE]:
+        return False
+    start = whole * CHUNK_SIZE
+    return not rest or chunk_digests(memoryview(new)[start : old.size]) \
+        == old.chunks[whole * DIGEST_SIZE :]
 
 
 def _write(path: str, offset: int, raw: bytes) -> Op:

@@ -199,3 +199,19 @@ def test_describing_a_change_from_the_last_description_gives_the_same_record() -
         assert describe(bytes(new), META, describe(old, META)) == fresh
         assert fresh.digest == digest(new) and fresh.size == len(new)
         assert roundtrip(old, bytes(new), cached_base=False)
+
+
+@pytest.mark.parametrize("old_size", [CHUNK_SIZE + 1, 3 * CHUNK_SIZE, 3 * CHUNK_SIZE + 77])
+def test_an_append_to_a_file_of_several_chunks_is_one_write(old_size: int) -> None:
+    """Whether the old content is still the new one's prefix is decided from chunk digests
+    (only the old last chunk is hashed again): an append is one WRITE at the old end, and a
+    change anywhere in the old part, last byte included, is not taken for one."""
+    old = os.urandom(old_size)
+    new = old + os.urandom(5000)
+    ops = roundtrip(old, new, cached_base=False)
+    assert [(op.code, op.offset) for op in ops] == [(OpCode.WRITE, old_size)]
+    for position in (0, old_size - 1):
+        changed = bytearray(new)
+        changed[position] ^= 1
+        ops = roundtrip(old, bytes(changed), cached_base=False)
+        assert (ops[0].code, ops[0].offset) != (OpCode.WRITE, old_size)
