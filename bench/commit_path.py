@@ -103,7 +103,7 @@ def measure(samples: int, with_promote: bool) -> dict[str, Any]:
                                                              fdatasync=True)),
         "tcp_rtt_asyncio": summary(baselines.tcp_round_trip_asyncio(samples * 2)),
     }}
-    print("APPEND/STORE/EXPUNGE, the set-ups in turns ...", flush=True)
+    print(f"APPEND/STORE/EXPUNGE, {PASSES} passes over the set-ups ...", flush=True)
     results["imap"] = imap_setups(samples)
     results["lag"] = []
     for mode in ("disk", "ram"):
