@@ -54,15 +54,14 @@ def describe(content: bytes, meta: Meta, old: Shipped | None = None, *,
     if not blocks:
         return Shipped(len(content), digest(content), None, meta)
     chunks = chunk_digests(content)
-    old_chunks = old.chunks if old is not None and old.blocks is not None else None
-    if old_chunks is None or old is None or old.blocks is None:
+    if old is None or old.blocks is None or old.chunks is None:
         hashes = array("Q", block_hashes(content, BLOCK_SIZE))
     else:
         hashes = array("Q")
         view = memoryview(content)
         for start in range(0, len(chunks), DIGEST_SIZE):
             first = start // DIGEST_SIZE * BLOCKS_PER_CHUNK
-            if chunks[start : start + DIGEST_SIZE] == old_chunks[start : start + DIGEST_SIZE]:
+            if chunks[start : start + DIGEST_SIZE] == old.chunks[start : start + DIGEST_SIZE]:
                 hashes.extend(old.blocks[first : first + BLOCKS_PER_CHUNK])
             else:
                 offset = first * BLOCK_SIZE
