@@ -36,6 +36,7 @@ import xxhash
 from replicator.hashing import CHUNK_SIZE, digest
 from replicator.replica.below import count_below
 from replicator.replica.beneath import read_file_under
+from replicator.replica.rewritten import KeptDescriptor
 
 log = logging.getLogger(__name__)
 Expected = tuple[int, str]  # size, xxh3-128 hex
@@ -44,7 +45,7 @@ DIGESTS_VERSION = 2  # see the module's docstring
 _VERSION_LINE = f'["V", {DIGESTS_VERSION}]'
 
 
-class DigestJournal:
+class DigestJournal(KeptDescriptor):
     def __init__(self, path: Path, *, repair: bool = False) -> None:
         """Load `path`; with `repair` (the receiver, its only writer) a torn tail is cut off."""
         self.path = path
@@ -58,7 +59,6 @@ class DigestJournal:
         self._pending: list[str] = []
         self._marks: list[str] = []  # commit marks, written with the next record
         self._lines = 0
-        self._fd: int | None = None
         self._digests_version = DIGESTS_VERSION
         self._upgraded = False  # entries converted on load: rewrite once no batch is open
         if self.exists:
@@ -321,15 +321,6 @@ class DigestJournal:
         self._lines = len(self.files)
         self._pending, self._marks = [], []
         self.exists = True
-
-
-    def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-    def __del__(self) -> None:
-        self.close()
 
 
 def _commit_mark(line: bytes) -> int:

@@ -15,10 +15,25 @@ import os
 from pathlib import Path
 
 
-class RewrittenFile:
+class KeptDescriptor:
+    """A file descriptor kept open between writes (`_fd`, opened by the subclass when it
+    first writes), closed by `close` or when the object goes away. The digest journal keeps
+    its appends' descriptor this way too."""
+
+    _fd: int | None = None
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __del__(self) -> None:
+        self.close()
+
+
+class RewrittenFile(KeptDescriptor):
     def __init__(self, path: Path, mode: int) -> None:
         self.path, self._mode = path, mode
-        self._fd: int | None = None
         self.size = 0  # the file's size as last opened or written
 
     def open(self) -> None:
@@ -42,11 +57,3 @@ class RewrittenFile:
         if os.pwrite(self._fd, data, 0) != len(data):
             raise OSError(errno.ENOSPC, f"short write to {self.path}")
         self.size = max(self.size, len(data))
-
-    def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-    def __del__(self) -> None:
-        self.close()
