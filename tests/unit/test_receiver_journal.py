@@ -207,3 +207,13 @@ def test_a_journal_from_before_chunked_digests_is_converted_where_files_hold_it(
     writer.flush()
     assert (base / ".digests").read_text().splitlines()[0] == '["V", 2]'
     assert DigestJournal(base / ".digests").files == writer.files == reader.files
+
+
+@pytest.mark.parametrize("line", ['["V"]', '["V", "two"]', '["V", null]', '["V", [2]]'])
+def test_a_damaged_version_line_is_skipped_and_loses_nothing(tmp_path: Path, line: str) -> None:
+    """A version line that does not parse is skipped like any damaged record: the journal is
+    then read as written before versions (small files are named alike either way), and the
+    records after it all load."""
+    path = tmp_path / ".digests"
+    path.write_text(f'{line}\n["+", "index/a", 1, "aa"]\n["+", "index/b", 2, "bb"]\n')
+    assert DigestJournal(path).files == {"index/a": (1, "aa"), "index/b": (2, "bb")}
