@@ -76,13 +76,24 @@ def wire_path_under(root: Path | str, path: str) -> str | None:
     """The wire path of the absolute `path` below `root`, proven to stay there; None when
     `path` is elsewhere; PathError when it is malformed or would lead out of `root`.
 
-    The path comes from an unauthenticated local client (a FLUSH), so text is not enough:
-    `..` is refused outright (never resolved lexically: with a symlink `a/..` is not `.`),
-    empty and `.` components are dropped, the remainder must pass `check_relpath`, and no
-    component that exists below `root` may be a symlink (Dovecot never makes one under its
-    INDEX or CONTROL roots; following one would let the client point the root daemon at any
-    directory). Components that do not exist are fine: the directory was removed.
+    The path comes from an unauthenticated local client (a FLUSH), so text is not enough: it
+    must pass `lexical_path_under`, and no component that exists below `root` may be a
+    symlink (Dovecot never makes one under its INDEX or CONTROL roots; following one would
+    let the client point the root daemon at any directory). Components that do not exist
+    are fine: the directory was removed.
     """
+    rel = lexical_path_under(root, path)
+    if rel is not None:
+        refuse_symlinks(root, rel)
+    return rel
+
+
+def lexical_path_under(root: Path | str, path: str) -> str | None:
+    """`wire_path_under` without looking at the filesystem: `path`'s wire path below `root`
+    by its text alone (None when it names no place below `root`). `..` is refused outright
+    (never resolved lexically: with a symlink `a/..` is not `.`), empty and `.` components
+    are dropped, and the remainder must pass `check_relpath`. The caller still owes the
+    symlink check (`refuse_symlinks`), or a proof that the directory has none."""
     if "\x00" in path:
         raise PathError(f"path {path[:200]!r} contains NUL")
     if not path.startswith("/"):
@@ -90,12 +101,15 @@ def wire_path_under(root: Path | str, path: str) -> str | None:
     parts = [part for part in path.split("/") if part not in ("", ".")]
     if ".." in parts:
         raise PathError(f"path {path[:200]!r} has a '..' component")
-    base = [part for part in os.fspath(root).split("/") if part not in ("", ".")]
+    base = _components(os.fspath(root))
     if parts[:len(base)] != base:
         return None
-    rel = check_relpath("/".join(parts[len(base):]), allow_empty=True)
-    refuse_symlinks(root, rel)
-    return rel
+    return check_relpath("/".join(parts[len(base):]), allow_empty=True)
+
+
+@lru_cache(maxsize=64)  # a root's components, for every FLUSH: the configured roots only
+def _components(root: str) -> list[str]:
+    return [part for part in root.split("/") if part not in ("", ".")]
 
 
 def refuse_symlinks(root: Path | str, rel: str) -> None:

@@ -31,7 +31,7 @@ from replicator.config import SYNC_POLICIES
 from replicator.control.limits import OncePerMinute
 from replicator.control.protocol import REFUSED, FlushRequest
 from replicator.errors import PathError
-from replicator.paths import wire_path_under
+from replicator.paths import lexical_path_under, refuse_symlinks
 from replicator.sender.batcher import DirKey
 from replicator.sender.outbox import Outbox
 
@@ -152,18 +152,27 @@ class SyncCommit:
         """The directories to flush for a FLUSH naming `dirs` (absolute paths), with the
         user's directories they depend on. Paths outside every root are ignored; one that
         names a root but is not proven to stay below it (`..`, a symlink) raises PathError,
-        and then nothing of the request is read."""
+        and then nothing of the request is read.
+
+        A directory inotify watches is proven free of symlinks by the watcher itself
+        (Capture.watched, once the queued events are read); only the others are checked
+        with an lstat per component. On every sync commit's path this was about 60 µs of
+        the sender's 300 (two directories of three components each, and mdbox's storage/)."""
+        self.capture.drain_events()
         keys: set[DirKey] = set()
         for directory in dirs:
             for name, spellings in self._root_paths.items():
                 rel = next((r for root in spellings
-                            if (r := wire_path_under(root, directory)) is not None), None)
+                            if (r := lexical_path_under(root, directory)) is not None), None)
                 if rel is None:
                     continue
+                if not self.capture.watched((name, rel)):
+                    refuse_symlinks(self.roots[name], rel)
                 user = rel.partition("/")[0]
                 keys |= {(name, rel), (name, user)}
                 storage = f"{user}/storage" if user else "storage"
-                if _is_real_dir(self.roots[name] / storage):
+                if self.capture.watched((name, storage)) or \
+                        _is_real_dir(self.roots[name] / storage):
                     keys.add((name, storage))
         return keys
 

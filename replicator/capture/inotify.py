@@ -72,6 +72,10 @@ class InotifyWatcher:
         """Whether a watch covers `root/reldir` (its changes raise events)."""
         return (root, reldir) in self._wds
 
+    def watch_of(self, root: str, reldir: str) -> int | None:
+        """The watch descriptor covering `root/reldir`, if one does (see capture.keptdirs)."""
+        return self._wds.get((root, reldir))
+
     def _watch_tree(self, root: str, reldir: str) -> list[Hint]:
         """Watch `reldir` and every directory below it; hints for each (whole directory).
 

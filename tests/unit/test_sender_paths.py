@@ -181,3 +181,38 @@ def test_promotes_staging_and_backup_directories_are_never_shipped(tmp_path: Pat
     shipped = [d.reldir for d in drafts] + [op.path for d in drafts for op in d.ops]
     assert "u1/box/dovecot.index.log" in shipped
     assert not [p for p in shipped if ".promote-" in p], shipped
+
+
+def test_a_flush_into_a_watched_directory_swapped_for_a_symlink_is_refused(
+        tmp_path: Path) -> None:
+    """keys_for skips its lstat calls for directories inotify watches. The mail user may
+    move a watched directory away and put a symlink in its place between two FLUSHes: the
+    next FLUSH naming it (or a directory below it) is still refused, nothing read."""
+    import asyncio
+
+    from replicator.sync_commit import SyncCommit
+
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "u1" / "mailboxes" / "INBOX").mkdir(parents=True)
+    (outside / "INBOX").mkdir(parents=True)
+    inbox = f"{root}/u1/mailboxes/INBOX"
+
+    async def scenario() -> None:
+        capture = _capture(root)
+        capture.start(asyncio.get_running_loop())
+        outbox = Outbox("s", 1, [], retain_bytes=1 << 20, max_frame_bytes=1 << 20)
+        sync = SyncCommit({"index": root}, capture, outbox, {}, 1, Counter())
+        try:
+            assert sync.keys_for((inbox,)) == {("index", "u1/mailboxes/INBOX"),
+                                               ("index", "u1")}
+            assert capture.watched(("index", "u1/mailboxes/INBOX"))  # the fast path was taken
+            (root / "u1" / "mailboxes").rename(root / "u1" / "moved")
+            (root / "u1" / "mailboxes").symlink_to(outside)
+            for path in (inbox, f"{root}/u1/mailboxes"):
+                with pytest.raises(PathError, match="symlink"):
+                    sync.keys_for((path,))
+            assert not capture.watched(("index", "u1/mailboxes/INBOX"))
+        finally:
+            capture.stop()
+
+    asyncio.run(scenario())
