@@ -34,6 +34,8 @@ IN_NONBLOCK, IN_CLOEXEC = 0o4000, 0o2000000
 MASK = (IN_MODIFY | IN_ATTRIB | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE | IN_DELETE
         | IN_DELETE_SELF | IN_ONLYDIR | IN_DONT_FOLLOW | IN_EXCL_UNLINK)
 _EVENT = struct.Struct("iIII")
+READ_BYTES = 1 << 16
+LONGEST_EVENT = _EVENT.size + 256  # a name of NAME_MAX (255) bytes, NUL-padded
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -131,13 +133,18 @@ class InotifyWatcher:
             self._readable()
 
     def _readable(self) -> None:
+        """Read every queued event. A read returns as many whole events as fit, so one that
+        leaves room for another event of the longest name emptied the queue: no further read
+        is made to hear EAGAIN (the drain on every sync commit's path read twice)."""
         hints: list[Hint] = []
         while True:
             try:
-                data = os.read(self._fd, 1 << 16)
+                data = os.read(self._fd, READ_BYTES)
             except BlockingIOError:
                 break
             self._parse(data, hints)
+            if len(data) <= READ_BYTES - LONGEST_EVENT:
+                break
         if hints:
             self._on_hints(hints)
 
