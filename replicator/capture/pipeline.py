@@ -17,6 +17,7 @@ from pathlib import Path
 
 from replicator.capture.basecache import BaseCache
 from replicator.capture.inotify import InotifyWatcher
+from replicator.capture.keptdirs import KeptDirs
 from replicator.capture.locks import LockWaiter
 from replicator.capture.manifest import Manifest
 from replicator.capture.watcher import Hint, Watcher
@@ -50,6 +51,11 @@ class Capture:
         self.batcher = Batcher(roots, self.manifest, BaseCache(base_cache_bytes))
         self._emit, self.counters = emit, counters
         self._dirty: dict[DirKey, Forced] = {}
+        # Dirty directories whose every change since they were last read is a name in
+        # `_dirty` (marked only by inotify events naming a file): a sync commit's read of
+        # them need not list them (Batcher.build_for_commit's `named`).
+        self._named: set[DirKey] = set()
+        self._kept_dirs = KeptDirs(roots)  # descriptors of the directories commits read
         self._held: set[DirKey] = set()
         self._flush_handle: asyncio.Handle | None = None
         self._trailing_handle: asyncio.TimerHandle | None = None  # see flush_for_commit
@@ -72,19 +78,32 @@ class Capture:
         if self._watcher is not None:
             self._watcher.stop()
         self.flush()
+        self._kept_dirs.close()
 
     # -- dirty directories ------------------------------------------------------------------
     def _on_hints(self, hints: list[Hint]) -> None:
         for root, reldir, name in hints:
-            self.mark((root, reldir), {name} if name else set())
+            if name:
+                self.mark((root, reldir), {name}, named=True)
+            else:  # a directory event: what changed in it is not named
+                self.mark((root, reldir), set())
         self._schedule_flush(after_commit=True)
 
-    def mark(self, key: DirKey, names: Forced) -> None:
+    def mark(self, key: DirKey, names: Forced, *, named: bool = False) -> None:
+        """`key` has changes to read: `names` at least (None: every file, read whole).
+        `named`: an inotify event named the file; a directory only ever marked so since it
+        was last read keeps its names as the whole of what changed (see `_named`)."""
         if key in self._dirty:
             known = self._dirty[key]
             self._dirty[key] = None if known is None or names is None else known | names
+            if not named:
+                self._named.discard(key)
         else:
             self._dirty[key] = None if names is None else set(names)
+            if named:
+                self._named.add(key)
+            else:
+                self._named.discard(key)
 
     def _schedule_flush(self, *, after_commit: bool = False) -> None:
         """Flush at the next loop wakeup. For watcher events (`after_commit`) that flush ships
@@ -107,6 +126,7 @@ class Capture:
         """What watcher events marked: the changes but index rewrites now, those
         within `trailing_delay` (flush_for_commit), or everything now when that cannot be
         done."""
+        self.drain_events()  # flush_for_commit relies on every event so far being read
         self._flush_handle = None
         if not self._dirty:
             return
@@ -196,13 +216,19 @@ class Capture:
         held = self._held_users()
         if any(reldir.partition("/")[0] in held for _root, reldir in keys):
             return False
+        watches = {key: wd for key in keys if (wd := self._watch(key)) is not None}
+        named = {key: names for key in keys if key in self._named and key in watches
+                 and (names := self._dirty.get(key)) is not None}
         try:
-            result = self.batcher.build_for_commit(keys)
+            opened = {key: fd for key, wd in watches.items()
+                      if (fd := self._kept_dirs.get(key, wd)) is not None}
+            result = self.batcher.build_for_commit(keys, named, opened)
         except OSError:
             return False  # the whole flush says what failed, and retries
         if result is None:
             return False
         self.counters["commit_flushes"] += 1
+        self.counters["unlisted_reads"] += len(named)
         self.counters["bytes_read"] += result.bytes_read
         for draft in result.drafts:  # what they read is shipped: only the rest stays dirty
             names = self._dirty.get((draft.root, draft.reldir))

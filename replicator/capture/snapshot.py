@@ -88,32 +88,42 @@ def meta_of(st: os.stat_result, *, with_mtime: bool = True) -> Meta:
 
 def scan_dir(root: Path, reldir: str, known: DirEntry | None, forced: set[str] | None, *,
              tail_from: TailFrom | None = None,
-             defer: Callable[[str], bool] | None = None) -> DirScan:
+             defer: Callable[[str], bool] | None = None,
+             only: set[str] | None = None, dir_fd: int | None = None) -> DirScan:
     """Scan `root/reldir`; read files that changed since `known`, and all of `forced`
     (None = every file, each read whole).
 
     `tail_from(name, entry)` says from which offset a known file may be read if it only grew
     (None: whole); changed files `defer` names are not read but listed in `deferred`.
 
+    `only` (with `known`): the caller knows that no file but these can differ from `known`
+    (inotify named every change since `known` was recorded), so the directory is not listed:
+    only these names, and the files `known` holds as racy, are looked at (`_sort_named`).
+    `dir_fd`: the directory, already open (capture.keptdirs; not closed here).
+
     `reldir` must be a wire path (PathError otherwise), and it is opened component by component
     without following a symlink: one in its place (the mail user owns directories below the
     roots and may swap one for a link) makes the directory count as gone, so nothing outside
     the root is ever read. Entries whose wire path a receiver would refuse are left out."""
     check_relpath(reldir, allow_empty=True)
-    fd = open_dir_beneath(root, reldir)
+    fd = open_dir_beneath(root, reldir) if dir_fd is None else dir_fd
     if fd is None:
         return DirScan(reldir, exists=False)
     try:
         st = os.fstat(fd)
-        with os.scandir(fd) as listing:
-            entries = list(listing)
         scan = DirScan(reldir, True, meta_of(st, with_mtime=False), st.st_ino)
         candidates: list[tuple[str, os.stat_result]] = []
-        for entry in entries:
-            _sort_entry(entry, scan, candidates)
+        if only is not None and known is not None:
+            _sort_named(fd, only, known, scan, candidates)
+        else:
+            with os.scandir(fd) as listing:
+                entries = list(listing)
+            for entry in entries:
+                _sort_entry(entry, scan, candidates)
         _read_candidates(fd, scan, candidates, known, forced, tail_from, defer)
     finally:
-        os.close(fd)
+        if dir_fd is None:
+            os.close(fd)
     return scan
 
 
@@ -190,6 +200,33 @@ def _sort_entry(entry: os.DirEntry[str], scan: DirScan,
     elif stat.S_ISREG(est.st_mode):
         scan.present.add(name)
         candidates.append((name, est))
+
+
+def _sort_named(fd: int, names: set[str], known: DirEntry, scan: DirScan,
+                candidates: list[tuple[str, os.stat_result]]) -> None:
+    """What listing the directory and `_sort_entry` would find, when only `names` can differ
+    from `known`: the other files and subdirectories are as `known` recorded them. Files
+    `known` holds as racy are looked at too (as a listing would: their stat proves nothing).
+    On a sync commit's path this replaced a directory listing (a descriptor duplicated, two
+    getdents, a seek) and a stat per file with a stat per changed name."""
+    look = names | {name for name, entry in known.files.items() if entry.racy}
+    scan.present = set(known.files) - look
+    scan.subdirs = set(known.subdirs)
+    for name in look:
+        if is_promote_area(scan.reldir, name) or not _shippable(join_rel(scan.reldir, name)):
+            continue
+        try:
+            est = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        except (FileNotFoundError, NotADirectoryError):
+            scan.subdirs.discard(name)
+            continue
+        if stat.S_ISDIR(est.st_mode):
+            scan.subdirs.add(name)
+            continue
+        scan.subdirs.discard(name)
+        if stat.S_ISREG(est.st_mode) and not is_transient(name):
+            scan.present.add(name)
+            candidates.append((name, est))
 
 
 def _shippable(relpath: str) -> bool:

@@ -115,7 +115,10 @@ class Batcher:
 
     def _ordered(self, drafts: list[Draft]) -> list[Draft]:
         """Dependencies first (mdbox storage/, then control, then mailboxes), and deletions
-        after every change (what they delete may be the source of a copy)."""
+        after every change (what they delete may be the source of a copy). A sync commit's
+        flush mostly makes one draft: nothing to order then."""
+        if len(drafts) == 1:
+            return [draft for draft in drafts if _wire_safe(draft)]
         ranked = sorted(drafts, key=lambda d: -dir_rank(self.manifest, (d.root, d.reldir)))
         ranked = [d for d in ranked if _wire_safe(d)]
         changes = [d for d in ranked if not d.deletes_only]
@@ -169,7 +172,9 @@ class Batcher:
                 kept.append((key, scan))
         return kept
 
-    def build_for_commit(self, keys: Iterable[DirKey]) -> BuildResult | None:
+    def build_for_commit(self, keys: Iterable[DirKey],
+                         named: Mapping[DirKey, set[str]] | None = None,
+                         opened: Mapping[DirKey, int] | None = None) -> BuildResult | None:
         """What a sync commit must wait for in `keys`: every change there but index and backup
         rewrites (TRAILING_KINDS), which are left unread for the next whole flush to ship in
         the same ordered stream. A replica whose indexes trail their logs is a state Dovecot
@@ -179,7 +184,12 @@ class Batcher:
 
         None, with nothing read recorded, when a directory is new (its subdirectories are found
         by a whole flush), vanished, or has a file Dovecot holds locked: then only a whole
-        flush ships the commit."""
+        flush ships the commit.
+
+        `named`: directories where inotify named every change since they were last read
+        (Capture.flush_for_commit): only those names are looked at (scan_dir's `only`).
+        `opened`: descriptors of directories, kept open by the caller (capture.keptdirs)."""
+        named, opened = named or {}, opened or {}
         result = BuildResult()
         scans: list[tuple[DirKey, DirScan]] = []
         for key in sorted(keys, key=lambda k: dir_rank(self.manifest, k)):  # dependents first
@@ -194,7 +204,8 @@ class Batcher:
                           reldir)
                 return None
             scan = scan_dir(self.roots[root], reldir, known, set(),
-                            tail_from=self._tail_from(root, reldir), defer=_trails)
+                            tail_from=self._tail_from(root, reldir), defer=_trails,
+                            only=named.get(key), dir_fd=opened.get(key))
             result.scanned += 1
             if not scan.exists or scan.busy:
                 return None

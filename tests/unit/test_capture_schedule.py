@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -13,7 +14,8 @@ import pytest
 
 from replicator.capture.inotify import _EVENT, IN_Q_OVERFLOW, InotifyWatcher
 from replicator.capture.pipeline import Capture
-from replicator.sender.batcher import Draft
+from replicator.capture.snapshot import stat_key
+from replicator.sender.batcher import Draft, _trails
 
 KEY = ("index", "")
 
@@ -161,5 +163,128 @@ def test_a_change_whose_event_the_kernel_dropped_is_still_read(tmp_path: Path) -
             assert "b/dovecot.index.log" in shipped
         finally:
             capture.stop()
+
+    asyncio.run(scenario())
+
+
+NAMES = ("dovecot.index.log", "dovecot.index.cache", "dovecot-uidlist", "dovecot-keywords",
+         "dovecot.index", "dovecot.index.log.2")
+
+
+def _change(box: Path, rng: random.Random) -> str:
+    """One change of the kinds Dovecot makes in a mailbox directory; what it was."""
+    name = rng.choice(NAMES)
+    path = box / name
+    action = rng.choice(("append", "append", "rewrite", "delete", "rename", "chmod",
+                         "replace", "subdir"))
+    if action == "append" or (not path.exists() and action != "subdir"):
+        with path.open("ab") as f:
+            f.write(rng.randbytes(rng.randrange(1, 200)))
+    elif action == "rewrite":
+        with path.open("r+b") as f:
+            f.write(rng.randbytes(8))
+    elif action == "delete":
+        path.unlink()
+    elif action == "rename":
+        path.rename(box / rng.choice(NAMES))
+    elif action == "chmod":
+        path.chmod(rng.choice((0o600, 0o640)))
+    elif action == "replace":  # Dovecot's way for indexes: a temp file renamed over it
+        (box / "dovecot.index.tmp").write_bytes(rng.randbytes(64))
+        (box / "dovecot.index.tmp").rename(path)
+    else:
+        (box / f"sub{rng.randrange(3)}").mkdir(exist_ok=True)
+    return f"{action} {name}"
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_commit_read_of_inotify_named_changes_leaves_the_manifest_as_a_listing_would(
+        tmp_path: Path, seed: int) -> None:
+    """A directory only file events marked since its last read is not listed by a sync
+    commit's read: only the names the events carried (and racy files) are looked at. After
+    each random change and that read, the manifest must hold every file the directory holds
+    (but the index rewrites a commit leaves for later), each with its current stat, and no
+    other."""
+    rng = random.Random(seed)
+    box = tmp_path / "box"
+    box.mkdir()
+    (box / "dovecot.index.log").write_bytes(b"log")
+
+    async def check(capture: Capture) -> None:
+        named_reads = 0
+        for step in range(150):
+            what = _change(box, rng)
+            if rng.randrange(6) == 0:
+                capture.flush()  # the trailing flush, `trailing_delay` after a commit
+            capture.drain_events()
+            named_reads += KEY_BOX in capture._named
+            if KEY_BOX in capture._dirty and not capture.flush_for_commit({KEY_BOX}):
+                capture.flush()
+            entry = capture.manifest.dir(*KEY_BOX)
+            assert entry is not None
+            on_disk = {p.name: p.lstat() for p in box.iterdir() if p.is_file()
+                       and p.name != "dovecot.index.tmp"}
+            waiting = capture._dirty.get(KEY_BOX) or set()
+            for name, st in on_disk.items():
+                if name in waiting and _trails(name):
+                    continue  # an index rewrite, left for the trailing flush
+                shipped = entry.files.get(name)
+                assert shipped is not None, (step, what, name)
+                assert shipped.stat == stat_key(st), (step, what, name)
+            assert set(entry.files) - set(on_disk) <= {n for n in waiting if _trails(n)}, \
+                (step, what)
+            # a new subdirectory is recorded by its own (whole) read; none is lost here
+            assert entry.subdirs <= {p.name for p in box.iterdir() if p.is_dir()}, (step, what)
+        assert named_reads > 50 and capture.counters["unlisted_reads"] > 50
+
+    async def scenario() -> None:
+        capture = Capture({"index": tmp_path}, "inotify", 1 << 20, lambda drafts: None,
+                          Counter())
+        capture.start(asyncio.get_running_loop())
+        capture.flush()
+        try:
+            await check(capture)
+        finally:
+            capture.stop()
+
+    asyncio.run(scenario())
+
+
+KEY_BOX = ("index", "box")
+
+
+def test_a_kept_directory_descriptor_never_reads_a_directory_moved_away(tmp_path: Path) -> None:
+    """A commit's read keeps the directory's descriptor for the next commit. When the mail
+    user moves the directory away and makes a new one at its path, the next read is of the
+    new directory, not of the one moved (which is still written to)."""
+    box = tmp_path / "box"
+    box.mkdir()
+    (box / "dovecot.index.log").write_bytes(b"first")
+    emitted: list[Draft] = []
+
+    async def scenario() -> None:
+        capture = Capture({"index": tmp_path}, "inotify", 1 << 20, emitted.extend, Counter())
+        capture.start(asyncio.get_running_loop())
+        capture.flush()
+        try:
+            with (box / "dovecot.index.log").open("ab") as f:
+                f.write(b", second")
+            capture.drain_events()
+            assert capture.flush_for_commit({KEY_BOX})
+            assert len(capture._kept_dirs) == 1  # kept for the next commit
+            box.rename(tmp_path / "moved")
+            with (tmp_path / "moved" / "dovecot.index.log").open("ab") as f:
+                f.write(b", written where it went")
+            box.mkdir()
+            (box / "dovecot.index.log").write_bytes(b"the new mailbox")
+            emitted.clear()
+            capture.drain_events()
+            if not capture.flush_for_commit({KEY_BOX}):
+                capture.flush()
+            shipped = b"".join(op.data for d in emitted if d.reldir == "box" for op in d.ops)
+            assert b"the new mailbox" in shipped and b"where it went" not in shipped
+        finally:
+            capture.stop()
+        assert len(capture._kept_dirs) == 0  # closed with the capture
 
     asyncio.run(scenario())
