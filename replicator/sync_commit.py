@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import stat
 import time
 from collections import deque
 from collections.abc import Mapping
@@ -171,8 +170,7 @@ class SyncCommit:
                 user = rel.partition("/")[0]
                 keys |= {(name, rel), (name, user)}
                 storage = f"{user}/storage" if user else "storage"
-                if self.capture.watched((name, storage)) or \
-                        _is_real_dir(self.roots[name] / storage):
+                if self.capture.real_dir((name, storage)):
                     keys.add((name, storage))
         return keys
 
@@ -203,10 +201,3 @@ def _spellings(root: Path) -> list[Path]:
     the directory either way)."""
     resolved = Path(os.path.realpath(root))
     return [root] if resolved == root else [root, resolved]
-
-
-def _is_real_dir(path: Path) -> bool:
-    try:
-        return stat.S_ISDIR(os.lstat(path).st_mode)
-    except OSError:
-        return False

@@ -50,6 +50,7 @@ class InotifyWatcher:
         self._paths: dict[int, tuple[str, str]] = {}
         self._wds: dict[tuple[str, str], int] = {}
         self._limit_logged = False
+        self.failed_watches = 0  # directories that exist but could not be watched
         self.overflows = 0  # queue overflows seen (counted as read: before on_overflow runs)
 
     def start(self) -> None:
@@ -111,6 +112,8 @@ class InotifyWatcher:
         return True
 
     def _watch_failed(self, err: int, path: str) -> None:
+        if err not in (errno.ENOENT, errno.ENOTDIR):  # gone, or not a directory: no loss
+            self.failed_watches += 1
         if err == errno.ENOSPC and not self._limit_logged:
             self._limit_logged = True
             log.error("inotify watch limit reached at %d directories (raise "

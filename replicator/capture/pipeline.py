@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import stat
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from replicator.capture.locks import LockWaiter
 from replicator.capture.manifest import Manifest
 from replicator.capture.watcher import Hint, Watcher
 from replicator.delta.ops import Op, OpCode
+from replicator.paths import parent_rel
 from replicator.sender.batcher import Batcher, BuildResult, DirKey, Draft, Forced
 
 log = logging.getLogger("replicator.capture")
@@ -205,6 +208,23 @@ class Capture:
         the events before now are read. A FLUSH's path check relies on this
         (SyncCommit.keys_for) and makes its lstat calls only where it does not hold."""
         return self._watch(key) is not None
+
+    def real_dir(self, key: DirKey) -> bool:
+        """Whether `root/reldir` is a directory now, reached through directories only. The
+        watcher says so either way where it can: a watched directory is one (see `watched`),
+        and below a watched directory every directory is watched, unless a watch could not
+        be added (the watch limit). Else an lstat says. (A FLUSH asks this of mdbox's
+        storage/ in both roots, and one root has none: an lstat that failed, per commit.)"""
+        if self.watched(key):
+            return True
+        watcher = self._watcher
+        if isinstance(watcher, InotifyWatcher) and not watcher.failed_watches and \
+                key[1] and self.watched((key[0], parent_rel(key[1]))):
+            return False
+        try:
+            return stat.S_ISDIR(os.lstat(self.roots[key[0]] / key[1]).st_mode)
+        except OSError:
+            return False
 
     # -- flushing ---------------------------------------------------------------------------
     def flush_for_commit(self, keys: set[DirKey]) -> bool:

@@ -216,3 +216,36 @@ def test_a_flush_into_a_watched_directory_swapped_for_a_symlink_is_refused(
             capture.stop()
 
     asyncio.run(scenario())
+
+
+def test_a_flush_waits_for_mdbox_storage_exactly_when_it_is_a_directory(tmp_path: Path) -> None:
+    """keys_for adds the user's storage/ (mdbox's map) when it is a real directory. Below a
+    watched user directory the watcher says so without an lstat: a directory made there is
+    watched once its event is read, a symlink (or a file) there never is."""
+    import asyncio
+
+    from replicator.sync_commit import SyncCommit
+
+    root = tmp_path / "root"
+    (root / "u1" / "mailboxes" / "INBOX").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    inbox = f"{root}/u1/mailboxes/INBOX"
+    storage = ("index", "u1/storage")
+
+    async def scenario() -> None:
+        capture = _capture(root)
+        capture.start(asyncio.get_running_loop())
+        outbox = Outbox("s", 1, [], retain_bytes=1 << 20, max_frame_bytes=1 << 20)
+        sync = SyncCommit({"index": root}, capture, outbox, {}, 1, Counter())
+        try:
+            assert storage not in sync.keys_for((inbox,))  # none yet
+            (root / "u1" / "storage").symlink_to(tmp_path / "elsewhere")
+            assert storage not in sync.keys_for((inbox,))  # a symlink is not one
+            (root / "u1" / "storage").unlink()
+            (root / "u1" / "storage").mkdir()
+            assert storage in sync.keys_for((inbox,))  # made: watched once its event is read
+            assert capture.watched(storage)
+        finally:
+            capture.stop()
+
+    asyncio.run(scenario())
