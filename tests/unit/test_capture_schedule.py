@@ -288,3 +288,18 @@ def test_a_kept_directory_descriptor_never_reads_a_directory_moved_away(tmp_path
         assert len(capture._kept_dirs) == 0  # closed with the capture
 
     asyncio.run(scenario())
+
+
+def test_a_missing_directory_below_a_watched_one_is_not_marked(tmp_path: Path) -> None:
+    """A FLUSH names the mailbox's CONTROL directory, which mdbox never makes: below a
+    watched directory the watcher proves it missing, so nothing is marked or read; once it
+    is made, its event marks it like any other."""
+    missing = ("index", "a/mailboxes/INBOX")
+
+    async def check(capture: Capture) -> None:
+        assert capture.catch_up({missing}) == set()
+        assert missing not in capture._dirty
+        (tmp_path / "a" / "mailboxes" / "INBOX").mkdir(parents=True)
+        assert capture.catch_up({missing}) == {missing}
+
+    _known_dirs(tmp_path, check)
