@@ -1,7 +1,7 @@
 """Where one sync commit's latency goes, step by step, across the IMAP client, both daemons
 and back: the critical path that `profile_commit`'s CPU shares cannot show.
 
-    .venv/bin/python -m bench.commit_trace [--op store|append] [--rounds 2000]
+    .venv/bin/python -m bench.commit_trace [--ops store,append] [--rounds 2000] [--write]
 
 Both daemons run under a shim (`python -m bench.commit_trace shim ROLE OUT -- CMD...`) that
 wraps a few of their functions to note CLOCK_MONOTONIC at each step of a commit, in memory,
@@ -166,25 +166,46 @@ def main(argv: list[str] | None = None) -> int:
         return shim(args[1], Path(args[2]), args[split + 1:])
     parser = argparse.ArgumentParser(prog="python -m bench.commit_trace", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--op", choices=("store", "append"), default="store")
+    parser.add_argument("--ops", default="store,append",
+                        help="which commands to trace, in turn (store, append)")
     parser.add_argument("--rounds", type=int, default=2000)
     parser.add_argument("--warmup", type=int, default=200,
                         help="rounds first made and left out of the figures")
-    parser.add_argument("--keep", type=Path, default=None,
-                        help="directory to keep the notes in (default: a temporary one)")
+    parser.add_argument("--write", action="store_true",
+                        help="also write the report as the 'Commit path, step by step' "
+                             "section of bench/RESULTS.md")
     options = parser.parse_args(args)
-    with scratch_dir("trace-notes-", ram=False) as scratch:
-        out = options.keep or scratch
-        out.mkdir(parents=True, exist_ok=True)
-        drive(options.op, options.rounds + options.warmup, out)
-        usual, medians, kept, whole = steps(rounds(sorted(out.glob("*.notes")),
-                                                   skip=options.warmup))
-    print(f"{options.rounds} sync-committed {options.op.upper()}s (mdbox, RAM mode, TCP "
-          f"loopback); {kept:.0%} of the rounds in the usual order; medians in µs")
-    for step, value in medians.items():
-        print(f"  {value:7.1f}  {step}")
-    print(f"  {whole:7.1f}  the whole round ({len(usual)} notes)")
+    ops = [op.strip() for op in options.ops.split(",") if op.strip()]
+    if not ops or set(ops) - {"store", "append"}:
+        parser.error(f"--ops: store and/or append, got {options.ops!r}")
+    text = "\n".join(trace(op, options.rounds, options.warmup) for op in ops)
+    print(text)
+    if options.write:
+        from bench.report import write_sections
+        from bench.run import machine
+
+        m = machine()
+        write_sections(Path(__file__).resolve().parent / "RESULTS.md", "\n".join([
+            "", "## Commit path, step by step", "",
+            f"`python -m bench.commit_trace --ops {','.join(ops)} --rounds {options.rounds}` "
+            f"on {m['cpu']}, {m['cpus']} CPUs, Dovecot {m['dovecot']}, Python {m['python']}; "
+            f"{m['date']}. Where one sync commit's latency goes: each step's median, from "
+            "notes of CLOCK_MONOTONIC taken in the IMAP client and in both daemons (about a "
+            "microsecond each, counted in the steps; `Commit path goals` has the untraced "
+            "figures).", "", "```", text, "```", ""]))
     return 0
+
+
+def trace(op: str, count: int, warmup: int) -> str:
+    """The report of `count` traced `op`s (after `warmup` more)."""
+    with scratch_dir("trace-notes-", ram=False) as out:
+        drive(op, count + warmup, out)
+        usual, medians, kept, whole = steps(rounds(sorted(out.glob("*.notes")), skip=warmup))
+    lines = [f"{count} sync-committed {op.upper()}s (mdbox, RAM mode, TCP loopback); "
+             f"{kept:.0%} of the rounds in the usual order; medians in µs"]
+    lines += [f"  {value:7.1f}  {step}" for step, value in medians.items()]
+    lines.append(f"  {whole:7.1f}  the whole round ({len(usual)} notes)")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -14,8 +14,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_the_commit_trace_sees_every_step_of_a_sync_commit() -> None:
     done = subprocess.run([sys.executable, "-m", "bench.commit_trace", "--rounds", "40",
-                           "--warmup", "10"], capture_output=True, text=True, cwd=REPO,
-                          timeout=300, check=False)
+                           "--warmup", "10", "--ops", "store"], capture_output=True, text=True,
+                          cwd=REPO, timeout=300, check=False)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     for role, _module, _cls, _method, _when, label in PROBES:
         assert f"{role}: {label}" in done.stdout, done.stdout
