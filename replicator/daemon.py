@@ -48,9 +48,8 @@ if TYPE_CHECKING:  # imported when [coordination] is configured: an HTTP stack c
 log = logging.getLogger("replicator")
 SOFTWARE = f"dovecot-replicator/{__version__}"
 COUNTERS = ("flushes", "commit_flushes", "unlisted_reads", "batches", "resync_batches",
-            "busy_retries", "sync_ok",
-            "sync_failed", "sync_degraded", "sync_refused", "rescans", "bytes_read",
-            "unowned_skipped")
+            "busy_retries", "sync_ok", "sync_failed", "sync_degraded", "sync_refused",
+            "rescans", "bytes_read", "unowned_skipped")
 
 
 class Daemon(LinkHost):

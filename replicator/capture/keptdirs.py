@@ -19,12 +19,15 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from replicator.capture.snapshot import open_dir_beneath
+from replicator.sender.batcher import DirKey
 
-DirKey = tuple[str, str]
 MAX_KEPT = 256  # directories of the users committing now; a descriptor each
 
 
 class KeptDirs:
+    """Directory descriptors by (root, reldir), each with the watch descriptor it was opened
+    under; the least recently used is closed past MAX_KEPT."""
+
     def __init__(self, roots: Mapping[str, Path]) -> None:
         self._roots = roots
         self._kept: OrderedDict[DirKey, tuple[int, int]] = OrderedDict()  # key -> (wd, fd)
