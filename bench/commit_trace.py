@@ -117,15 +117,20 @@ def rounds(paths: list[Path], skip: int) -> list[list[tuple[int, str]]]:
     return cut[skip:]
 
 
-def steps(cut: list[list[tuple[int, str]]]) -> tuple[list[str], dict[str, float], float, float]:
-    """(the usual order of notes, median µs of each step in it, share of rounds kept,
-    median µs of a whole round)."""
+def steps(cut: list[list[tuple[int, str]]]
+          ) -> tuple[list[str], list[tuple[str, float]], float, float]:
+    """(the usual order of notes, each step in it with its median µs, share of rounds kept,
+    median µs of a whole round). A step met again in a round (an APPEND's second batch) is
+    listed again, marked so."""
     orders = Counter(tuple(label for _, label in r) for r in cut)
     usual, count = orders.most_common(1)[0]
     kept = [r for r in cut if tuple(label for _, label in r) == usual]
-    medians = {f"{usual[i - 1]} -> {usual[i]}":
-               statistics.median((r[i][0] - r[i - 1][0]) / 1000 for r in kept)
-               for i in range(1, len(usual))}
+    medians: list[tuple[str, float]] = []
+    for i in range(1, len(usual)):
+        step = f"{usual[i - 1]} -> {usual[i]}"
+        again = sum(name.startswith(step) for name, _ in medians)
+        medians.append((step + (f" (again, {again + 1})" if again else ""),
+                        statistics.median((r[i][0] - r[i - 1][0]) / 1000 for r in kept)))
     whole = statistics.median((r[-1][0] - r[0][0]) / 1000 for r in kept)
     return list(usual), medians, count / len(cut), whole
 
@@ -203,7 +208,7 @@ def trace(op: str, count: int, warmup: int) -> str:
         usual, medians, kept, whole = steps(rounds(sorted(out.glob("*.notes")), skip=warmup))
     lines = [f"{count} sync-committed {op.upper()}s (mdbox, RAM mode, TCP loopback); "
              f"{kept:.0%} of the rounds in the usual order; medians in µs"]
-    lines += [f"  {value:7.1f}  {step}" for step, value in medians.items()]
+    lines += [f"  {value:7.1f}  {step}" for step, value in medians]
     lines.append(f"  {whole:7.1f}  the whole round ({len(usual)} notes)")
     return "\n".join(lines)
 
