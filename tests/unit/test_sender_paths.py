@@ -4,8 +4,10 @@ stall the link)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,7 @@ from replicator.errors import PathError
 from replicator.paths import check_relpath, wire_path_under
 from replicator.sender.batcher import Draft
 from replicator.sender.outbox import Outbox
+from replicator.sync_commit import SyncCommit
 
 SECRET = b"root-only secret\n"
 
@@ -183,69 +186,60 @@ def test_promotes_staging_and_backup_directories_are_never_shipped(tmp_path: Pat
     assert not [p for p in shipped if ".promote-" in p], shipped
 
 
+def _with_sync_commit(root: Path, check: Callable[[SyncCommit, Capture], None]) -> None:
+    """`check(sync, capture)` with a started capture of `root` (inotify) and its SyncCommit."""
+    async def scenario() -> None:
+        capture = _capture(root)
+        capture.start(asyncio.get_running_loop())
+        outbox = Outbox("s", 1, [], retain_bytes=1 << 20, max_frame_bytes=1 << 20)
+        try:
+            check(SyncCommit({"index": root}, capture, outbox, {}, 1, Counter()), capture)
+        finally:
+            capture.stop()
+
+    asyncio.run(scenario())
+
+
 def test_a_flush_into_a_watched_directory_swapped_for_a_symlink_is_refused(
         tmp_path: Path) -> None:
     """keys_for skips its lstat calls for directories inotify watches. The mail user may
     move a watched directory away and put a symlink in its place between two FLUSHes: the
     next FLUSH naming it (or a directory below it) is still refused, nothing read."""
-    import asyncio
-
-    from replicator.sync_commit import SyncCommit
-
     root, outside = tmp_path / "root", tmp_path / "outside"
     (root / "u1" / "mailboxes" / "INBOX").mkdir(parents=True)
     (outside / "INBOX").mkdir(parents=True)
     inbox = f"{root}/u1/mailboxes/INBOX"
 
-    async def scenario() -> None:
-        capture = _capture(root)
-        capture.start(asyncio.get_running_loop())
-        outbox = Outbox("s", 1, [], retain_bytes=1 << 20, max_frame_bytes=1 << 20)
-        sync = SyncCommit({"index": root}, capture, outbox, {}, 1, Counter())
-        try:
-            assert sync.keys_for((inbox,)) == {("index", "u1/mailboxes/INBOX"),
-                                               ("index", "u1")}
-            assert capture.watched(("index", "u1/mailboxes/INBOX"))  # the fast path was taken
-            (root / "u1" / "mailboxes").rename(root / "u1" / "moved")
-            (root / "u1" / "mailboxes").symlink_to(outside)
-            for path in (inbox, f"{root}/u1/mailboxes"):
-                with pytest.raises(PathError, match="symlink"):
-                    sync.keys_for((path,))
-            assert not capture.watched(("index", "u1/mailboxes/INBOX"))
-        finally:
-            capture.stop()
+    def check(sync: SyncCommit, capture: Capture) -> None:
+        assert sync.keys_for((inbox,)) == {("index", "u1/mailboxes/INBOX"), ("index", "u1")}
+        assert capture.watched(("index", "u1/mailboxes/INBOX"))  # the fast path was taken
+        (root / "u1" / "mailboxes").rename(root / "u1" / "moved")
+        (root / "u1" / "mailboxes").symlink_to(outside)
+        for path in (inbox, f"{root}/u1/mailboxes"):
+            with pytest.raises(PathError, match="symlink"):
+                sync.keys_for((path,))
+        assert not capture.watched(("index", "u1/mailboxes/INBOX"))
 
-    asyncio.run(scenario())
+    _with_sync_commit(root, check)
 
 
 def test_a_flush_waits_for_mdbox_storage_exactly_when_it_is_a_directory(tmp_path: Path) -> None:
     """keys_for adds the user's storage/ (mdbox's map) when it is a real directory. Below a
     watched user directory the watcher says so without an lstat: a directory made there is
     watched once its event is read, a symlink (or a file) there never is."""
-    import asyncio
-
-    from replicator.sync_commit import SyncCommit
-
     root = tmp_path / "root"
     (root / "u1" / "mailboxes" / "INBOX").mkdir(parents=True)
     (tmp_path / "elsewhere").mkdir()
     inbox = f"{root}/u1/mailboxes/INBOX"
     storage = ("index", "u1/storage")
 
-    async def scenario() -> None:
-        capture = _capture(root)
-        capture.start(asyncio.get_running_loop())
-        outbox = Outbox("s", 1, [], retain_bytes=1 << 20, max_frame_bytes=1 << 20)
-        sync = SyncCommit({"index": root}, capture, outbox, {}, 1, Counter())
-        try:
-            assert storage not in sync.keys_for((inbox,))  # none yet
-            (root / "u1" / "storage").symlink_to(tmp_path / "elsewhere")
-            assert storage not in sync.keys_for((inbox,))  # a symlink is not one
-            (root / "u1" / "storage").unlink()
-            (root / "u1" / "storage").mkdir()
-            assert storage in sync.keys_for((inbox,))  # made: watched once its event is read
-            assert capture.watched(storage)
-        finally:
-            capture.stop()
+    def check(sync: SyncCommit, capture: Capture) -> None:
+        assert storage not in sync.keys_for((inbox,))  # none yet
+        (root / "u1" / "storage").symlink_to(tmp_path / "elsewhere")
+        assert storage not in sync.keys_for((inbox,))  # a symlink is not one
+        (root / "u1" / "storage").unlink()
+        (root / "u1" / "storage").mkdir()
+        assert storage in sync.keys_for((inbox,))  # made: watched once its event is read
+        assert capture.watched(storage)
 
-    asyncio.run(scenario())
+    _with_sync_commit(root, check)
