@@ -169,6 +169,7 @@ def test_a_change_whose_event_the_kernel_dropped_is_still_read(tmp_path: Path) -
 
 NAMES = ("dovecot.index.log", "dovecot.index.cache", "dovecot-uidlist", "dovecot-keywords",
          "dovecot.index", "dovecot.index.log.2")
+KEY_BOX = ("index", "box")
 
 
 def _change(box: Path, rng: random.Random) -> str:
@@ -248,9 +249,6 @@ def test_a_commit_read_of_inotify_named_changes_leaves_the_manifest_as_a_listing
             capture.stop()
 
     asyncio.run(scenario())
-
-
-KEY_BOX = ("index", "box")
 
 
 def test_a_kept_directory_descriptor_never_reads_a_directory_moved_away(tmp_path: Path) -> None:
