@@ -126,10 +126,11 @@ def steps(cut: list[list[tuple[int, str]]]
     usual, count = orders.most_common(1)[0]
     kept = [r for r in cut if tuple(label for _, label in r) == usual]
     medians: list[tuple[str, float]] = []
+    met: Counter[str] = Counter()
     for i in range(1, len(usual)):
         step = f"{usual[i - 1]} -> {usual[i]}"
-        again = sum(name.startswith(step) for name, _ in medians)
-        medians.append((step + (f" (again, {again + 1})" if again else ""),
+        met[step] += 1
+        medians.append((step + (f" (again, {met[step]})" if met[step] > 1 else ""),
                         statistics.median((r[i][0] - r[i - 1][0]) / 1000 for r in kept)))
     whole = statistics.median((r[-1][0] - r[0][0]) / 1000 for r in kept)
     return list(usual), medians, count / len(cut), whole
