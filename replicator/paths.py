@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import stat
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 
@@ -72,28 +73,30 @@ def parent_rel(relpath: str) -> str:
     return relpath.rpartition("/")[0]
 
 
-def wire_path_under(root: Path | str, path: str) -> str | None:
+def wire_path_under(root: Path | str, path: str, *,
+                    proven: Callable[[str], bool] | None = None) -> str | None:
     """The wire path of the absolute `path` below `root`, proven to stay there; None when
     `path` is elsewhere; PathError when it is malformed or would lead out of `root`.
 
     The path comes from an unauthenticated local client (a FLUSH), so text is not enough: it
-    must pass `lexical_path_under`, and no component that exists below `root` may be a
+    must pass `_lexical_path_under`, and no component that exists below `root` may be a
     symlink (Dovecot never makes one under its INDEX or CONTROL roots; following one would
     let the client point the root daemon at any directory). Components that do not exist
-    are fine: the directory was removed.
+    are fine: the directory was removed. `proven(rel)` is the caller's proof that `root/rel`
+    has no symlink on its way (Capture.watched: inotify watches it); the lstat per component
+    is made where it says False.
     """
-    rel = lexical_path_under(root, path)
-    if rel is not None:
+    rel = _lexical_path_under(root, path)
+    if rel is not None and not (proven is not None and proven(rel)):
         refuse_symlinks(root, rel)
     return rel
 
 
-def lexical_path_under(root: Path | str, path: str) -> str | None:
-    """`wire_path_under` without looking at the filesystem: `path`'s wire path below `root`
-    by its text alone (None when it names no place below `root`). `..` is refused outright
-    (never resolved lexically: with a symlink `a/..` is not `.`), empty and `.` components
-    are dropped, and the remainder must pass `check_relpath`. The caller still owes the
-    symlink check (`refuse_symlinks`), or a proof that the directory has none."""
+def _lexical_path_under(root: Path | str, path: str) -> str | None:
+    """`path`'s wire path below `root` by its text alone (None when it names no place below
+    `root`). `..` is refused outright (never resolved lexically: with a symlink `a/..` is not
+    `.`), empty and `.` components are dropped, and the remainder must pass
+    `check_relpath`."""
     if "\x00" in path:
         raise PathError(f"path {path[:200]!r} contains NUL")
     if not path.startswith("/"):

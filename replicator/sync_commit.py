@@ -22,6 +22,7 @@ import os
 import time
 from collections import deque
 from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,7 +31,7 @@ from replicator.config import SYNC_POLICIES
 from replicator.control.limits import OncePerMinute
 from replicator.control.protocol import REFUSED, FlushRequest
 from replicator.errors import PathError
-from replicator.paths import lexical_path_under, refuse_symlinks
+from replicator.paths import wire_path_under
 from replicator.sender.batcher import DirKey
 from replicator.sender.outbox import Outbox
 
@@ -163,18 +164,20 @@ class SyncCommit:
         keys: set[DirKey] = set()
         for directory in dirs:
             for name, spellings in self._root_paths.items():
-                rel = next((r for root in spellings
-                            if (r := lexical_path_under(root, directory)) is not None), None)
+                watched = partial(self._watched, name)
+                rel = next((r for root in spellings if (r := wire_path_under(
+                    root, directory, proven=watched)) is not None), None)
                 if rel is None:
                     continue
-                if not self.capture.watched((name, rel)):
-                    refuse_symlinks(self.roots[name], rel)
                 user = rel.partition("/")[0]
                 keys |= {(name, rel), (name, user)}
                 storage = f"{user}/storage" if user else "storage"
                 if self.capture.real_dir((name, storage)):
                     keys.add((name, storage))
         return keys
+
+    def _watched(self, name: str, rel: str) -> bool:
+        return self.capture.watched((name, rel))
 
     def why_not_replicated(self, quorum: int) -> str:
         states = ", ".join(f"{peer}: {link.state}" + (f" ({link.last_error})"
