@@ -243,3 +243,41 @@ def test_a_flush_waits_for_mdbox_storage_exactly_when_it_is_a_directory(tmp_path
         assert capture.watched(storage)
 
     _with_sync_commit(root, check)
+
+
+def test_an_unlisted_read_never_follows_a_named_symlink_or_opens_a_named_fifo(
+        tmp_path: Path) -> None:
+    """A commit's read of a directory inotify watches looks only at the names its events
+    carried. The mail user replaces the log by a symlink to a root-only secret and makes a
+    fifo named like the cache: both names come with events, neither is followed or opened
+    (a read of the fifo would hang), and the log is shipped as gone."""
+    root = tmp_path / "root"
+    box = root / "u1" / "box"
+    box.mkdir(parents=True)
+    (box / "dovecot.index.log").write_bytes(b"log")
+    secret = tmp_path / "secret"
+    secret.write_bytes(SECRET)
+    secret.chmod(0o600)
+    emitted: list[Draft] = []
+    key = ("index", "u1/box")
+
+    async def scenario() -> None:
+        capture = Capture({"index": root}, "inotify", 1 << 20, emitted.extend, Counter())
+        capture.start(asyncio.get_running_loop())
+        capture.flush()
+        try:
+            (box / "dovecot.index.log").unlink()
+            (box / "dovecot.index.log").symlink_to(secret)
+            os.mkfifo(box / "dovecot.index.cache")
+            emitted.clear()
+            capture.drain_events()
+            assert key in capture._named  # the read below is the unlisted one
+            assert capture.flush_for_commit({key})
+            assert capture.counters["unlisted_reads"] == 1
+        finally:
+            capture.stop()
+
+    asyncio.run(scenario())
+    assert all(SECRET not in op.data for d in emitted for op in d.ops)
+    assert [(op.code, op.path) for d in emitted for op in d.ops] == \
+        [(OpCode.DELETE, "u1/box/dovecot.index.log")]
