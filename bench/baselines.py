@@ -1,16 +1,22 @@
 """The floors everything is compared with, measured in the same run: a TCP round trip on
-loopback (blocking sockets and asyncio streams), a 4 KiB append + fdatasync on disk, and the
-same write on tmpfs."""
+loopback (blocking sockets and asyncio streams), the four hops of a sync commit through two
+asyncio processes doing nothing else (`sync_hops`), a 4 KiB append + fdatasync on disk, and
+the same write on tmpfs."""
 
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import os
 import socket
 import tempfile
 import threading
 import time
 from pathlib import Path
+
+# The sizes of a sync commit's messages (mdbox STORE): the plugin's FLUSH line, the packed
+# BATCH frame, the ACK frame, the daemon's answer line.
+FLUSH_BYTES, BATCH_BYTES, ACK_BYTES, ANSWER_BYTES = 160, 240, 40, 24
 
 
 def tcp_round_trip_blocking(samples: int, size: int = 64) -> list[float]:
@@ -80,3 +86,94 @@ def timed_appends(directory: Path, samples: int, *, fdatasync: bool,
                 os.fdatasync(fd)
             out.append(time.perf_counter() - start)
     return out
+
+
+def sync_hops(samples: int) -> list[float]:
+    """The four hops a sync commit adds, with no work at either end: a client (blocking, as
+    the plugin is) sends a FLUSH-sized line over a unix socket to a "sender" process, which
+    writes a BATCH-sized message over TCP loopback to a "receiver" process, which answers an
+    ACK-sized one; the sender then answers the client. Both are asyncio processes on streams,
+    as the daemons are, each in an interpreter of its own. The in-process `tcp_round_trip_*`
+    floors leave out what this one holds: four wake-ups of separate processes, which on a VM
+    cost tens of µs each. What a sync commit's overhead adds beyond this is our own work."""
+    context = multiprocessing.get_context("spawn")
+    with tempfile.TemporaryDirectory() as scratch:
+        path = f"{scratch}/hops.sock"
+        ports = context.Queue()
+        receiver = context.Process(target=_hops_receiver, args=(ports,), daemon=True)
+        receiver.start()
+        sender = context.Process(target=_hops_sender, args=(path, ports.get(timeout=30)),
+                                 daemon=True)
+        sender.start()
+        try:
+            client = _connect_when_listening(path)
+            line, out = b"F" * (FLUSH_BYTES - 1) + b"\n", []
+            with client:
+                for _ in range(samples):
+                    start = time.perf_counter()
+                    client.sendall(line)
+                    got = 0
+                    while got < ANSWER_BYTES:
+                        data = client.recv(4096)
+                        if not data:
+                            raise ConnectionError("the sync_hops sender process went away")
+                        got += len(data)
+                    out.append(time.perf_counter() - start)
+            return out
+        finally:
+            for process in (sender, receiver):
+                process.kill()
+                process.join()
+
+
+def _connect_when_listening(path: str) -> socket.socket:
+    deadline = time.monotonic() + 30
+    while True:
+        client = socket.socket(socket.AF_UNIX)
+        try:
+            client.connect(path)
+            return client
+        except OSError:
+            client.close()
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
+def _hops_receiver(ports: multiprocessing.Queue[int]) -> None:
+    async def run() -> None:
+        async def on_batch(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY,
+                                                       1)
+            ack = b"A" * ACK_BYTES
+            while True:
+                await reader.readexactly(BATCH_BYTES)
+                writer.write(ack)
+                await writer.drain()
+
+        server = await asyncio.start_server(on_batch, "127.0.0.1", 0)
+        ports.put(server.sockets[0].getsockname()[1])
+        await server.serve_forever()
+
+    asyncio.run(run())
+
+
+def _hops_sender(path: str, port: int) -> None:
+    async def run() -> None:
+        peer_reader, peer_writer = await asyncio.open_connection("127.0.0.1", port)
+        peer_writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP,
+                                                        socket.TCP_NODELAY, 1)
+        batch, answer = b"B" * BATCH_BYTES, b"O" * (ANSWER_BYTES - 1) + b"\n"
+
+        async def on_flush(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while await reader.readline():
+                peer_writer.write(batch)
+                await peer_writer.drain()
+                await peer_reader.readexactly(ACK_BYTES)
+                writer.write(answer)
+                await writer.drain()
+
+        server = await asyncio.start_unix_server(on_flush, path)
+        await server.serve_forever()
+
+    asyncio.run(run())

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench import baselines
 from replicator.testing.imap import parse_appenduid
 from replicator.testing.scenario import scratch_dir, two_nodes
 
@@ -207,10 +208,13 @@ def trace(op: str, count: int, warmup: int) -> str:
     with scratch_dir("trace-notes-", ram=False) as out:
         drive(op, count + warmup, out)
         usual, medians, kept, whole = steps(rounds(sorted(out.glob("*.notes")), skip=warmup))
+    hops = statistics.median(baselines.sync_hops(count)) * 1e6
     lines = [f"{count} sync-committed {op.upper()}s (mdbox, RAM mode, TCP loopback); "
              f"{kept:.0%} of the rounds in the usual order; medians in µs"]
     lines += [f"  {value:7.1f}  {step}" for step, value in medians]
     lines.append(f"  {whole:7.1f}  the whole round ({len(usual)} notes)")
+    lines.append(f"  {hops:7.1f}  the four hops alone, no work (bench.baselines.sync_hops, "
+                 "just after)")
     return "\n".join(lines)
 
 

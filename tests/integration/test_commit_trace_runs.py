@@ -20,3 +20,4 @@ def test_the_commit_trace_sees_every_step_of_a_sync_commit() -> None:
     for role, _module, _cls, _method, _when, label in PROBES:
         assert f"{role}: {label}" in done.stdout, done.stdout
     assert "the whole round (14 notes)" in done.stdout, done.stdout
+    assert "the four hops alone" in done.stdout, done.stdout
