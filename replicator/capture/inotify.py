@@ -52,6 +52,10 @@ class InotifyWatcher:
         self._limit_logged = False
         self.failed_watches = 0  # directories that exist but could not be watched
         self.overflows = 0  # queue overflows seen (counted as read: before on_overflow runs)
+        # Bumped whenever a watch is added or dropped: what `watch_of` answers for any
+        # directory can only have changed if this did (SyncCommit.keys_for keeps its path
+        # proofs while it holds).
+        self.generation = 0
 
     def start(self) -> None:
         self._fd = _libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
@@ -109,6 +113,7 @@ class InotifyWatcher:
             return False
         self._paths[wd] = (root, rel)
         self._wds[(root, rel)] = wd
+        self.generation += 1
         return True
 
     def _watch_failed(self, err: int, path: str) -> None:
@@ -129,6 +134,7 @@ class InotifyWatcher:
             wd = self._wds.pop(key)
             self._paths.pop(wd, None)
             _libc.inotify_rm_watch(self._fd, wd)
+            self.generation += 1
 
     def drain(self) -> None:
         """Deliver every event queued so far, now (the sync-commit path calls this)."""
@@ -171,6 +177,7 @@ class InotifyWatcher:
         if mask & IN_IGNORED:
             self._paths.pop(wd, None)
             self._wds.pop(where, None)
+            self.generation += 1
             return
         if mask & (IN_DELETE_SELF | IN_MOVE_SELF):
             hints.append((root, reldir, None))

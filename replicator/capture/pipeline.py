@@ -213,12 +213,22 @@ class Capture:
         return self._watch(key) is not None
 
     def real_dir(self, key: DirKey) -> bool:
-        """Whether `root/reldir` is a directory now, reached through directories only. The
-        watcher says so either way where it can: a watched directory is one (see `watched`),
-        and below a watched directory every directory is watched, unless a watch could not
-        be added (the watch limit). Else an lstat says. (A FLUSH asks this of mdbox's
-        storage/ in both roots, and of the mailbox's CONTROL directory that mdbox does not
-        use: an lstat that failed, twice per commit.)"""
+        """Whether `root/reldir` is a directory now, reached through directories only: what
+        the watches say (`dir_by_watches`), else what an lstat says. (A FLUSH asks this of
+        mdbox's storage/ in both roots, and of the mailbox's CONTROL directory that mdbox
+        does not use: an lstat that failed, twice per commit.)"""
+        known = self.dir_by_watches(key)
+        if known is not None:
+            return known
+        try:
+            return stat.S_ISDIR(os.lstat(self.roots[key[0]] / key[1]).st_mode)
+        except OSError:
+            return False
+
+    def dir_by_watches(self, key: DirKey) -> bool | None:
+        """`real_dir` as far as the watcher alone can tell, None where it cannot: a watched
+        directory is one (see `watched`), and below a watched directory every directory is
+        watched, unless a watch could not be added (the watch limit)."""
         if self.watched(key):
             return True
         watcher = self._watcher
@@ -228,10 +238,17 @@ class Capture:
                 above = parent_rel(above)
                 if self.watched((key[0], above)):
                     return False
-        try:
-            return stat.S_ISDIR(os.lstat(self.roots[key[0]] / key[1]).st_mode)
-        except OSError:
-            return False
+        return None
+
+    def watch_stamp(self) -> tuple[int, int, int, int] | None:
+        """What `watched` and `dir_by_watches` depend on, None without inotify: while it is
+        unchanged (and `drain_events` ran before each look), every answer they gave still
+        holds."""
+        watcher = self._watcher
+        if not isinstance(watcher, InotifyWatcher):
+            return None
+        return (watcher.generation, watcher.overflows, self._overflows_rescanned,
+                watcher.failed_watches)
 
     # -- flushing ---------------------------------------------------------------------------
     def flush_for_commit(self, keys: set[DirKey]) -> bool:

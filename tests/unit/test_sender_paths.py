@@ -19,7 +19,7 @@ from replicator.capture.snapshot import scan_dir
 from replicator.delta.ops import OpCode
 from replicator.errors import PathError
 from replicator.paths import check_relpath, wire_path_under
-from replicator.sender.batcher import Draft
+from replicator.sender.batcher import DirKey, Draft
 from replicator.sender.outbox import Outbox
 from replicator.sync_commit import SyncCommit
 
@@ -219,6 +219,70 @@ def test_a_flush_into_a_watched_directory_swapped_for_a_symlink_is_refused(
             with pytest.raises(PathError, match="symlink"):
                 sync.keys_for((path,))
         assert not capture.watched(("index", "u1/mailboxes/INBOX"))
+
+    _with_sync_commit(root, check)
+
+
+def test_a_flush_proven_by_the_watches_is_proven_again_only_when_a_watch_changed(
+        tmp_path: Path) -> None:
+    """A mailbox's commits send the same FLUSH each time: its path proof, made from the
+    watches alone, is kept until a watch is added or dropped. One made by lstat calls (a
+    directory not watched) proves nothing for the next FLUSH and is never kept."""
+    root = tmp_path / "root"
+    (root / "u1" / "mailboxes" / "INBOX").mkdir(parents=True)
+    inbox = f"{root}/u1/mailboxes/INBOX"
+    looks: list[DirKey] = []
+
+    def check(sync: SyncCommit, capture: Capture) -> None:
+        watched = capture.watched
+
+        def counted(key: DirKey) -> bool:
+            looks.append(key)
+            return watched(key)
+
+        capture.watched = counted  # type: ignore[method-assign]
+        expected = {("index", "u1/mailboxes/INBOX"), ("index", "u1")}
+        assert sync.keys_for((inbox,)) == expected
+        assert looks
+        looks.clear()
+        assert sync.keys_for((inbox,)) == expected
+        assert looks == []  # kept: nothing looked at again
+        (root / "u1" / "mailboxes" / "Sent").mkdir()  # a watch is added once its event is read
+        assert sync.keys_for((inbox,)) == expected
+        assert looks
+        sent = ("index", "u1/mailboxes/Sent")
+
+        def limited(key: DirKey) -> bool:  # as if the watch limit had left Sent unwatched
+            looks.append(key)
+            return key != sent and watched(key)
+
+        capture.watched = limited  # type: ignore[method-assign]
+        for _ in range(2):
+            looks.clear()
+            assert sent in sync.keys_for((f"{root}/u1/mailboxes/Sent",))
+            assert sent in looks  # proven by lstat calls: proven again every time
+
+    _with_sync_commit(root, check)
+
+
+def test_a_kept_proof_of_a_missing_directory_ends_when_a_symlink_stands_there(
+        tmp_path: Path) -> None:
+    """mdbox names a CONTROL directory it never makes. Its proof (a watched ancestor, and
+    one lstat finding nothing below it) is kept, but only while nothing is there: a symlink
+    the mail user puts in its place (no watch changes for that) is refused at the next
+    FLUSH, nothing read."""
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "u1").mkdir(parents=True)
+    (outside / "INBOX").mkdir(parents=True)
+    missing = f"{root}/u1/mailboxes/INBOX"
+    expected = {("index", "u1/mailboxes/INBOX"), ("index", "u1")}
+
+    def check(sync: SyncCommit, capture: Capture) -> None:
+        assert sync.keys_for((missing,)) == expected
+        assert sync.keys_for((missing,)) == expected
+        (root / "u1" / "mailboxes").symlink_to(outside)
+        with pytest.raises(PathError, match="symlink"):
+            sync.keys_for((missing,))
 
     _with_sync_commit(root, check)
 
