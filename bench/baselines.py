@@ -99,16 +99,17 @@ def sync_hops(samples: int) -> list[float]:
     context = multiprocessing.get_context("spawn")
     with tempfile.TemporaryDirectory() as scratch:
         path = f"{scratch}/hops.sock"
-        ports = context.Queue()
-        receiver = context.Process(target=_hops_receiver, args=(ports,), daemon=True)
+        ready = context.Queue()  # each process says when it listens (the receiver: where)
+        receiver = context.Process(target=_hops_receiver, args=(ready,), daemon=True)
         receiver.start()
-        sender = context.Process(target=_hops_sender, args=(path, ports.get(timeout=30)),
+        sender = context.Process(target=_hops_sender, args=(path, ready.get(timeout=30), ready),
                                  daemon=True)
         sender.start()
         try:
-            client = _connect_when_listening(path)
+            ready.get(timeout=30)
             line, out = b"F" * (FLUSH_BYTES - 1) + b"\n", []
-            with client:
+            with socket.socket(socket.AF_UNIX) as client:
+                client.connect(path)
                 for _ in range(samples):
                     start = time.perf_counter()
                     client.sendall(line)
@@ -126,21 +127,7 @@ def sync_hops(samples: int) -> list[float]:
                 process.join()
 
 
-def _connect_when_listening(path: str) -> socket.socket:
-    deadline = time.monotonic() + 30
-    while True:
-        client = socket.socket(socket.AF_UNIX)
-        try:
-            client.connect(path)
-            return client
-        except OSError:
-            client.close()
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.01)
-
-
-def _hops_receiver(ports: multiprocessing.Queue[int]) -> None:
+def _hops_receiver(ready: multiprocessing.Queue[int]) -> None:
     async def run() -> None:
         async def on_batch(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY,
@@ -152,13 +139,13 @@ def _hops_receiver(ports: multiprocessing.Queue[int]) -> None:
                 await writer.drain()
 
         server = await asyncio.start_server(on_batch, "127.0.0.1", 0)
-        ports.put(server.sockets[0].getsockname()[1])
+        ready.put(server.sockets[0].getsockname()[1])
         await server.serve_forever()
 
     asyncio.run(run())
 
 
-def _hops_sender(path: str, port: int) -> None:
+def _hops_sender(path: str, port: int, ready: multiprocessing.Queue[int]) -> None:
     async def run() -> None:
         peer_reader, peer_writer = await asyncio.open_connection("127.0.0.1", port)
         peer_writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP,
@@ -174,6 +161,7 @@ def _hops_sender(path: str, port: int) -> None:
                 await writer.drain()
 
         server = await asyncio.start_unix_server(on_flush, path)
+        ready.put(0)
         await server.serve_forever()
 
     asyncio.run(run())
