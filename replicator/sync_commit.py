@@ -30,7 +30,7 @@ from replicator.config import SYNC_POLICIES
 from replicator.control.limits import OncePerMinute
 from replicator.control.protocol import REFUSED, FlushRequest
 from replicator.errors import PathError
-from replicator.paths import wire_path_under
+from replicator.paths import join_rel, wire_path_under
 from replicator.sender.batcher import DirKey
 from replicator.sender.outbox import Outbox
 
@@ -241,14 +241,13 @@ class _WatchProof:
     def __call__(self, rel: str) -> bool:
         if self.capture.watched((self.root, rel)):
             return True
-        parts = rel.split("/")
-        for depth in range(len(parts) - 1, -1, -1):
-            if self.capture.watched((self.root, "/".join(parts[:depth]))):
-                below = self.capture.roots[self.root] / "/".join(parts[: depth + 1])
-                if not _exists(below):
-                    self.missing.append(below)
-                    return True
-                break
+        above = self.capture.watched_above((self.root, rel))
+        if above is not None:
+            rest = rel[len(above) + 1:] if above else rel
+            below = self.capture.roots[self.root] / join_rel(above, rest.partition("/")[0])
+            if not _exists(below):
+                self.missing.append(below)
+                return True
         self.refused = True
         return False
 

@@ -232,12 +232,18 @@ class Capture:
         if self.watched(key):
             return True
         watcher = self._watcher
-        if isinstance(watcher, InotifyWatcher) and not watcher.failed_watches:
-            above = key[1]
-            while above:
-                above = parent_rel(above)
-                if self.watched((key[0], above)):
-                    return False
+        if isinstance(watcher, InotifyWatcher) and not watcher.failed_watches and \
+                self.watched_above(key) is not None:
+            return False
+        return None
+
+    def watched_above(self, key: DirKey) -> str | None:
+        """The nearest directory above `key`'s that is `watched` (its reldir), or None."""
+        above = key[1]
+        while above:
+            above = parent_rel(above)
+            if self.watched((key[0], above)):
+                return above
         return None
 
     def watch_stamp(self) -> tuple[int, int, int, int] | None:
