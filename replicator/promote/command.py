@@ -28,7 +28,9 @@ from replicator.paths import PROMOTE_AREA
 from replicator.promote.materialize import (
     clean_stage,
     replica_users,
+    spawn_helpers,
     stage,
+    stop_helpers,
     swap_in,
     sync_filesystems,
 )
@@ -195,15 +197,23 @@ def _stage_checked(config: Config, replica: Path, result: PromoteResult,
                    stage_name: str) -> list[StagedUser]:
     """The users staged, each file checked against the digest journal and Dovecot's checks
     as it is copied (what `verify --local` checks, for the users promoted); refused, with the
-    staging area removed, if anything differs."""
-    journal = DigestJournal(replica / ".digests")
-    if not journal.exists:
-        raise PromoteRefused(f"refusing to promote: {replica} has no digest journal "
-                             "(.digests), so it cannot be verified without its origin")
-    by_user, loose = split_by_user(of_journal(journal))
-    _refuse_if_differs(broken_dirs(replica) + _outside_users(replica, config, by_user, loose))
+    staging area removed, if anything differs. The helper processes start first: their
+    interpreters load while this one loads the journal."""
+    spawned = spawn_helpers(result.users)
+    try:
+        journal = DigestJournal(replica / ".digests")
+        if not journal.exists:
+            raise PromoteRefused(f"refusing to promote: {replica} has no digest journal "
+                                 "(.digests), so it cannot be verified without its origin")
+        by_user, loose = split_by_user(of_journal(journal))
+        _refuse_if_differs(broken_dirs(replica)
+                           + _outside_users(replica, config, by_user, loose))
+    except BaseException:
+        stop_helpers(spawned)
+        raise
     targets = dict(config.roots)
-    staged = stage(replica, targets, result.users, stage_name, result.uid_gap, by_user)
+    staged = stage(replica, targets, result.users, stage_name, result.uid_gap, by_user,
+                   spawned)
     differences = [d for user in staged for d in user.differences]
     if differences:
         clean_stage(targets.values(), stage_name)

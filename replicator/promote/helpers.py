@@ -29,16 +29,22 @@ from replicator.verify.expected import Expectations
 from replicator.verify.model import Difference
 
 
-def start(job: StageJob, users: list[str],
-          expected: dict[str, Expectations] | None = None) -> subprocess.Popen[bytes]:
-    """A helper process staging `users` (checking their files against `expected`); collect()
-    its answer."""
+def spawn() -> subprocess.Popen[bytes]:
+    """A helper process, its interpreter starting and its modules loading, waiting for its
+    job on stdin (send()). Promote spawns its helpers before it loads the digest journal, so
+    that their start overlaps that load instead of following it."""
     env = dict(os.environ)
     package_dir = str(Path(replicator.__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_dir, env.get("PYTHONPATH")]))
-    helper = subprocess.Popen([sys.executable, "-m", "replicator.promote.helpers"],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, env=env)
+    return subprocess.Popen([sys.executable, "-m", "replicator.promote.helpers"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env)
+
+
+def send(helper: subprocess.Popen[bytes], job: StageJob, users: list[str],
+         expected: dict[str, Expectations] | None = None) -> None:
+    """Give a spawned helper its job: stage `users` (checking their files against
+    `expected`); collect() its answer."""
     assert helper.stdin is not None
     with contextlib.suppress(BrokenPipeError):  # it died at once: collect() says why
         helper.stdin.write(json.dumps({
@@ -49,7 +55,6 @@ def start(job: StageJob, users: list[str],
     with contextlib.suppress(BrokenPipeError):
         helper.stdin.close()
     helper.stdin = None  # done with: communicate() would flush the closed file
-    return helper
 
 
 def collect(helper: subprocess.Popen[bytes]) -> list[StagedUser]:
@@ -67,14 +72,22 @@ def collect(helper: subprocess.Popen[bytes]) -> list[StagedUser]:
 
 
 def stop(helper: subprocess.Popen[bytes]) -> None:
-    """End a helper whose work is no longer wanted (the promote failed elsewhere)."""
+    """End a helper whose work is no longer wanted (the promote failed elsewhere, or was
+    refused before the helper got its job)."""
     if helper.poll() is None:
         helper.kill()
+    if helper.stdin is not None:
+        with contextlib.suppress(OSError):
+            helper.stdin.close()
+        helper.stdin = None
     helper.communicate()
 
 
 def main() -> int:
-    request = json.load(sys.stdin)
+    raw = sys.stdin.buffer.read()
+    if not raw:  # stopped before it got a job (the promote was refused): nothing to do
+        return 0
+    request = json.loads(raw)
     data = request["job"]
     job = StageJob(Path(data["replica"]), {k: Path(v) for k, v in data["targets"].items()},
                    data["stage_name"], int(data["gap"]), int(data["umask"]))

@@ -36,36 +36,51 @@ def replica_users(replica: Path, roots: Iterable[str]) -> list[str]:
     return sorted(users)
 
 
+def spawn_helpers(users: list[str]) -> list[subprocess.Popen[bytes]]:
+    """The helper processes a stage() of `users` hands shares to, started now (their
+    interpreters start while the caller loads the digest journal; helpers.spawn)."""
+    return [helpers.spawn() for _ in _shares(users, STAGE_PROCESSES)[1:]]
+
+
+def stop_helpers(spawned: Iterable[subprocess.Popen[bytes]]) -> None:
+    for helper in spawned:
+        helpers.stop(helper)
+
+
 def stage(replica: Path, targets: Mapping[str, Path], users: list[str], stage_name: str,
-          gap: int, expected: Mapping[str, Expectations] | None = None) -> list[StagedUser]:
+          gap: int, expected: Mapping[str, Expectations] | None = None,
+          spawned: list[subprocess.Popen[bytes]] | None = None) -> list[StagedUser]:
     """Copy the users into `<target root>/<stage_name>/`, raising every mailbox's next UID by
-    `gap` in the copy; a share of the users is staged by helper processes meanwhile. With
-    `expected` (the digest journal's entries, by user), every file copied is checked against
-    them and Dovecot's checks: each StagedUser says what differed. On any failure the staging
-    area is removed and nothing was made visible; a user whose mailboxes cannot be raised is
-    a failure (ReplicatorError)."""
-    for target in targets.values():
-        area = target / stage_name
-        if area.exists():
-            shutil.rmtree(area)  # our own leftovers from an interrupted promote
-        area.mkdir(mode=0o700)
-    umask = os.umask(0)
-    os.umask(umask)
-    job = StageJob(replica, dict(targets), stage_name, gap, umask)
-    shares = _shares(users, STAGE_PROCESSES)
-    started: list[subprocess.Popen[bytes]] = []
+    `gap` in the copy; a share of the users is staged by helper processes meanwhile
+    (`spawned` by spawn_helpers(users), else started here). With `expected` (the digest
+    journal's entries, by user), every file copied is checked against them and Dovecot's
+    checks: each StagedUser says what differed. On any failure the staging area is removed
+    and nothing was made visible; a user whose mailboxes cannot be raised is a failure
+    (ReplicatorError). The helpers are this call's from its start: none is left running."""
+    spawned = spawn_helpers(users) if spawned is None else spawned
     try:
-        started = [helpers.start(job, share, _of(expected, share)) for share in shares[1:]]
+        for target in targets.values():
+            area = target / stage_name
+            if area.exists():
+                shutil.rmtree(area)  # our own leftovers from an interrupted promote
+            area.mkdir(mode=0o700)
+        umask = os.umask(0)
+        os.umask(umask)
+        job = StageJob(replica, dict(targets), stage_name, gap, umask)
+        shares = _shares(users, len(spawned) + 1)
+        working = spawned[:len(shares) - 1]
+        stop_helpers(spawned[len(working):])  # more than there are users to share
+        for helper, share in zip(working, shares[1:], strict=True):
+            helpers.send(helper, job, share, _of(expected, share))
         mine_expected = _of(expected, shares[0])
         mine = [stage_user(job, user, None if mine_expected is None else mine_expected[user])
                 for user in shares[0]]
         staged = {s.user: s for s in mine}
-        for helper in started:
+        for helper in working:
             staged |= {s.user: s for s in helpers.collect(helper)}
         return [staged[user] for user in users]
     except BaseException:
-        for helper in started:
-            helpers.stop(helper)
+        stop_helpers(spawned)
         clean_stage(targets.values(), stage_name)
         raise
 

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from replicator.config import Config, load_config
 from replicator.hashing import digest
+from replicator.promote import helpers, materialize
 from replicator.promote.command import PromoteRefused, promote
 from replicator.promote.materialize import stage as real_stage
 from replicator.replica.journal import DigestJournal
@@ -118,3 +120,22 @@ def test_a_damaged_log_the_gap_cannot_be_written_into_is_refused_as_damage(
     (replica / "index/u1/.box/dovecot.index.log").write_bytes(bytes(damaged))
     with pytest.raises(PromoteRefused, match=r"index/u1/.box/dovecot.index.log: xxh3-128"):
         promote(config, "b", force=True, uid_gap=1000)
+
+
+def test_a_promote_refused_before_it_stages_leaves_no_helper_running(
+        config: Config, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Helpers start before the journal is loaded (their start overlaps the load): one that
+    never gets its job is ended with the refusal, not left waiting for it."""
+    spawned: list[subprocess.Popen[bytes]] = []
+    real_spawn = helpers.spawn
+
+    def recorded() -> subprocess.Popen[bytes]:
+        spawned.append(real_spawn())
+        return spawned[-1]
+
+    monkeypatch.setattr(helpers, "spawn", recorded)
+    monkeypatch.setattr(materialize, "STAGE_PROCESSES", 2)
+    (config.replica_root("b") / ".digests").unlink()
+    with pytest.raises(PromoteRefused, match="has no digest journal"):
+        promote(config, "b", force=True, uid_gap=0)
+    assert len(spawned) == 1 and spawned[0].returncode is not None
