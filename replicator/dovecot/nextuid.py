@@ -181,7 +181,8 @@ def _plan_in_log(files: MailboxBytes, index: tuple[IndexHeader, bytes] | None,
     if gap:
         wanted = min(UID_MAX, max(wanted, max(state.next_uid, floor) + gap))
     write = state.next_uid < wanted and _may_write(state, files)
-    uidlist = _raised_uidlist(files.uidlist, wanted) if files.maildir else None
+    uidlist = _raised_uidlist(files.uidlist, wanted, floor if gap else None) \
+        if files.maildir else None
     log = offset = None
     if write:
         offset = state.end
@@ -204,13 +205,15 @@ def _may_write(state: UidState, files: MailboxBytes) -> bool:
                            "raising next_uid would make Dovecot declare the index corrupted")
 
 
-def _raised_uidlist(data: bytes | None, wanted: int) -> tuple[int, bool, bytes | None] | None:
+def _raised_uidlist(data: bytes | None, wanted: int, peeked: int | None = None
+                    ) -> tuple[int, bool, bytes | None] | None:
     """(effective next uid before, rewritten?, new bytes) of a uidlist; None if absent. Mirrors
     maildir_uidlist_set_next_uid: the header's `N<next uid>` changes only when the uidlist's
-    effective next uid is below `wanted` (the rule raise_uidlist applies on disk)."""
+    effective next uid is below `wanted` (the rule raise_uidlist applies on disk). `peeked`:
+    peek_next_uid(data), when the caller has it already."""
     if data is None:
         return None
-    previous = peek_next_uid(data)
+    previous = peek_next_uid(data) if peeked is None else peeked
     if previous >= wanted:
         return previous, False, None
     return previous, True, with_next_uid(data, wanted, checked=True)

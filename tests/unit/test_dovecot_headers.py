@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from replicator.dovecot import logscan
 from replicator.dovecot.headers import (
     DovecotFormatError,
     cache_belongs_to,
@@ -329,3 +330,20 @@ def test_scan_only_keeps_the_asked_kinds_and_the_same_end() -> None:
         every, end, torn = scan_records(full[:cut], 40, "x")
         appends = scan_records(full[:cut], 40, "x", frozenset({0x02}))
         assert appends == ([r for r in every if r.kind == 0x02], end, torn)
+
+
+def test_a_log_scanned_again_answers_as_a_first_scan_would() -> None:
+    """scan_records keeps its last walk of a `bytes` log (promote scans each log twice): the
+    kinds asked first and the whole list after, or a caller's list changed in between, give
+    what a fresh walk gives."""
+    full = _sample_log()
+    for cut in range(40, len(full) + 1):
+        data = full[:cut]
+        fresh = logscan._scan(bytes(data), 40, "x")
+        appends = scan_records(data, 40, "x", frozenset({0x02}))
+        assert appends == ([r for r in fresh[0] if r.kind == 0x02], fresh[1], fresh[2])
+        every = scan_records(data, 40, "x")
+        assert every == fresh
+        every[0].clear()
+        assert scan_records(data, 40, "x") == fresh
+        assert scan_records(bytes(bytearray(data)), 40, "x") == fresh  # another object

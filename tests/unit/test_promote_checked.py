@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 
 from replicator.config import Config, load_config
+from replicator.dovecot import logscan
+from replicator.dovecot.headers import parse_log
 from replicator.hashing import digest
 from replicator.promote import helpers, materialize
 from replicator.promote.command import PromoteRefused, promote
@@ -120,6 +122,32 @@ def test_a_damaged_log_the_gap_cannot_be_written_into_is_refused_as_damage(
     (replica / "index/u1/.box/dovecot.index.log").write_bytes(bytes(damaged))
     with pytest.raises(PromoteRefused, match=r"index/u1/.box/dovecot.index.log: xxh3-128"):
         promote(config, "b", force=True, uid_gap=1000)
+
+
+def test_each_log_is_walked_once_for_both_the_gap_and_the_checks(
+        config: Config, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The UID gap replays a mailbox's log and Dovecot's checks parse it, from the same bytes:
+    promote walks its records once (logscan keeps the last walk), and what it writes is what
+    two walks wrote."""
+    logs = {f"index/{user}/.INBOX/dovecot.index.log": craft.log_bytes(
+        [craft.header_update(24, craft.UID_VALIDITY), craft.append(*uids)])
+        for user, uids in (("u1", (1, 2)), ("u2", (1, 2, 3)))}
+    _record(config.replica_root("b"), logs)
+    walked: list[bytes] = []
+    real_walk = logscan._scan
+
+    def counted(data: bytes, start: int, kind: str) -> logscan.Scanned:
+        walked.append(bytes(data))
+        return real_walk(data, start, kind)
+
+    monkeypatch.setattr(logscan, "_scan", counted)
+    monkeypatch.setattr(materialize, "STAGE_PROCESSES", 1)  # every walk in this process
+    result = promote(config, "b", force=True, uid_gap=1000)
+    assert result.raised == 2 and result.files_checked == len(FILES) + len(logs)
+    assert sorted(walked) == sorted(logs.values())
+    for rel in logs:
+        root, _, path = rel.partition("/")
+        assert parse_log((config.roots[root] / path).read_bytes()).torn is None
 
 
 def test_a_promote_refused_before_it_stages_leaves_no_helper_running(
