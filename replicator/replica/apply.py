@@ -70,6 +70,16 @@ class BatchApplier:
                 with contextlib.suppress(OSError):
                     os.unlink(staged)
             self.tree.close()
+            self._forget_batch()
+
+    def _forget_batch(self) -> None:
+        """Drop the batch's working copies and actions. Their closures refer back to this
+        applier, so kept they make a reference cycle per batch, which only the garbage
+        collector frees: about 47 objects a batch, a collection every ~25 batches, each
+        pausing the receiver 0.17-0.19 ms (bench.commit_trace with gc callbacks, STORE)."""
+        for held in (self._work, self._actions, self._targets, self._staged, self._patches,
+                     self._keep):
+            held.clear()
 
     def _apply(self, ops: list[Op]) -> ApplyStats:
         try:
