@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from replicator import __version__, sdnotify
+from replicator import __version__, heap, sdnotify
 from replicator.capture.pipeline import Capture
 from replicator.config import Config
 from replicator.control import protocol
@@ -92,6 +92,7 @@ class Daemon(LinkHost):
         self.shipping: OwnedShipping | None = None
         self.ownership = self._ownership(config)
         self.started = time.time()
+        self.heap = heap.HeapPolicy()
         self._repairs: dict[DirKey, tuple[float, float]] = {}
         self._repair_pending: set[DirKey] = set()
 
@@ -139,6 +140,7 @@ class Daemon(LinkHost):
                  "stream %s epoch %d", self.node_id, self.manifest.file_count(), result.scanned,
                  len(self.config.roots), time.monotonic() - started, self.outbox.stream,
                  self.outbox.epoch)
+        self.heap.start()  # what is loaded now is walked by no garbage collection again
         server = await tcp.serve(self.config.listen, self.credentials.server_tls, self.gate,
                                  self.listener.handle)
         await self.control.start()
@@ -148,6 +150,8 @@ class Daemon(LinkHost):
                                                      self.capture.rescan), name="rescan"))
         tasks.append(asyncio.create_task(self._every(self.config.tuning.scrub_interval,
                                                      self._scrub), name="scrub"))
+        tasks.append(asyncio.create_task(self._every(heap.TICK_SECONDS, self._heap_tick),
+                                         name="heap"))
         if self.ownership is not None:
             tasks.append(asyncio.create_task(self.ownership.run(), name="ownership"))
         log.info("listening on %s; control socket %s; peers: %s", self.config.listen,
@@ -291,6 +295,9 @@ class Daemon(LinkHost):
         log.warning("%s fenced at epoch %d by a promote on this node%s", origin,
                     self.store.fences.minimum(origin), "; its link was dropped" if dropped else "")
         return True, 0, ""
+
+    async def _heap_tick(self) -> None:
+        self.heap.tick()
 
     async def _scrub(self) -> None:
         for origin in list(self.store.origins()):

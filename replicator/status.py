@@ -85,6 +85,8 @@ def _full_status(daemon: Daemon) -> dict[str, Any]:
         "sync_commit": {"capture": _percentiles(list(daemon.sync.capture_times)),
                         "replicate": _percentiles(list(daemon.sync.replicate_times))},
         "counters": dict(daemon.counters), "traffic": daemon.traffic.as_dict(),
+        "heap": {"frozen_at_last_settle": daemon.heap.settled, "settles": daemon.heap.settles,
+                 "last_settle_ms": round(daemon.heap.last_pause * 1000, 1)},
         "peers": peers, "replicas": replicas, "redacted": False,
         "ownership": daemon.ownership_status(),
     }
