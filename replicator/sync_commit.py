@@ -77,7 +77,12 @@ class SyncCommit:
             self.weakest_seen = policy
 
     async def flush_and_wait(self, request: FlushRequest) -> Answer:
-        """Ship every change in the request's directories now; wait for the quorum's acks."""
+        """Ship every change in the request's directories now; wait for the quorum's acks.
+        A periodic rescan starts no slice meanwhile (Capture.commit_in_flight)."""
+        with self.capture.commit_in_flight():
+            return await self._flush_and_wait(request)
+
+    async def _flush_and_wait(self, request: FlushRequest) -> Answer:
         self._note_policy(request.policy)
         try:
             keys = self.keys_for(request.dirs)

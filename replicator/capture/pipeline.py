@@ -11,10 +11,11 @@ compare everything with the manifest.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import stat
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 from replicator.capture.basecache import BaseCache
@@ -29,7 +30,13 @@ from replicator.sender.batcher import Batcher, BuildResult, DirKey, Draft, Force
 
 log = logging.getLogger("replicator.capture")
 BUSY_RETRY = 0.001
-RESCAN_SLICE = 256
+# A rescan compares RESCAN_SLICE directories at a time, and before each slice waits (at most
+# RESCAN_YIELD) until no sync commit is in flight: a commit then waits for at most the one slice
+# it arrived in. With 5 000 mailboxes replicated (2-vCPU VM), 256 directories took 8-13 ms and
+# a commit met one at each of its steps (STOREs up to 67-110 ms during a rescan); 32 take
+# about 1-2 ms.
+RESCAN_SLICE = 32
+RESCAN_YIELD = 0.01
 # While a sync-commit plugin is asking (a FLUSH within the last SYNC_COMMIT_SEEN seconds), a
 # watcher event is flushed after HINT_GRACE unless the plugin's FLUSH comes first, which it
 # does right after Dovecot's commit. Flushing at a commit's first event reads the mailbox
@@ -68,6 +75,9 @@ class Capture:
         self.trailing_delay = TRAILING_DELAY
         self._flush_requests_until = 0.0  # loop time until which a FLUSH follows each commit
         self._overflows_rescanned = 0  # inotify overflows a finished rescan has made up for
+        self._commits = 0  # sync commits in flight (commit_in_flight): a rescan waits for them
+        self._no_commit = asyncio.Event()
+        self._no_commit.set()
 
     def start(self, loop: asyncio.AbstractEventLoop) -> BuildResult:
         """Watch first (a change made during the initial scan is then an event), then learn
@@ -358,11 +368,32 @@ class Capture:
         keys += [(root, reldir) for root in self.manifest.roots()
                  for reldir, _ in self.manifest.dirs(root) if reldir]
         for start in range(0, len(keys), RESCAN_SLICE):
+            await self._after_commits()
             for key in keys[start : start + RESCAN_SLICE]:
                 self.mark(key, set())
             self.flush()
             await asyncio.sleep(0)
         self._overflows_rescanned = max(self._overflows_rescanned, overflows)
+
+    @contextlib.contextmanager
+    def commit_in_flight(self) -> Iterator[None]:
+        """Around a sync commit's wait: a rescan starts no slice meanwhile (RESCAN_YIELD)."""
+        self._commits += 1
+        self._no_commit.clear()
+        try:
+            yield
+        finally:
+            self._commits -= 1
+            if not self._commits:
+                self._no_commit.set()
+
+    async def _after_commits(self) -> None:
+        """Once no sync commit is in flight, or RESCAN_YIELD from now: a steady stream of
+        commits delays a rescan, never stops it."""
+        if not self._no_commit.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(RESCAN_YIELD):
+                    await self._no_commit.wait()
 
     def resync(self, untrusted: Mapping[DirKey, set[str] | None]) -> list[Draft]:
         """Whole files for `untrusted` directories (retried when Dovecot holds a lock). A

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from replicator.capture import pipeline
 from replicator.capture.inotify import _EVENT, IN_Q_OVERFLOW, InotifyWatcher
 from replicator.capture.pipeline import Capture
 from replicator.capture.snapshot import stat_key
@@ -301,3 +302,60 @@ def test_a_missing_directory_below_a_watched_one_is_not_marked(tmp_path: Path) -
         assert capture.catch_up({missing}) == {missing}
 
     _known_dirs(tmp_path, check)
+
+
+def _many_dirs(root: Path, count: int, then: Callable[[Capture, list[int]], Awaitable[None]]
+               ) -> None:
+    """A capture on `root` holding `count` known directories; `then` gets it and the number
+    of directories each flush read."""
+    for n in range(count):
+        (root / f"d{n}").mkdir()
+
+    async def scenario() -> None:
+        capture = Capture({"index": root}, "inotify", 1 << 20, lambda drafts: None, Counter())
+        capture.start(asyncio.get_running_loop())
+        capture.flush()
+        read: list[int] = []
+        real_flush = capture.flush
+
+        def counted() -> None:
+            read.append(len(capture._dirty))
+            real_flush()
+
+        capture.flush = counted  # type: ignore[method-assign]
+        try:
+            await then(capture, read)
+        finally:
+            capture.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_rescan_starts_no_slice_while_a_sync_commit_is_in_flight(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A commit that arrives during a rescan waits for at most the slice it arrived in: the
+    next starts once no commit is in flight."""
+    monkeypatch.setattr(pipeline, "RESCAN_YIELD", 3600.0)  # only the commit's end lets it on
+
+    async def check(capture: Capture, read: list[int]) -> None:
+        with capture.commit_in_flight():
+            rescan = asyncio.create_task(capture.rescan())
+            await _loop_turns()
+            assert read == [] and not rescan.done()
+        await rescan
+        assert sum(read) == 3 * pipeline.RESCAN_SLICE + 1  # the root too
+        assert max(read) <= pipeline.RESCAN_SLICE
+
+    _many_dirs(tmp_path, 3 * pipeline.RESCAN_SLICE, check)
+
+
+def test_commits_without_a_pause_delay_a_rescan_but_never_stop_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pipeline, "RESCAN_YIELD", 0.0)
+
+    async def check(capture: Capture, read: list[int]) -> None:
+        with capture.commit_in_flight():
+            await capture.rescan()
+        assert sum(read) == 2 * pipeline.RESCAN_SLICE + 1
+
+    _many_dirs(tmp_path, 2 * pipeline.RESCAN_SLICE, check)
