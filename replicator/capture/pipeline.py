@@ -32,10 +32,11 @@ log = logging.getLogger("replicator.capture")
 BUSY_RETRY = 0.001
 # A rescan compares RESCAN_SLICE directories at a time, and before each slice waits (at most
 # RESCAN_YIELD) until no sync commit is in flight: a commit then waits for at most the one slice
-# it arrived in. With 5 000 mailboxes replicated (2-vCPU VM), 256 directories took 8-13 ms and
-# a commit met one at each of its steps (STOREs up to 67-110 ms during a rescan); 32 take
-# about 1-2 ms.
-RESCAN_SLICE = 32
+# it arrived in. `python -m bench.commit_tail` (5 000 mailboxes, a rescan every second, 2-vCPU
+# VM), STORE p99 / p99.9 / max in ms: 256 directories per slice, no wait: 1.6 / 89 / 119;
+# 32 and the wait: 4.7-5.0 / 6.4-6.9 / 8.7-17; 16: 2.3-2.7 / 3.4-4.7 / 6.0-6.1; 8: 2.6 / 6.3 /
+# 7.8 (the rescan itself took 0.41 s instead of 0.25).
+RESCAN_SLICE = 16
 RESCAN_YIELD = 0.01
 # While a sync-commit plugin is asking (a FLUSH within the last SYNC_COMMIT_SEEN seconds), a
 # watcher event is flushed after HINT_GRACE unless the plugin's FLUSH comes first, which it
