@@ -3,10 +3,10 @@
 A full collection walks every object the collector tracks, on the event loop's thread, and a
 sync commit that arrives meanwhile waits for it. The daemon's long-lived objects are mostly its
 manifest, its replicas' journals and its modules: a sender holding 5 000 mailboxes tracks about
-170 000 objects, and a full pass over them took 52-70 ms on the 2-vCPU bench VM (a commit
-there takes under 1 ms). Python starts one whenever the objects promoted to the oldest
-generation since the last one reach a quarter of those that survived it, which a busy daemon
-replacing manifest entries reaches again and again.
+170 000-190 000 objects, and a full pass over them took 52-106 ms on the 2-vCPU bench VM
+(`python -m bench.commit_tail`; a commit there takes under 1 ms). Python starts one whenever
+the objects promoted to the oldest generation since the last one reach a quarter of those that
+survived it, which a busy daemon replacing manifest entries reaches again and again.
 
 So the daemon keeps what survives in the permanent generation, which no collection walks:
 `settle` (a full collection, then gc.freeze) once it has loaded its state, before it serves,
