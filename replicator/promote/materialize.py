@@ -56,7 +56,8 @@ def stage(replica: Path, targets: Mapping[str, Path], users: list[str], stage_na
     journal's entries, by user), every file copied is checked against them and Dovecot's
     checks: each StagedUser says what differed. On any failure the staging area is removed
     and nothing was made visible; a user whose mailboxes cannot be raised is a failure
-    (ReplicatorError). The helpers are this call's from its start: none is left running."""
+    (ReplicatorError). From the moment it is called, the helpers are its own: none is left
+    running when it returns or raises."""
     spawned = spawn_helpers(users) if spawned is None else spawned
     try:
         for target in targets.values():

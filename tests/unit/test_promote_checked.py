@@ -127,8 +127,8 @@ def test_a_damaged_log_the_gap_cannot_be_written_into_is_refused_as_damage(
 def test_each_log_is_walked_once_for_both_the_gap_and_the_checks(
         config: Config, monkeypatch: pytest.MonkeyPatch) -> None:
     """The UID gap replays a mailbox's log and Dovecot's checks parse it, from the same bytes:
-    promote walks its records once (logscan keeps the last walk), and what it writes is what
-    two walks wrote."""
+    promote walks its records once (logscan keeps the last walk), raises both mailboxes, and
+    the logs it writes with the gap parse whole."""
     logs = {f"index/{user}/.INBOX/dovecot.index.log": craft.log_bytes(
         [craft.header_update(24, craft.UID_VALIDITY), craft.append(*uids)])
         for user, uids in (("u1", (1, 2)), ("u2", (1, 2, 3)))}
