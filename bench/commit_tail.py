@@ -33,6 +33,7 @@ import imapclient
 
 from bench.promote_scale import _fill
 from bench.report import write_sections
+from bench.scenarios import summary
 from replicator import heap
 from replicator.capture.basecache import BaseCache
 from replicator.capture.manifest import Manifest
@@ -46,14 +47,10 @@ HERE = Path(__file__).resolve().parent
 
 
 def tail(samples: list[float]) -> dict[str, float]:
-    """p50, p99, p99.9 and max of `samples` (seconds), in ms."""
+    """scenarios.summary of `samples` (seconds; p50, p99, max in ms), with p99.9."""
     ordered = sorted(samples)
-
-    def at(q: float) -> float:
-        return ordered[min(len(ordered) - 1, int(len(ordered) * q))] * 1000
-
-    return {"n": len(ordered), "p50_ms": statistics.median(ordered) * 1000,
-            "p99_ms": at(0.99), "p999_ms": at(0.999), "max_ms": ordered[-1] * 1000}
+    return {**summary(ordered),
+            "p999_ms": ordered[min(len(ordered) - 1, int(len(ordered) * 0.999))] * 1000}
 
 
 def _stores(client: imapclient.IMAPClient, uid: int, count: int) -> list[float]:
