@@ -26,11 +26,9 @@ from replicator.dovecot.filekinds import is_transient
 from replicator.errors import ReplicatorError
 from replicator.paths import PROMOTE_AREA
 from replicator.promote.materialize import (
+    Staging,
     clean_stage,
     replica_users,
-    spawn_helpers,
-    stage,
-    stop_helpers,
     swap_in,
     sync_filesystems,
 )
@@ -197,9 +195,10 @@ def _stage_checked(config: Config, replica: Path, result: PromoteResult,
                    stage_name: str) -> list[StagedUser]:
     """The users staged, each file checked against the digest journal and Dovecot's checks
     as it is copied (what `verify --local` checks, for the users promoted); refused, with the
-    staging area removed, if anything differs. The helper processes start first: their
-    interpreters load while this one loads the journal."""
-    spawned = spawn_helpers(result.users)
+    staging area removed, if anything differs. The copy starts first (Staging: helper
+    processes copy while this one loads the journal, 0.15 s for 10 000 mailboxes)."""
+    targets = dict(config.roots)
+    staging = Staging(replica, targets, result.users, stage_name, result.uid_gap)
     try:
         journal = DigestJournal(replica / ".digests")
         if not journal.exists:
@@ -209,11 +208,9 @@ def _stage_checked(config: Config, replica: Path, result: PromoteResult,
         _refuse_if_differs(broken_dirs(replica)
                            + _outside_users(replica, config, by_user, loose))
     except BaseException:
-        stop_helpers(spawned)
+        staging.abort()
         raise
-    targets = dict(config.roots)
-    staged = stage(replica, targets, result.users, stage_name, result.uid_gap, by_user,
-                   spawned)
+    staged = staging.finish(by_user)
     differences = [d for user in staged for d in user.differences]
     if differences:
         clean_stage(targets.values(), stage_name)

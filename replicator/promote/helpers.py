@@ -23,16 +23,14 @@ from typing import Any
 
 import replicator
 from replicator.errors import ReplicatorError
-from replicator.promote.stageuser import StagedUser, StageJob, stage_user
+from replicator.promote.stageuser import StagedUser, StageJob, claim, stage_user
 from replicator.promote.uids import RaiseSummary
-from replicator.verify.expected import Expectations
 from replicator.verify.model import Difference
 
 
 def spawn() -> subprocess.Popen[bytes]:
     """A helper process, its interpreter starting and its modules loading, waiting for its
-    job on stdin (send()). Promote spawns its helpers before it loads the digest journal, so
-    that their start overlaps that load instead of following it."""
+    job on stdin (send())."""
     env = dict(os.environ)
     package_dir = str(Path(replicator.__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_dir, env.get("PYTHONPATH")]))
@@ -41,17 +39,12 @@ def spawn() -> subprocess.Popen[bytes]:
                             stderr=subprocess.PIPE, env=env)
 
 
-def send(helper: subprocess.Popen[bytes], job: StageJob, users: list[str],
-         expected: dict[str, Expectations] | None = None) -> None:
-    """Give a spawned helper its job: stage `users` (checking their files against
-    `expected`); collect() its answer."""
+def send(helper: subprocess.Popen[bytes], job: StageJob, users: list[str]) -> None:
+    """Give a spawned helper its job: stage each of `users` it claims first
+    (stageuser.claim); collect() its answer."""
     assert helper.stdin is not None
     with contextlib.suppress(BrokenPipeError):  # it died at once: collect() says why
-        helper.stdin.write(json.dumps({
-            "job": _job_json(job), "users": users,
-            "expected": None if expected is None else {u: e.to_json()
-                                                       for u, e in expected.items()},
-        }).encode())
+        helper.stdin.write(json.dumps({"job": _job_json(job), "users": users}).encode())
     with contextlib.suppress(BrokenPipeError):
         helper.stdin.close()
     helper.stdin = None  # done with: communicate() would flush the closed file
@@ -90,12 +83,11 @@ def main() -> int:
     request = json.loads(raw)
     data = request["job"]
     job = StageJob(Path(data["replica"]), {k: Path(v) for k, v in data["targets"].items()},
-                   data["stage_name"], int(data["gap"]), int(data["umask"]))
-    expected = request.get("expected")
+                   data["stage_name"], int(data["gap"]), int(data["umask"]),
+                   bool(data["check"]))
     try:
-        staged = [_staged_json(stage_user(job, user, None if expected is None else
-                                          Expectations.from_json(expected[user])))
-                  for user in request["users"]]
+        staged = [_staged_json(stage_user(job, user)) for user in request["users"]
+                  if claim(job, user)]
     except (ReplicatorError, OSError) as exc:
         print(json.dumps({"error": str(exc)}))
         return 1
@@ -105,21 +97,23 @@ def main() -> int:
 
 def _job_json(job: StageJob) -> dict[str, Any]:
     return {"replica": str(job.replica), "targets": {k: str(v) for k, v in job.targets.items()},
-            "stage_name": job.stage_name, "gap": job.gap, "umask": job.umask}
+            "stage_name": job.stage_name, "gap": job.gap, "umask": job.umask,
+            "check": job.check}
 
 
 def _staged_json(staged: StagedUser) -> dict[str, Any]:
     return {"user": staged.user, "dirs": {k: str(v) for k, v in staged.dirs.items()},
             "summary": asdict(staged.summary),
             "differences": [asdict(d) for d in staged.differences],
-            "files": staged.files, "bytes_read": staged.bytes_read}
+            "found": staged.found, "bytes_read": staged.bytes_read}
 
 
 def _staged_from_json(item: dict[str, Any]) -> StagedUser:
     return StagedUser(item["user"], {k: Path(v) for k, v in item["dirs"].items()},
                       RaiseSummary(**item["summary"]),
-                      [Difference(**d) for d in item["differences"]], int(item["files"]),
-                      int(item["bytes_read"]))
+                      [Difference(**d) for d in item["differences"]],
+                      {path: None if state is None else (int(state[0]), str(state[1]))
+                       for path, state in item["found"].items()}, int(item["bytes_read"]))
 
 
 if __name__ == "__main__":

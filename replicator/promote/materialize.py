@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from replicator.promote import helpers
-from replicator.promote.stageuser import StagedUser, StageJob, stage_user
+from replicator.promote.stageuser import StagedUser, StageJob, check_against, claim, stage_user
 from replicator.verify.expected import Expectations
 
 # Processes staging users at once, this one included (see helpers: threads do not help). More
@@ -36,68 +36,71 @@ def replica_users(replica: Path, roots: Iterable[str]) -> list[str]:
     return sorted(users)
 
 
-def spawn_helpers(users: list[str]) -> list[subprocess.Popen[bytes]]:
-    """The helper processes a stage() of `users` hands shares to, started now (their
-    interpreters start while the caller loads the digest journal; helpers.spawn)."""
-    return [helpers.spawn() for _ in _shares(users, STAGE_PROCESSES)[1:]]
+class Staging:
+    """One promote's staging of `users` into `<target root>/<stage_name>/`, every mailbox's
+    next UID raised by `gap` in the copy. It starts at once: helper processes (helpers) begin
+    copying while the caller still loads the digest journal, and finish() has this process
+    join them. Each process claims the next user not yet taken (stageuser.claim), so they all
+    finish together however unequal the users are; the files' states are checked against
+    the journal once everything is copied. From the moment it is made, the helpers are its
+    own: none is left running once finish() returned or raised, or abort() returned."""
 
+    def __init__(self, replica: Path, targets: Mapping[str, Path], users: list[str],
+                 stage_name: str, gap: int, *, check: bool = True) -> None:
+        umask = os.umask(0)
+        os.umask(umask)
+        self.job = StageJob(replica, dict(targets), stage_name, gap, umask, check)
+        self.users = users
+        self.helpers: list[subprocess.Popen[bytes]] = []
+        try:
+            # a helper's interpreter takes some 50 ms to start: the areas are made meanwhile
+            self.helpers = [helpers.spawn()
+                            for _ in range(min(STAGE_PROCESSES, len(users)) - 1)]
+            for target in targets.values():
+                area = target / stage_name
+                if area.exists():
+                    shutil.rmtree(area)  # our own leftovers from an interrupted promote
+                area.mkdir(mode=0o700)
+            self.job.claims.mkdir(mode=0o700)
+            for helper in self.helpers:
+                helpers.send(helper, self.job, users)
+        except BaseException:
+            self.abort()
+            raise
 
-def stop_helpers(spawned: Iterable[subprocess.Popen[bytes]]) -> None:
-    for helper in spawned:
-        helpers.stop(helper)
+    def finish(self, expected: Mapping[str, Expectations] | None = None) -> list[StagedUser]:
+        """Stage the users no helper has claimed, collect the helpers' own, then check every
+        user's files against `expected` (the journal's entries, by user; a user it does not
+        know has none, so each of its files differs) and Dovecot's checks: each StagedUser
+        says what differed. A user whose mailboxes cannot be raised is a failure
+        (ReplicatorError, see check_against). On any failure the staging area is removed
+        and nothing was made visible."""
+        try:
+            staged = {s.user: s for s in (stage_user(self.job, user) for user in self.users
+                                          if claim(self.job, user))}
+            for helper in self.helpers:
+                staged |= {s.user: s for s in helpers.collect(helper)}
+            for user in self.users:
+                check_against(staged[user], None if expected is None
+                              else expected.get(user) or Expectations())
+            return [staged[user] for user in self.users]
+        except BaseException:
+            self.abort()
+            raise
+
+    def abort(self) -> None:
+        """Stop the helpers, then remove the staging area (nothing of it was visible)."""
+        for helper in self.helpers:
+            helpers.stop(helper)
+        clean_stage(self.job.targets.values(), self.job.stage_name)
 
 
 def stage(replica: Path, targets: Mapping[str, Path], users: list[str], stage_name: str,
-          gap: int, expected: Mapping[str, Expectations] | None = None,
-          spawned: list[subprocess.Popen[bytes]] | None = None) -> list[StagedUser]:
-    """Copy the users into `<target root>/<stage_name>/`, raising every mailbox's next UID by
-    `gap` in the copy; a share of the users is staged by helper processes meanwhile
-    (`spawned` by spawn_helpers(users), else started here). With `expected` (the digest
-    journal's entries, by user), every file copied is checked against them and Dovecot's
-    checks: each StagedUser says what differed. On any failure the staging area is removed
-    and nothing was made visible; a user whose mailboxes cannot be raised is a failure
-    (ReplicatorError). From the moment it is called, the helpers are its own: none is left
-    running when it returns or raises."""
-    spawned = spawn_helpers(users) if spawned is None else spawned
-    try:
-        for target in targets.values():
-            area = target / stage_name
-            if area.exists():
-                shutil.rmtree(area)  # our own leftovers from an interrupted promote
-            area.mkdir(mode=0o700)
-        umask = os.umask(0)
-        os.umask(umask)
-        job = StageJob(replica, dict(targets), stage_name, gap, umask)
-        shares = _shares(users, len(spawned) + 1)
-        working = spawned[:len(shares) - 1]
-        stop_helpers(spawned[len(working):])  # more than there are users to share
-        for helper, share in zip(working, shares[1:], strict=True):
-            helpers.send(helper, job, share, _of(expected, share))
-        mine_expected = _of(expected, shares[0])
-        mine = [stage_user(job, user, None if mine_expected is None else mine_expected[user])
-                for user in shares[0]]
-        staged = {s.user: s for s in mine}
-        for helper in working:
-            staged |= {s.user: s for s in helpers.collect(helper)}
-        return [staged[user] for user in users]
-    except BaseException:
-        stop_helpers(spawned)
-        clean_stage(targets.values(), stage_name)
-        raise
-
-
-def _of(expected: Mapping[str, Expectations] | None,
-        users: list[str]) -> dict[str, Expectations] | None:
-    """The expectations of `users` (none for a user the journal does not know: each of its
-    files then differs)."""
-    return None if expected is None else {u: expected.get(u) or Expectations() for u in users}
-
-
-def _shares(users: list[str], processes: int) -> list[list[str]]:
-    """Users dealt round-robin into at most `processes` shares: nothing says beforehand how
-    large a user is, and neighbours by name are as likely alike as not."""
-    count = max(1, min(processes, len(users)))
-    return [users[k::count] for k in range(count)]
+          gap: int, expected: Mapping[str, Expectations] | None = None) -> list[StagedUser]:
+    """Staging(...).finish(expected), for a caller with nothing to do meanwhile (no journal
+    check without `expected`)."""
+    return Staging(replica, targets, users, stage_name, gap,
+                   check=expected is not None).finish(expected)
 
 
 def sync_filesystems(targets: Iterable[Path]) -> None:

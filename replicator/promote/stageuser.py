@@ -1,9 +1,13 @@
 """Staging one user: its directories copied from the replica, across its roots, with the UID
 gap written into the files it changes, and every file checked on the way.
 
-Each file is read once. The same bytes serve the UID gap, the check against the digest journal
-(the state the origin announced), Dovecot's own acceptance checks and the copy. Promote used to
-verify the whole replica first and copy it after: two opens and two reads of every file.
+Each file is read once. The same bytes serve the UID gap, the state checked against the digest
+journal (what the origin announced), Dovecot's own acceptance checks and the copy. Promote used
+to verify the whole replica first and copy it after: two opens and two reads of every file.
+
+The states are compared with the journal afterwards (check_against), by the promoting process:
+staging needs no journal, so helper processes start copying while promote still loads it, and
+each process claims the next user not yet taken (claim) until none is left.
 """
 
 from __future__ import annotations
@@ -19,9 +23,12 @@ from replicator.dovecot.listindex import LIST_LOG
 from replicator.errors import ReplicatorError
 from replicator.promote.tree import Copier, Listing, list_tree, read_file
 from replicator.promote.uids import RaiseSummary, find_mailboxes, forgotten_status, raised_files
+from replicator.replica.journal import Expected
 from replicator.verify.dovecot_checks import check_directory
-from replicator.verify.expected import Expectations
+from replicator.verify.expected import Expectations, state_of
 from replicator.verify.model import Difference
+
+CLAIMS = ".claims"  # in the first root's staging area: a directory per user taken
 
 
 @dataclass(frozen=True)
@@ -33,19 +40,43 @@ class StageJob:
     stage_name: str  # the staging directory's name inside each root
     gap: int
     umask: int  # the promoting process's: modes it would strip are set explicitly
+    check: bool = True  # take each file's state (StagedUser.found), run Dovecot's checks
+
+    @property
+    def claims(self) -> Path:
+        """Where the processes of this promote claim users (claim)."""
+        return self.targets[min(self.targets)] / self.stage_name / CLAIMS
+
+
+def claim(job: StageJob, user: str) -> bool:
+    """Whether this process stages `user`: the first of the promote's processes to ask gets
+    it (an atomic mkdir), so they all finish together however unequal the users are, and the
+    helpers start before the promoting process has loaded the journal."""
+    try:
+        os.mkdir(job.claims / user)
+    except FileExistsError:
+        return False
+    return True
 
 
 @dataclass
 class StagedUser:
     """One user's staged directories (root -> path), what raising its mailboxes did, and
-    what checking its files found (with expectations given: nothing else is checked)."""
+    with StageJob.check: what Dovecot's checks found (`differences`, to which check_against
+    adds the journal's) and the state of every file the listing named (`found`: journal
+    paths `<root>/<user>/<dir>/<name>` -> (size, xxh3-128), None for a file gone since)."""
 
     user: str
     dirs: dict[str, Path]
     summary: RaiseSummary
     differences: list[Difference] = field(default_factory=list)
-    files: int = 0
+    found: dict[str, Expected | None] = field(default_factory=dict)
     bytes_read: int = 0
+
+    @property
+    def files(self) -> int:
+        """Files checked: those the listing named that were there to read."""
+        return sum(state is not None for state in self.found.values())
 
 
 class DirectoryBytes:
@@ -74,15 +105,12 @@ class DirectoryBytes:
         return got[0]
 
 
-def stage_user(job: StageJob, user: str, expected: Expectations | None = None) -> StagedUser:
+def stage_user(job: StageJob, user: str) -> StagedUser:
     """Copy one user's directories, directory by directory across its roots, so that a
     mailbox's index and control directory are raised together and only that directory's
-    bytes are held in memory at a time. With `expected` (the journal's entries for this
-    user), every file is checked against it and the Dovecot checks run on each directory:
-    what they find is in `differences`, for the caller to refuse. A mailbox that cannot be
-    raised fails the user (ReplicatorError), after the copy, which the caller then removes,
-    unless the user's files differ from the journal: a damaged log is what the caller then
-    reports."""
+    bytes are held in memory at a time. With job.check, each file's state is taken and the
+    Dovecot checks run on each directory. A mailbox that cannot be raised is in the
+    summary's failures: check_against decides what they mean."""
     sources = {root: f"{job.replica}/{root}/{user}" for root in job.targets
                if os.path.isdir(f"{job.replica}/{root}/{user}")}
     listings = {root: list_tree(top) for root, top in sources.items()}
@@ -91,7 +119,7 @@ def stage_user(job: StageJob, user: str, expected: Expectations | None = None) -
                                 for root, listing in listings.items()})
     result = StagedUser(user, {root: Path(path) for root, path in staged.items()},
                         RaiseSummary())
-    copier, seen = Copier(job.umask), set[str]()
+    copier = Copier(job.umask)
     for rel in sorted({rel for listing in listings.values() for rel in listing.files}):
         files = DirectoryBytes()
         box = mailboxes.get(rel)
@@ -101,20 +129,29 @@ def stage_user(job: StageJob, user: str, expected: Expectations | None = None) -
                 if not rel and job.gap > 0:
                     new.update(_forgotten_status(sources[root], listing, files))
                 _copy_dir(copier, listing, rel, sources[root], staged[root], new, files)
-                if expected is not None:
-                    _check_dir(job, user, root, rel, listing, files, expected, seen, result)
+                if job.check:
+                    _check_dir(job, user, root, rel, listing, files, result)
         result.bytes_read += files.bytes
     copier.finish()
-    if expected is not None:
-        result.differences += [d for path in sorted(expected.paths() - seen)
-                               if (d := expected.difference(path, None)) is not None]
-    summary = result.summary
-    # with differences, the damage explains the failures, and is what to report
-    if summary.failures and not result.differences:
-        raise ReplicatorError(f"cannot raise next UIDs of {user}: "
-                              + "; ".join(summary.failures[:5]))
-    summary.unsynced = [f"{user}/{rel}" for rel in summary.unsynced]
+    result.summary.unsynced = [f"{user}/{rel}" for rel in result.summary.unsynced]
     return result
+
+
+def check_against(staged: StagedUser, expected: Expectations | None) -> None:
+    """Add to the user's differences what its files' states (`found`) show against the
+    journal's entries for the user (`expected`; None: no journal check, and none was taken).
+    A mailbox that could not be raised fails the user (ReplicatorError; the caller removes
+    the copy), unless the files differ from the journal: a damaged log is then what the
+    caller reports."""
+    if expected is not None:
+        staged.differences += [d for path, state in staged.found.items()
+                               if (d := expected.difference_of(path, state)) is not None]
+        staged.differences += [d for path in sorted(expected.paths() - staged.found.keys())
+                               if (d := expected.difference(path, None)) is not None]
+    failures = staged.summary.failures
+    if failures and not staged.differences:
+        raise ReplicatorError(f"cannot raise next UIDs of {staged.user}: "
+                              + "; ".join(failures[:5]))
 
 
 def _forgotten_status(top: str, listing: Listing, files: DirectoryBytes) -> dict[str, bytes]:
@@ -144,22 +181,17 @@ def _copy_dir(copier: Copier, listing: Listing, rel: str, source: str, staged: s
 
 
 def _check_dir(job: StageJob, user: str, root: str, rel: str, listing: Listing,
-               files: DirectoryBytes, expected: Expectations, seen: set[str],
-               result: StagedUser) -> None:
-    """What `verify --local` checks, for one directory of the user in one root: each file
-    against the journal (paths `<root>/<user>/<rel>/<name>`, as the journal names them), then
-    Dovecot's acceptance checks (as verify, the index of a uidlist in a separate control root
-    is looked for in the index root)."""
+               files: DirectoryBytes, result: StagedUser) -> None:
+    """What `verify --local` checks, for one directory of the user in one root: each file's
+    state, for check_against (paths `<root>/<user>/<rel>/<name>`, as the journal names
+    them), then Dovecot's acceptance checks (as verify, the index of a uidlist in a separate
+    control root is looked for in the index root)."""
     label = _join(f"{root}/{user}", rel)
     src = _join(f"{job.replica}/{root}/{user}", rel)
     names = {name for name in listing.files[rel] if not is_transient(name)}
     for name in sorted(names):
-        path = f"{label}/{name}"
-        seen.add(path)
         got = files.get(f"{src}/{name}")
-        result.files += got is not None
-        if (difference := expected.difference(path, got[0] if got else None)) is not None:
-            result.differences.append(difference)
+        result.found[f"{label}/{name}"] = None if got is None else state_of(got[0])
     index_dir = (_join(f"{job.replica}/index/{user}", rel)
                  if root == "control" and "index" in job.targets else src)
     check_directory(src, label, names, files.checked, index_dir, result.differences, [])

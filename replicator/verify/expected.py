@@ -1,15 +1,15 @@
 """What a replica's digest journal accepts for each file, and the difference a file's bytes
 make against it.
 
-`verify --local` walks a whole replica against its journal; promote checks each user's files
-as it copies them (one read per file instead of two), so the journal's expectations are split
-by user here and handed, as JSON, to whichever process stages that user.
+`verify --local` walks a whole replica against its journal. Promote takes each file's state
+as it copies it (one read per file serves both), in whichever process stages that user, and
+checks those states against the journal's entries for the user (split_by_user) once both are
+there: the copy starts before the journal has loaded.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from replicator.hashing import digest
 from replicator.replica.journal import DigestJournal, Expected
@@ -29,7 +29,12 @@ class Expectations:
 
     def difference(self, rel: str, data: bytes | None) -> Difference | None:
         """None when `data` (None: no such file) is a state the journal accepts for `rel`."""
-        found = None if data is None else (len(data), digest(data).hex())
+        return self.difference_of(rel, None if data is None else state_of(data))
+
+    def difference_of(self, rel: str, found: Expected | None) -> Difference | None:
+        """`difference` for a file whose state (state_of its bytes) was taken elsewhere: a
+        promote helper takes the states of the files it copies before the journal is
+        loaded."""
         if found in (self.uncertain.get(rel) or [self.files.get(rel)]):
             return None
         expected = self.files.get(rel)
@@ -39,15 +44,10 @@ class Expectations:
         return Difference(rel, "xxh3-128", f"{expected[1]} ({expected[0]} bytes)",
                           f"{found[1]} ({found[0]} bytes)", "journal")
 
-    def to_json(self) -> dict[str, Any]:
-        return {"files": self.files, "uncertain": self.uncertain}
 
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Expectations:
-        """The inverse of to_json (JSON turns the (size, digest) tuples into lists)."""
-        return cls({rel: _expected(state) for rel, state in data["files"].items()},
-                   {rel: [None if s is None else _expected(s) for s in states]
-                    for rel, states in data["uncertain"].items()})
+def state_of(data: bytes) -> Expected:
+    """What the journal records of a file holding `data`: its size and xxh3-128."""
+    return len(data), digest(data).hex()
 
 
 def of_journal(journal: DigestJournal) -> Expectations:
@@ -65,10 +65,6 @@ def split_by_user(whole: Expectations) -> tuple[dict[str, Expectations], Expecta
             target = users.setdefault(parts[1], Expectations()) if len(parts) == 3 else loose
             getattr(target, kind)[rel] = state
     return users, loose
-
-
-def _expected(state: list[Any] | tuple[Any, ...]) -> Expected:
-    return int(state[0]), str(state[1])
 
 
 def _where(present: bool) -> str:

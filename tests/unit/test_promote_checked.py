@@ -17,7 +17,7 @@ from replicator.dovecot.headers import parse_log
 from replicator.hashing import digest
 from replicator.promote import helpers, materialize
 from replicator.promote.command import PromoteRefused, promote
-from replicator.promote.materialize import stage as real_stage
+from replicator.promote.materialize import Staging
 from replicator.replica.journal import DigestJournal
 from replicator.replica.state import AppliedState, save_json
 from tests.unit import dovecot_craft as craft
@@ -93,14 +93,16 @@ def test_a_batch_applied_while_the_copy_is_made_makes_promote_copy_again(
     changed = {"index/u1/.INBOX/dovecot.index.cache": b"cache of u1, one message later"}
     calls: list[int] = []
 
-    def stage_then_receive(*args: object, **kwargs: object) -> object:
-        staged = real_stage(*args, **kwargs)  # type: ignore[arg-type]
+    real_finish = Staging.finish
+
+    def stage_then_receive(staging: Staging, *args: object, **kwargs: object) -> object:
+        staged = real_finish(staging, *args, **kwargs)  # type: ignore[arg-type]
         calls.append(_fence(config))
         if len(calls) == 1:  # the origin, cut off but not down, gets one more batch in
             _record(config.replica_root("b"), changed)
         return staged
 
-    monkeypatch.setattr("replicator.promote.command.stage", stage_then_receive)
+    monkeypatch.setattr(Staging, "finish", stage_then_receive)
     with caplog.at_level(logging.WARNING):
         result = promote(config, "b", force=True, uid_gap=0)
     assert calls == [0, result.epoch], "copied once before the fence, once under it"
@@ -150,10 +152,10 @@ def test_each_log_is_walked_once_for_both_the_gap_and_the_checks(
         assert parse_log((config.roots[root] / path).read_bytes()).torn is None
 
 
-def test_a_promote_refused_before_it_stages_leaves_no_helper_running(
+def test_a_promote_refused_while_helpers_copy_leaves_no_helper_and_no_copy(
         config: Config, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Helpers start before the journal is loaded (their start overlaps the load): one that
-    never gets its job is ended with the refusal, not left waiting for it."""
+    """Helpers start copying before the journal is loaded: a promote then refused ends them
+    and removes what they copied."""
     spawned: list[subprocess.Popen[bytes]] = []
     real_spawn = helpers.spawn
 
@@ -167,3 +169,4 @@ def test_a_promote_refused_before_it_stages_leaves_no_helper_running(
     with pytest.raises(PromoteRefused, match="has no digest journal"):
         promote(config, "b", force=True, uid_gap=0)
     assert len(spawned) == 1 and spawned[0].returncode is not None
+    assert not [p for root in config.roots.values() for p in root.glob(".promote*")]

@@ -4,6 +4,7 @@ copied with its owner, mode and times, and the replica itself is never modified.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -177,6 +178,42 @@ def test_helper_processes_stage_their_share_as_this_process_would(
         assert one.summary == other.summary
         for root in ("index", "control"):
             assert _tree(one.dirs[root]) == _tree(other.dirs[root])
+
+
+def test_users_are_claimed_not_dealt_out(tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each process stages the next user no other has claimed: a helper that got going while
+    this process was still busy (loading the journal, in promote) takes every user it
+    reaches first, and each user is staged once. Dealt-out shares made each process stage
+    its own share however late it started."""
+    users = ["u1", "u2", "u3"]
+    replica = tmp_path / "replica"
+    for user in users:
+        _replica(replica, user)
+    monkeypatch.setattr(materialize, "STAGE_PROCESSES", 2)
+    staging = materialize.Staging(replica, _roots(tmp_path / "shared"), users, ".promote-a-2",
+                                  GAP)
+    [helper] = staging.helpers
+    assert helper.stdout is not None
+    answer = helper.stdout.read()  # the helper is done: it claimed everything
+    here: list[str] = []
+    real_stage_user = materialize.stage_user
+    monkeypatch.setattr(materialize, "stage_user",
+                        lambda job, user: here.append(user) or real_stage_user(job, user))
+    monkeypatch.setattr(materialize.helpers, "collect",
+                        lambda _: helpers_answer(answer))
+    staged = staging.finish()
+    assert here == [] and [s.user for s in staged] == users
+    assert sorted(p.name for p in staging.job.claims.iterdir()) == users
+    inline = stage(replica, _roots(tmp_path / "alone"), users, ".promote-a-2", GAP)
+    for one, other in zip(inline, staged, strict=True):
+        for root in ("index", "control"):
+            assert _tree(one.dirs[root]) == _tree(other.dirs[root])
+
+
+def helpers_answer(raw: bytes) -> list[materialize.StagedUser]:
+    """A helper's answer read off its stdout, as helpers.collect gives it."""
+    return [materialize.helpers._staged_from_json(item) for item in json.loads(raw)["staged"]]
 
 
 def test_a_helper_that_fails_fails_the_stage_with_its_reason(
