@@ -1,8 +1,9 @@
 """fcntl locks the way Dovecot's writers expect readers to take them.
 
-Dovecot appends to its logs and rewrites its caches under a whole-file exclusive fcntl lock
+Dovecot rewrites its caches (and appends to its logs) under a whole-file exclusive fcntl lock
 (lock_method = fcntl), held through the write and, with mail_fsync = always, the fdatasync.
-We read under a shared lock so we never see half a record. Our locks are open-file-description
+We read a cache under a shared lock so we never see half a record (logs without one:
+dovecot.filekinds.FCNTL_LOCKED). Our locks are open-file-description
 (OFD) locks: they conflict with Dovecot's classic ones, but unlike classic locks, closing one
 descriptor of ours never drops another lock we hold on the same file.
 

@@ -326,9 +326,13 @@ class Capture:
     def _gate(self, dirty: dict[DirKey, Forced]) -> tuple[dict[DirKey, Forced],
                                                            dict[DirKey, Forced]]:
         """(what may be flushed now, what must wait). While one directory of a user waits for
-        Dovecot's lock, that user's other directories wait too: mdbox writes the map entry
-        first and keeps the map locked while it writes the mailbox index that refers to it,
-        so shipping the mailbox alone would put a dangling reference on the replica."""
+        Dovecot's lock, that user's other directories wait too. This was made for mdbox's
+        map, when logs were read under the lock: mdbox writes the map entry first and keeps
+        the map locked while it writes the mailbox index that refers to it, so shipping the
+        mailbox alone would have put a dangling reference on the replica. Logs are read
+        without the lock now (filekinds.FCNTL_LOCKED), and a mailbox is read before the map
+        (dir_rank), so the map read holds every entry the mailbox refers to; only a cache
+        is still waited for, and its user's other directories wait with it as before."""
         if not self._held:
             return dirty, {}
         users = self._held_users()

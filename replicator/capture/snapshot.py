@@ -1,11 +1,12 @@
 """Reading one directory of a root the way Dovecot expects to be read.
 
-Files are read in dependency order (dependents first, `filekinds.read_rank`), log and cache under
-a shared fcntl lock (Dovecot appends and rewrites them under an exclusive one, so we see whole
-records), and a file whose size moved while we read it is read again. A lock we cannot get at
-once is not waited for: the file is reported `busy` and the directory is retried shortly, so the
-event loop never blocks behind Dovecot. A file that only grew in place since it was shipped
-(same inode, larger) can be read from its old end alone (`tail_from`, see capture.tailstate).
+Files are read in dependency order (dependents first, `filekinds.read_rank`), the cache under a
+shared fcntl lock (Dovecot rewrites it in place under an exclusive one, so we see whole records;
+logs are read without it: filekinds.FCNTL_LOCKED says why), and a file whose size moved while
+we read it is read again. A lock we cannot get at once is not waited for: the file is reported
+`busy` and the directory is retried shortly, so the event loop never blocks behind Dovecot. A
+file that only grew in place since it was shipped (same inode, larger) can be read from its old
+end alone (`tail_from`, see capture.tailstate).
 """
 
 from __future__ import annotations

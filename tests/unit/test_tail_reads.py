@@ -5,6 +5,10 @@ they ship, and when they leave it to a whole read."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from replicator.capture.basecache import BaseCache
@@ -138,3 +142,38 @@ def test_a_racy_log_read_again_unchanged_costs_its_head_only(tmp_path: Path) -> 
     result = batcher.build({KEY: {"dovecot.index.log"}})
     assert [op for op in _ops(result) if op.path.endswith(".log")] == []
     assert result.bytes_read < 100  # not the log's 5000 bytes (the small index may be read)
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Another process holds a classic fcntl write lock on the whole of `path`, as Dovecot
+    holds a log's through an append and the fdatasync after it (mail_fsync = always)."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl,sys; f=open(sys.argv[1],'r+b'); "
+         "fcntl.lockf(f, fcntl.LOCK_EX); print('locked', flush=True); sys.stdin.read()",
+         str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"locked\n"
+        yield
+    finally:
+        holder.communicate(b"", timeout=10)
+
+
+def test_a_log_is_read_while_dovecot_holds_its_lock_a_cache_is_not(tmp_path: Path) -> None:
+    """A log's lock is held through Dovecot's disk flush: what it appended is shipped without
+    waiting for it. A cache is rewritten in place under its lock: it waits (busy)."""
+    batcher, box = _setup(tmp_path)
+    log, cache = box / "dovecot.index.log", box / "dovecot.index.cache"
+    cache.write_bytes(b"cache v1")
+    batcher.build({KEY: {"dovecot.index.cache"}})
+    old_size = log.stat().st_size
+    with _locked(log):
+        _append(log, b"appended while locked")
+        result = batcher.build({KEY: {"dovecot.index.log"}})
+    (op,) = _ops(result)
+    assert (op.path, op.offset, result.busy) == ("u1/dovecot.index.log", old_size, {})
+    with _locked(cache):
+        cache.write_bytes(b"cache v2")
+        result = batcher.build({KEY: {"dovecot.index.cache"}})
+    assert _ops(result) == [] and KEY in result.busy
+    assert [op.path for op in _ops(batcher.build(result.busy))] == ["u1/dovecot.index.cache"]
