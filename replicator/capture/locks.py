@@ -3,9 +3,9 @@
 Dovecot rewrites its caches (and appends to its logs) under a whole-file exclusive fcntl lock
 (lock_method = fcntl), held through the write and, with mail_fsync = always, the fdatasync.
 We read a cache under a shared lock so we never see half a record (logs without one:
-dovecot.filekinds.FCNTL_LOCKED). Our locks are open-file-description
-(OFD) locks: they conflict with Dovecot's classic ones, but unlike classic locks, closing one
-descriptor of ours never drops another lock we hold on the same file.
+dovecot.filekinds.FCNTL_LOCKED). Our locks are open-file-description (OFD) locks: they
+conflict with Dovecot's classic ones, but unlike classic locks, closing one descriptor of ours
+never drops another lock we hold on the same file.
 
 When Dovecot holds the lock, the event loop must not block. `LockWaiter` waits in a short-lived
 thread (a blocking F_OFD_SETLKW returns the instant Dovecot unlocks, measured ~1 ms earlier than
