@@ -23,8 +23,10 @@ from replicator.capture.inotify import InotifyWatcher
 from replicator.capture.keptdirs import KeptDirs
 from replicator.capture.locks import LockWaiter
 from replicator.capture.manifest import Manifest
+from replicator.capture.snapshot import LOCK_PATIENCE
 from replicator.capture.watcher import Hint, Watcher
 from replicator.delta.ops import Op, OpCode
+from replicator.dovecot.filekinds import READ_PAST_LOCK, classify
 from replicator.paths import parent_rel
 from replicator.sender.batcher import Batcher, BuildResult, DirKey, Draft, Forced
 
@@ -329,10 +331,10 @@ class Capture:
         Dovecot's lock, that user's other directories wait too. This was made for mdbox's
         map, when logs were read under the lock: mdbox writes the map entry first and keeps
         the map locked while it writes the mailbox index that refers to it, so shipping the
-        mailbox alone would have put a dangling reference on the replica. Logs are read
-        without the lock now (filekinds.FCNTL_LOCKED), and a mailbox is read before the map
-        (dir_rank), so the map read holds every entry the mailbox refers to; only a cache
-        is still waited for, and its user's other directories wait with it as before."""
+        mailbox alone would have put a dangling reference on the replica. A log held locked
+        for long is read past the lock now (filekinds.READ_PAST_LOCK), and a mailbox is read
+        before the map (dir_rank), so the map read holds every entry the mailbox refers to;
+        the user's other directories still wait while one of its files does."""
         if not self._held:
             return dirty, {}
         users = self._held_users()
@@ -344,8 +346,9 @@ class Capture:
         return {reldir.partition("/")[0] for _root, reldir in self._held}
 
     def _retry_when_unlocked(self, busy: dict[DirKey, Forced], files: list[str]) -> None:
-        """Dovecot holds a write lock: retry those directories the moment it lets go (or after
-        BUSY_RETRY when too many waits are under way)."""
+        """Dovecot holds a write lock: retry those directories the moment it lets go (a log:
+        or once it has held it for snapshot.LOCK_PATIENCE, after which it is read past the
+        lock), or after BUSY_RETRY when too many waits are under way."""
         self.counters["busy_retries"] += 1
         self._held.update(busy)
         remaining = [len(files)]
@@ -355,7 +358,8 @@ class Capture:
             if remaining[0] == 0:
                 self._retry(busy)
 
-        if not all(self._lock_waiter.wait(path, released) for path in files):
+        if not all(self._lock_waiter.wait(path, released, LOCK_PATIENCE if classify(
+                os.path.basename(path)) in READ_PAST_LOCK else None) for path in files):
             asyncio.get_running_loop().call_later(BUSY_RETRY, self._retry, busy)
 
     def _retry(self, dirty: Mapping[DirKey, Forced]) -> None:

@@ -28,7 +28,7 @@ class FileKind(Enum):
     """Kinds with distinct write patterns (DESIGN §3)."""
 
     INDEX = "index"            # dovecot.index, dovecot.list.index, dovecot.map.index: temp+rename
-    LOG = "log"                # *.log and rotated *.log.2: appends (see FCNTL_LOCKED)
+    LOG = "log"                # *.log and rotated *.log.2: O_APPEND under an fcntl lock
     CACHE = "cache"            # dovecot.index.cache: appends and in-place header rewrites
     UIDLIST = "uidlist"        # dovecot-uidlist: appends, sometimes temp+rename
     MAILBOX_LOG = "mailbox-log"  # dovecot.mailbox.log: appends
@@ -51,23 +51,23 @@ _BY_NAME: dict[str, FileKind] = {
     "dovecot.map.index.backup": FileKind.BACKUP,
 }
 
-# Files read under a shared fcntl lock, as Dovecot's own readers do (lock_method = fcntl): the
-# cache, whose records and header Dovecot rewrites in place under its exclusive lock, so a
-# reader without it could see a record half old and half new.
-#
-# Not the logs, though Dovecot appends to them under that lock too: it holds it through the
-# fdatasync that follows the append (mail_fsync = always), so a reader waiting for it lagged by
-# one disk flush (bench.scenarios.store_lag on disk, maildir and mdbox, 3 runs of each way
-# interleaved: p50 0.81-0.90 ms with the lock, 0.52-0.64 ms without, where this VM's flush
-# takes 0.15-0.3 ms; a real disk's takes milliseconds).
-# A log is appended to (its header is written in place only to mark it corrupted, four bytes
-# in one page), and every byte below the size fstat reports has been written: what a reader
-# without the lock sees is a prefix of what Dovecot wrote, as for maildir's uidlist, which
-# Dovecot appends to under a dotlock we never took. A prefix that ends inside a record (a
-# multi-page append caught between pages) is a torn tail, which Dovecot itself cuts and
-# promote's checks accept; the rest follows in the next read, which the end of that append
-# (an inotify event) asks for.
-FCNTL_LOCKED = frozenset({FileKind.CACHE})
+# Files read under a shared fcntl lock, as Dovecot's own readers do (lock_method = fcntl):
+# Dovecot appends to its logs and rewrites its caches under an exclusive one, so a reader
+# holding a shared one for the moment of its read sees whole records.
+FCNTL_LOCKED = frozenset({FileKind.LOG, FileKind.CACHE})
+
+# Of those, the kinds read without the lock once Dovecot has held it for a while
+# (capture.snapshot.LOCK_PATIENCE). Dovecot holds a log's lock through the fdatasync after the
+# append (mail_fsync = always), and a reader that waits for it lags by the disk's flush. A log
+# is appended to (its header is written in place only to mark it corrupted, four bytes in one
+# page), and every byte below the size fstat reports has been written: what a reader without
+# the lock sees is a prefix of what Dovecot wrote, as for maildir's uidlist, which Dovecot
+# appends to under a dotlock we never took. A prefix that ends inside a record (a multi-page
+# append caught between pages) is a torn tail, which Dovecot itself cuts and promote's checks
+# accept; the end of that append (an inotify event) asks for the next read, which ships the
+# rest. Not the cache: Dovecot rewrites it in place, and a reader without the lock can see a
+# record half old and half new (DESIGN §2 measured such a copy being deleted as corrupted).
+READ_PAST_LOCK = frozenset({FileKind.LOG})
 
 # Append-mostly kinds: the tail encoder is tried first.
 APPEND_MOSTLY = frozenset({FileKind.LOG, FileKind.UIDLIST, FileKind.MAILBOX_LOG})

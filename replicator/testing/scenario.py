@@ -96,14 +96,16 @@ def two_nodes(mail_format: MailFormat = "maildir", users: tuple[str, ...] = ("u1
               churn: bool = False, sync_commit: str | None = None,
               sync_timeout_ms: int = 2000, mail_fsync: str = "always",
               start: bool = True, hosts: HostPair | None = None,
-              coordination: dict[str, Any] | None = None) -> Iterator[TwoNodes]:
+              coordination: dict[str, Any] | None = None,
+              dovecot_a_config: str = "") -> Iterator[TwoNodes]:
     """Node a (serving IMAP) and node b (holding a's copy). With `sync_commit` ("fail" or
     "degrade"), a's Dovecot loads the sync-commit plugin talking to a's daemon, and a's daemon
     is configured with that `sync_policy`. With `hosts`,
     the two daemons run in their own network namespaces, linked by a veth pair the test can
     cut (Dovecot and the test stay on the host's loopback). With `coordination` ([coordination]
     keys, endpoints included), ownership is on etcd: both Dovecots run, each daemon kicks
-    sessions through its own Dovecot's doveadm."""
+    sessions through its own Dovecot's doveadm. `dovecot_a_config`: lines added to a's
+    dovecot.conf (a fault a bench injects there)."""
     made = base is None or not base.exists()
     if base is None:
         base = Path(tempfile.mkdtemp(prefix="dovecot-replicator-"))
@@ -132,7 +134,7 @@ def two_nodes(mail_format: MailFormat = "maildir", users: tuple[str, ...] = ("u1
     plugin = (sync_commit_settings(repl_a.control_socket, sync_commit, sync_timeout_ms)
               if sync_commit else {})
     dovecot_a = DovecotInstance(base / "a" / "dovecot", "a", layouts["a"], users,
-                                **options, **plugin)
+                                extra_config=dovecot_a_config, **options, **plugin)
     plugin_b = (sync_commit_settings(repl_b.control_socket, sync_commit, sync_timeout_ms)
                 if sync_commit and symmetric else {})
     dovecot_b = DovecotInstance(base / "b" / "dovecot", "b", layouts["b"], users, **options,

@@ -5,18 +5,18 @@ they ship, and when they leave it to a whole read."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
+
+from replicator.capture import snapshot
 from replicator.capture.basecache import BaseCache
 from replicator.capture.manifest import Manifest
 from replicator.capture.tailstate import HEAD_BYTES, WHOLE_READ_EVERY
 from replicator.delta.ops import Op, OpCode
 from replicator.hashing import digest
 from replicator.sender.batcher import Batcher, BuildResult
+from tests.unit.lock_holder import held_lock
 
 KEY = ("index", "u1")
 
@@ -144,36 +144,40 @@ def test_a_racy_log_read_again_unchanged_costs_its_head_only(tmp_path: Path) -> 
     assert result.bytes_read < 100  # not the log's 5000 bytes (the small index may be read)
 
 
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """Another process holds a classic fcntl write lock on the whole of `path`, as Dovecot
-    holds a log's through an append and the fdatasync after it (mail_fsync = always)."""
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import fcntl,sys; f=open(sys.argv[1],'r+b'); "
-         "fcntl.lockf(f, fcntl.LOCK_EX); print('locked', flush=True); sys.stdin.read()",
-         str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    try:
-        assert holder.stdout is not None and holder.stdout.readline() == b"locked\n"
-        yield
-    finally:
-        holder.communicate(b"", timeout=10)
 
-
-def test_a_log_is_read_while_dovecot_holds_its_lock_a_cache_is_not(tmp_path: Path) -> None:
-    """A log's lock is held through Dovecot's disk flush: what it appended is shipped without
-    waiting for it. A cache is rewritten in place under its lock: it waits (busy)."""
+def test_a_log_held_locked_past_the_patience_is_read_a_cache_is_not(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Dovecot holds a log's lock through its disk flush: once it has held it for
+    LOCK_PATIENCE (0 here), what it appended is shipped without waiting for the flush. A
+    cache is rewritten in place under its lock: it waits (busy) however long that takes."""
+    monkeypatch.setattr(snapshot, "LOCK_PATIENCE", 0.0)
     batcher, box = _setup(tmp_path)
     log, cache = box / "dovecot.index.log", box / "dovecot.index.cache"
     cache.write_bytes(b"cache v1")
     batcher.build({KEY: {"dovecot.index.cache"}})
     old_size = log.stat().st_size
-    with _locked(log):
+    with held_lock(log):
         _append(log, b"appended while locked")
         result = batcher.build({KEY: {"dovecot.index.log"}})
     (op,) = _ops(result)
     assert (op.path, op.offset, result.busy) == ("u1/dovecot.index.log", old_size, {})
-    with _locked(cache):
+    with held_lock(cache):
         cache.write_bytes(b"cache v2")
         result = batcher.build({KEY: {"dovecot.index.cache"}})
     assert _ops(result) == [] and KEY in result.busy
     assert [op.path for op in _ops(batcher.build(result.busy))] == ["u1/dovecot.index.cache"]
+
+
+def test_a_log_locked_for_less_than_the_patience_waits_for_dovecot(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a flush (RAM mode) Dovecot holds the lock for its write alone: that is waited
+    out, so a commit's appends are shipped together."""
+    monkeypatch.setattr(snapshot, "LOCK_PATIENCE", 3600.0)
+    batcher, box = _setup(tmp_path)
+    log = box / "dovecot.index.log"
+    with held_lock(log):
+        _append(log, b"appended while locked")
+        result = batcher.build({KEY: {"dovecot.index.log"}})
+    assert _ops(result) == [] and KEY in result.busy
+    (op,) = _ops(batcher.build(result.busy))
+    assert op.path == "u1/dovecot.index.log"
