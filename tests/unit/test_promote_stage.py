@@ -190,28 +190,28 @@ def test_users_are_claimed_not_dealt_out(tmp_path: Path,
     replica = tmp_path / "replica"
     for user in users:
         _replica(replica, user)
+    monkeypatch.setattr(materialize, "STAGE_PROCESSES", 1)
+    inline = stage(replica, _roots(tmp_path / "alone"), users, ".promote-a-2", GAP)
     monkeypatch.setattr(materialize, "STAGE_PROCESSES", 2)
     staging = materialize.Staging(replica, _roots(tmp_path / "shared"), users, ".promote-a-2",
                                   GAP)
     [helper] = staging.helpers
-    assert helper.stdout is not None
-    answer = helper.stdout.read()  # the helper is done: it claimed everything
+    answer, _ = helper.communicate()  # the helper is done: it claimed everything
+    assert helper.returncode == 0
     here: list[str] = []
     real_stage_user = materialize.stage_user
     monkeypatch.setattr(materialize, "stage_user",
                         lambda job, user: here.append(user) or real_stage_user(job, user))
-    monkeypatch.setattr(materialize.helpers, "collect",
-                        lambda _: helpers_answer(answer))
+    monkeypatch.setattr(materialize.helpers, "collect", lambda _: _answer(answer))
     staged = staging.finish()
     assert here == [] and [s.user for s in staged] == users
     assert sorted(p.name for p in staging.job.claims.iterdir()) == users
-    inline = stage(replica, _roots(tmp_path / "alone"), users, ".promote-a-2", GAP)
     for one, other in zip(inline, staged, strict=True):
         for root in ("index", "control"):
             assert _tree(one.dirs[root]) == _tree(other.dirs[root])
 
 
-def helpers_answer(raw: bytes) -> list[materialize.StagedUser]:
+def _answer(raw: bytes) -> list[materialize.StagedUser]:
     """A helper's answer read off its stdout, as helpers.collect gives it."""
     return [materialize.helpers._staged_from_json(item) for item in json.loads(raw)["staged"]]
 

@@ -144,7 +144,6 @@ def test_a_racy_log_read_again_unchanged_costs_its_head_only(tmp_path: Path) -> 
     assert result.bytes_read < 100  # not the log's 5000 bytes (the small index may be read)
 
 
-
 def test_a_log_held_locked_past_the_patience_is_read_a_cache_is_not(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Dovecot holds a log's lock through its disk flush: once it has held it for
