@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import os
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +14,7 @@ from replicator.dovecot.listindex import LIST_LOG, forget_cached_status
 from replicator.dovecot.nextuid import NextUidError, header_update_record, raise_next_uid
 from replicator.dovecot.uidstate import replay_next_uid
 from tests.unit import dovecot_craft as craft
+from tests.unit.lock_holder import held_lock
 
 LOG = "dovecot.index.log"
 UIDLIST = b"3 V1700000001 N4 G0123456789abcdef0123456789abcdef\n1 :a\n2 :b\n3 :c\n"
@@ -181,16 +180,9 @@ def test_locked_log_is_refused(tmp_path: Path) -> None:
     """A process holding Dovecot's fcntl lock on the log (as a running Dovecot would)."""
     log = _log(craft.append(1))
     box = _mailbox(tmp_path, log)
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import fcntl,sys; f=open(sys.argv[1],'r+b'); "
-         "fcntl.lockf(f, fcntl.LOCK_EX); print('locked', flush=True); sys.stdin.read()",
-         str(box / LOG)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    try:
-        assert holder.stdout is not None and holder.stdout.readline() == b"locked\n"
-        with pytest.raises(NextUidError, match="is locked: is Dovecot running"):
-            raise_next_uid(box, 9, control_dir=None)
-    finally:
-        holder.communicate(b"", timeout=10)
+    with held_lock(box / LOG), pytest.raises(NextUidError,
+                                              match="is locked: is Dovecot running"):
+        raise_next_uid(box, 9, control_dir=None)
     assert (box / LOG).read_bytes() == log
 
 
